@@ -1,0 +1,232 @@
+"""Task specs, loading examples from local files, the hub or the demo suite, and batching.
+
+An example is a dict ``{id, text, text_pair?, label}`` with ``label`` already an int (class
+id) or float (regression). Everything about where a task's data lives and what its columns
+are called is in :class:`TaskSpec`, so a bad spec fails here, naming the file and column.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from taso import demo
+
+log = logging.getLogger(__name__)
+
+FORMATS = {".tsv": "csv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+class DataError(ValueError):
+    """The task's data does not match its spec."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Where a task's data is and how to read it.
+
+    Attributes:
+        name: task name, used in artifact paths and registry names.
+        source: ``demo:<task>``, ``hub:<dataset>[/<config>]``, or a local folder.
+        task_type: ``classification``, ``regression`` or ``causal_lm``.
+        text_fields: one column, or two for sentence pairs.
+        label_field: the label column.
+        labels: label values in id order (their string forms); None reads ids as ints.
+        metrics: metric names; the first is the one that decides the champion.
+        splits: split role (``train``, ``eval``) → file name in ``source`` (or hub split name).
+        column_names: for header-less files (CoLA), the names of the columns in order.
+        max_train / max_eval: keep only the first N examples after a seeded shuffle (None: all).
+        max_length: tokens per example; longer inputs are truncated and counted.
+    """
+
+    name: str
+    source: str
+    task_type: str = "classification"
+    text_fields: tuple[str, ...] = ("text",)
+    label_field: str = "label"
+    labels: tuple[str, ...] | None = None
+    metrics: tuple[str, ...] = ("accuracy",)
+    splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "eval": "eval"})
+    column_names: tuple[str, ...] | None = None
+    max_train: int | None = None
+    max_eval: int | None = None
+    max_length: int = 128
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels) if self.labels else 2
+
+
+def _read_local(spec: TaskSpec, split: str) -> tuple[list[dict], str]:
+    import datasets
+
+    path = Path(spec.source) / spec.splits[split]
+    if not path.is_file():
+        raise DataError(f"task {spec.name}: {split} file {path} not found (tasks.{spec.name}.splits.{split})")
+    builder = FORMATS.get(path.suffix)
+    if builder is None:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(FORMATS)}")
+    kwargs: dict = {}
+    if builder == "csv":
+        # quoting=3 (none): GLUE TSVs hold bare quotes; keep_default_na: "NA" is text, not missing.
+        kwargs = {
+            "delimiter": "\t" if path.suffix == ".tsv" else ",",
+            "quoting": 3,
+            "keep_default_na": False,
+            "encoding": "utf-8",
+        }
+        if spec.column_names:
+            kwargs |= {"column_names": list(spec.column_names), "header": None}
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e})") from e
+    except Exception as e:  # datasets wraps parser errors in many types; name the file
+        raise DataError(f"{path}: could not be read as {builder} ({type(e).__name__}: {e})") from e
+    rows = [{k.lstrip("\ufeff"): v for k, v in r.items()} for r in ds]
+    return rows, str(path)
+
+
+def _read_hub(spec: TaskSpec, split: str) -> tuple[list[dict], str]:
+    """Hub datasets: ``hub:glue/mrpc`` → ``load_dataset("glue", "mrpc", split=...)``. Needs network."""
+    import datasets
+
+    name, _, config = spec.source[len("hub:") :].partition("/")
+    ds = datasets.load_dataset(name, config or None, split=spec.splits[split])
+    return list(ds), spec.source
+
+
+def read_rows(spec: TaskSpec, split: str, seed: int = 0) -> list[dict]:
+    """Load ``split`` of a task as examples ``{id, text, text_pair?, label}``.
+
+    Raises:
+        DataError: missing file or column, unknown label value, or an empty split,
+            with the file, the column and the row named.
+    """
+    if split not in spec.splits:
+        raise DataError(f"task {spec.name} has no {split!r} split (tasks.{spec.name}.splits)")
+    if spec.source.startswith("demo:"):
+        name = spec.source[len("demo:") :]
+        limit = spec.max_train if split == "train" else spec.max_eval
+        rows, origin = demo.demo_split(name, split, limit or (2000 if split == "train" else 400), seed), spec.source
+    elif spec.source.startswith("hub:"):
+        rows, origin = _read_hub(spec, split)
+    else:
+        rows, origin = _read_local(spec, split)
+    if not rows:
+        raise DataError(f"{origin}: the {split} split is empty")
+    missing = [c for c in (*spec.text_fields, spec.label_field) if c not in rows[0]]
+    if missing:
+        raise DataError(
+            f"{origin}: column(s) {missing} not found; columns are {sorted(rows[0])} "
+            f"(set tasks.{spec.name}.text_fields / label_field)"
+        )
+    examples = [_example(spec, r, i, origin) for i, r in enumerate(rows)]
+    limit = spec.max_train if split == "train" else spec.max_eval
+    if limit is not None and len(examples) > limit:
+        random.Random(seed).shuffle(examples)
+        examples = examples[:limit]
+    return examples
+
+
+def _example(spec: TaskSpec, row: dict, i: int, origin: str) -> dict:
+    ex = {"id": row.get("id", row.get("idx", i)), "text": str(row[spec.text_fields[0]])}
+    if len(spec.text_fields) > 1:
+        ex["text_pair"] = str(row[spec.text_fields[1]])
+    raw = row[spec.label_field]
+    if spec.task_type == "regression":
+        try:
+            ex["label"] = float(raw)
+        except (TypeError, ValueError) as e:
+            raise DataError(f"{origin}: row {i}, column {spec.label_field!r}: {raw!r} is not a number") from e
+    elif spec.task_type == "classification":
+        if spec.labels:
+            try:
+                ex["label"] = spec.labels.index(str(raw))
+            except ValueError as e:
+                raise DataError(
+                    f"{origin}: row {i}, column {spec.label_field!r}: unknown label {raw!r}; expected one of {list(spec.labels)}"
+                ) from e
+        else:
+            try:
+                ex["label"] = int(raw)
+            except (TypeError, ValueError) as e:
+                raise DataError(
+                    f"{origin}: row {i}, column {spec.label_field!r}: {raw!r} is not a class id; set tasks.{spec.name}.labels"
+                ) from e
+            if not 0 <= ex["label"] < spec.num_labels:
+                raise DataError(
+                    f"{origin}: row {i}, column {spec.label_field!r}: class id {raw} out of range 0..{spec.num_labels - 1}"
+                )
+    else:
+        ex["label"] = str(raw)
+    return ex
+
+
+def encode(examples: Sequence[dict], tokenizer, max_length: int) -> list[dict]:
+    """Tokenize examples (no padding); log how many were truncated to ``max_length``."""
+    texts = [e["text"] for e in examples]
+    pairs = [e["text_pair"] for e in examples] if examples and "text_pair" in examples[0] else None
+    full = tokenizer(texts, pairs, truncation=False)
+    truncated = sum(len(ids) > max_length for ids in full["input_ids"])
+    if truncated:
+        log.warning(
+            "%d of %d examples are longer than %d tokens and were truncated", truncated, len(examples), max_length
+        )
+    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc]
+    return [{**{k: enc[k][i] for k in keys}, "labels": e["label"]} for i, e in enumerate(examples)]
+
+
+def collate(features: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad a batch to its own longest example (dynamic padding)."""
+    longest = max(len(f["input_ids"]) for f in features)
+    batch = {}
+    for key in ("input_ids", "token_type_ids", "attention_mask"):
+        if key in features[0]:
+            fill = pad_id if key == "input_ids" else 0
+            batch[key] = torch.tensor([f[key] + [fill] * (longest - len(f[key])) for f in features])
+    labels = [f["labels"] for f in features]
+    batch["labels"] = torch.tensor(labels, dtype=torch.float32 if isinstance(labels[0], float) else torch.long)
+    return batch
+
+
+def batch_order(
+    lengths: Sequence[int], batch_size: int, seed: int, *, shuffle: bool = True, group_by_length: bool = False
+) -> list[list[int]]:
+    """Indices of each batch for one epoch, a pure function of its arguments (so resume can replay it).
+
+    With ``group_by_length``, examples are sorted by length inside shuffled windows of 50
+    batches, so batches hold similar lengths and padding shrinks, while order stays random.
+    """
+    idx = list(range(len(lengths)))
+    if shuffle:
+        random.Random(seed).shuffle(idx)
+    if group_by_length:
+        window = batch_size * 50
+        idx = [i for s in range(0, len(idx), window) for i in sorted(idx[s : s + window], key=lambda i: -lengths[i])]
+    batches = [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
+    if group_by_length and shuffle:
+        random.Random(seed + 1).shuffle(batches)
+    return batches
+
+
+def iterate(
+    features: Sequence[dict],
+    batch_size: int,
+    pad_id: int,
+    *,
+    seed: int = 0,
+    shuffle: bool = False,
+    group_by_length: bool = False,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield collated batches over ``features`` in the order of :func:`batch_order`."""
+    lengths = [len(f["input_ids"]) for f in features]
+    for b in batch_order(lengths, batch_size, seed, shuffle=shuffle, group_by_length=group_by_length):
+        yield collate([features[i] for i in b], pad_id)

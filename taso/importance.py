@@ -1,0 +1,186 @@
+"""First-order importance of every target weight: ``I(W) = Σ_batches |W ⊙ ∂L/∂W|``.
+
+Scoring follows the shape of PEFT's LoRA-GA calibration: gradients are switched on only for
+the target weights, the model's state is restored afterwards, and each weight's gradient
+is folded into running fp32 sums by a post-accumulate-grad hook and freed at once, so at
+most one layer's weight gradient exists at any moment.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from taso.io import ArtifactError, digest_tensors, load_safetensors, save_safetensors
+from taso.targets import TargetSpec, find_targets, head_names
+
+LossFn = Callable[[nn.Module, Mapping[str, torch.Tensor]], torch.Tensor]
+
+
+def default_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The model's own training loss (transformers models return it when given labels)."""
+    return model(**batch).loss
+
+
+@dataclass
+class Importance:
+    """Importance marginals per target module, and optionally the full maps.
+
+    ``rows[name]`` has one entry per output feature (the sum of I over that row),
+    ``cols[name]`` one per input feature; ``full[name]`` is I itself when kept.
+    """
+
+    rows: dict[str, torch.Tensor]
+    cols: dict[str, torch.Tensor]
+    full: dict[str, torch.Tensor] | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        return {n: (self.rows[n].numel(), self.cols[n].numel()) for n in self.rows}
+
+    @property
+    def digest(self) -> str:
+        return digest_tensors(self._tensors())
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"{n}.row": r for n, r in self.rows.items()} | {f"{n}.col": c for n, c in self.cols.items()}
+        return out | {f"{n}.full": f for n, f in (self.full or {}).items()}
+
+    def save(self, path) -> str:
+        """Write ``importance.safetensors`` atomically; return the content digest stored in it."""
+        digest = self.digest
+        save_safetensors(path, self._tensors(), {**self.meta, "digest": digest})
+        return digest
+
+    @classmethod
+    def load(cls, path) -> Importance:
+        """Read an importance file, refusing it when its content does not match its digest."""
+        tensors, meta = load_safetensors(path)
+        rows, cols, full = {}, {}, {}
+        for key, t in tensors.items():
+            name, kind = key.rsplit(".", 1)
+            {"row": rows, "col": cols, "full": full}[kind][name] = t
+        imp = cls(rows, cols, full or None, {k: v for k, v in meta.items() if k != "digest"})
+        if meta.get("digest") and meta["digest"] != imp.digest:
+            raise ArtifactError(f"{path}: content does not match its recorded digest; the file was altered")
+        return imp
+
+
+def score_importance(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    targets: TargetSpec = "all-linear",
+    *,
+    loss_fn: LossFn = default_loss,
+    keep_full: bool = False,
+) -> Importance:
+    """Accumulate ``|W ⊙ ∂L/∂W|`` over ``batches`` for every target weight, in fp32.
+
+    The model runs in eval mode (no dropout, so scores are deterministic); its
+    ``requires_grad`` flags and train/eval mode are restored on return, even on error.
+
+    Args:
+        model: the frozen pretrained model with its task head.
+        batches: calibration batches, each a mapping accepted by ``loss_fn``.
+        targets: which linear layers to score (see ``taso.targets``).
+        loss_fn: computes the scalar task loss of one batch.
+        keep_full: also return the full importance map of each module (as large as the weights).
+
+    Returns:
+        Row and column marginals per target module (and full maps when asked).
+
+    Raises:
+        FloatingPointError: a batch's loss is NaN or infinite.
+    """
+    modules = find_targets(model, targets)
+    flags = {p: p.requires_grad for p in model.parameters()}
+    was_training = model.training
+    rows = {n: torch.zeros(m.out_features) for n, m in modules.items()}
+    cols = {n: torch.zeros(m.in_features) for n, m in modules.items()}
+    full = {n: torch.zeros(m.out_features, m.in_features) for n, m in modules.items()} if keep_full else None
+
+    def fold(name: str) -> Callable[[torch.Tensor], None]:
+        def hook(weight: torch.Tensor) -> None:
+            score = (weight.detach().float() * weight.grad.float()).abs_()
+            rows[name] += score.sum(1).cpu()
+            cols[name] += score.sum(0).cpu()
+            if full is not None:
+                full[name] += score.cpu()
+            weight.grad = None  # free it now: the next layer's gradient is about to exist
+
+        return hook
+
+    hooks = []
+    n_batches = 0
+    try:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for name, m in modules.items():
+            m.weight.requires_grad_(True)
+            hooks.append(m.weight.register_post_accumulate_grad_hook(fold(name)))
+        for batch in batches:
+            loss = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"calibration loss is {loss.item()} on batch {n_batches}")
+            loss.backward()
+            n_batches += 1
+    finally:
+        for h in hooks:
+            h.remove()
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+            p.grad = None
+        model.train(was_training)
+    if n_batches == 0:
+        raise ValueError("no calibration batches: the calibration set is empty")
+    return Importance(rows, cols, full, {"n_batches": str(n_batches), "targets": str(targets)})
+
+
+def warm_up_head(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    steps: int,
+    *,
+    lr: float = 1e-3,
+    loss_fn: LossFn = default_loss,
+) -> int:
+    """Train only the task head for ``steps`` batches, so scoring sees a head that is not random.
+
+    Returns the number of steps taken (fewer when ``batches`` runs out). The head keeps
+    its trained weights; every other parameter's ``requires_grad`` is restored.
+    """
+    heads = [getattr(model, n) for n in head_names(model)]
+    if steps <= 0 or not heads:
+        return 0
+    flags = {p: p.requires_grad for p in model.parameters()}
+    params = [p for h in heads for p in h.parameters()]
+    was_training = model.training
+    taken = 0
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.AdamW(params, lr=lr)
+        model.train()
+        for batch in batches:
+            if taken >= steps:
+                break
+            loss = loss_fn(model, batch)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"head warm-up loss is {loss.item()} at step {taken}")
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            taken += 1
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return taken

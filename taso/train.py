@@ -1,0 +1,201 @@
+"""The training loop: plain torch, seeded, resumable, and strict about non-finite losses.
+
+Written so that DDP can wrap the model later: the loop only calls ``loss_fn(model, batch)``,
+``backward`` and the optimizer. Batch order is a pure function of ``(seed, epoch)`` and every
+RNG that matters is checkpointed, so an interrupted run resumed from its checkpoint reaches
+the same final weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from taso.data import batch_order, collate
+from taso.importance import LossFn, default_loss
+from taso.io import atomic_path
+from taso.lr import effective_rates, param_groups
+from taso.model import load_trainable_state, trainable_state
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the run stopped before applying that step."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; a checkpoint of the last finished step was written."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Knobs of one training run (see params.yaml for the reasons behind the defaults)."""
+
+    lr: float = 1e-3
+    gamma: float = 0.5
+    head_lr: float | None = None
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 16
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    group_by_length: bool = False
+    checkpoint_every: int = 100
+    log_every: int = 10
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+    rates: dict = field(default_factory=dict)
+    resumed_from: int = 0
+
+
+def total_steps(n_examples: int, cfg: TrainConfig) -> int:
+    per_epoch = math.ceil(n_examples / cfg.batch_size)
+    return min(cfg.max_steps, per_epoch * cfg.epochs) if cfg.max_steps else per_epoch * cfg.epochs
+
+
+def _schedule(warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+@contextlib.contextmanager
+def _deferred_signals(flag: dict) -> None:
+    """Turn SIGINT/SIGTERM into a flag that the loop checks between steps, so state stays whole."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        flag["signal"] = signum
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _save_checkpoint(path: Path, model, opt, sched, step: int, history: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(
+            {
+                "trainable": trainable_state(model),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "step": step,
+                "torch_rng": torch.get_rng_state(),
+                "history": history,
+            },
+            tmp,
+        )
+
+
+def train(
+    model: nn.Module,
+    features: Sequence[dict],
+    cfg: TrainConfig,
+    *,
+    pad_id: int = 0,
+    checkpoint: str | Path | None = None,
+    loss_fn: LossFn = default_loss,
+    progress: bool = True,
+) -> TrainResult:
+    """Train the trainable parameters of ``model`` on tokenized ``features``.
+
+    Args:
+        model: a model whose adapter (and head) parameters require grad.
+        features: tokenized examples from :func:`taso.data.encode`.
+        cfg: optimisation settings.
+        pad_id: the tokenizer's pad id, for dynamic padding.
+        checkpoint: a file to checkpoint to every ``cfg.checkpoint_every`` steps, and to
+            resume from when it exists.
+        loss_fn: the scalar loss of one batch.
+
+    Returns:
+        Steps taken, wall time, the loss/lr history and the effective per-module rates.
+
+    Raises:
+        NonFiniteLossError: a loss is NaN or infinite (the step number is in the message).
+        TrainingInterrupted: SIGINT/SIGTERM arrived; a checkpoint was written first.
+    """
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed)
+    groups = param_groups(model, cfg.lr, cfg.gamma, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(groups)
+    steps = total_steps(len(features), cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(math.ceil(cfg.warmup_ratio * steps), steps))
+    rates = effective_rates(opt.param_groups)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    step, history = 0, []
+    checkpoint = Path(checkpoint) if checkpoint else None
+    if checkpoint and checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=True)
+        load_trainable_state(model, state["trainable"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        step, history = state["step"], state["history"]
+        log.info("resumed from %s at step %d", checkpoint, step)
+    resumed_from = step
+    lengths = [len(f["input_ids"]) for f in features]
+    per_epoch = math.ceil(len(features) / cfg.batch_size)
+    flag: dict = {}
+    start = time.perf_counter()
+    model.train()
+    bar = tqdm(total=steps, initial=step, disable=not progress, desc="train", leave=False)
+    with _deferred_signals(flag):
+        while step < steps:
+            epoch, offset = divmod(step, per_epoch)
+            order = batch_order(lengths, cfg.batch_size, cfg.seed + epoch, group_by_length=cfg.group_by_length)
+            for idx in order[offset:]:
+                if step >= steps:
+                    break
+                loss = loss_fn(model, collate([features[i] for i in idx], pad_id))
+                if not torch.isfinite(loss):
+                    where = f"; the last good checkpoint is {checkpoint}" if checkpoint and checkpoint.is_file() else ""
+                    raise NonFiniteLossError(
+                        f"loss is {loss.item()} at step {step}{where}; lower train.lr or check the data"
+                    )
+                loss.backward()
+                if cfg.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == steps:
+                    history.append({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
+                    bar.set_postfix(loss=f"{loss.item():.4f}")
+                if checkpoint and (step % cfg.checkpoint_every == 0 or flag):
+                    _save_checkpoint(checkpoint, model, opt, sched, step, history)
+                if flag:
+                    raise TrainingInterrupted(
+                        f"interrupted by signal {flag['signal']} after step {step}; resume from {checkpoint}"
+                    )
+    bar.close()
+    return TrainResult(step, time.perf_counter() - start, history, rates, resumed_from)
