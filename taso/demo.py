@@ -101,48 +101,31 @@ _CITIES = ["paris", "tokyo", "lima", "cairo", "oslo", "denver", "madrid", "seoul
 _DAYS = ["monday", "tuesday", "friday", "saturday", "sunday"]
 
 
+_HYPOTHESES = [
+    ("{who} bought a {color} {item}.", ("who", "color", "item")),
+    ("{who} was in {city} on {day}.", ("who", "city", "day")),
+    ("someone in {city} bought a {item} on {day}.", ("city", "item", "day")),
+    ("a {color} {item} was bought by {who}.", ("color", "item", "who")),
+    ("on {day}, {who} bought a {item} in {city}.", ("day", "who", "item", "city")),
+]
+_POOLS = {"who": _PEOPLE, "item": _ITEMS, "color": _COLORS, "city": _CITIES, "day": _DAYS}
+
+
 def entailment(n: int, seed: int) -> list[Example]:
-    """Sentence pairs: does the hypothesis follow from the premise? One detail may be swapped."""
+    """Sentence pairs, half entailed: a non-entailed hypothesis changes one detail it mentions."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        who, item, color, city, day = (
-            rng.choice(_PEOPLE),
-            rng.choice(_ITEMS),
-            rng.choice(_COLORS),
-            rng.choice(_CITIES),
-            rng.choice(_DAYS),
-        )
-        premise = f"{who} bought a {color} {item} in {city} on {day}."
-        facts = {"who": who, "item": item, "color": color, "city": city, "day": day}
+        facts = {k: rng.choice(pool) for k, pool in _POOLS.items()}
+        premise = "{who} bought a {color} {item} in {city} on {day}.".format(**facts)
+        template, mentioned = rng.choice(_HYPOTHESES)
         entailed = rng.random() < 0.5
         if not entailed:
-            key, pool = rng.choice(
-                [("who", _PEOPLE), ("item", _ITEMS), ("color", _COLORS), ("city", _CITIES), ("day", _DAYS)]
-            )
-            facts[key] = rng.choice([v for v in pool if v != facts[key]])
-        hypothesis = rng.choice(
-            [
-                "{who} bought a {color} {item}.",
-                "{who} was in {city} on {day}.",
-                "someone in {city} bought a {item} on {day}.",
-                "a {color} {item} was bought by {who}.",
-                "on {day}, {who} bought a {item} in {city}.",
-            ]
-        ).format(**facts)
-        # A swapped detail that the hypothesis does not mention leaves it entailed.
-        mentioned = all(
-            v in premise
-            for v in hypothesis.rstrip(".").replace(",", "").split()
-            if v in set(_PEOPLE + _ITEMS + _COLORS + _CITIES + _DAYS)
-        )
+            key = rng.choice(mentioned)
+            facts = {**facts, key: rng.choice([v for v in _POOLS[key] if v != facts[key]])}
+        hypothesis = template.format(**facts)
         out.append(
-            {
-                "id": i,
-                "text": premise,
-                "text_pair": hypothesis,
-                "label": "entailment" if mentioned else "not_entailment",
-            }
+            {"id": i, "text": premise, "text_pair": hypothesis, "label": "entailment" if entailed else "not_entailment"}
         )
     return out
 

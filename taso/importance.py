@@ -9,7 +9,7 @@ most one layer's weight gradient exists at any moment.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -77,7 +77,7 @@ def score_importance(
     targets: TargetSpec = "all-linear",
     *,
     loss_fn: LossFn = default_loss,
-    keep_full: bool = False,
+    keep_full: bool | Collection[str] = False,
 ) -> Importance:
     """Accumulate ``|W ⊙ ∂L/∂W|`` over ``batches`` for every target weight, in fp32.
 
@@ -89,7 +89,8 @@ def score_importance(
         batches: calibration batches, each a mapping accepted by ``loss_fn``.
         targets: which linear layers to score (see ``taso.targets``).
         loss_fn: computes the scalar task loss of one batch.
-        keep_full: also return the full importance map of each module (as large as the weights).
+        keep_full: also return full importance maps (as large as the weights): ``True`` for
+            every module, or a collection of module names (e.g. one matrix for a heatmap).
 
     Returns:
         Row and column marginals per target module (and full maps when asked).
@@ -102,14 +103,15 @@ def score_importance(
     was_training = model.training
     rows = {n: torch.zeros(m.out_features) for n, m in modules.items()}
     cols = {n: torch.zeros(m.in_features) for n, m in modules.items()}
-    full = {n: torch.zeros(m.out_features, m.in_features) for n, m in modules.items()} if keep_full else None
+    keep = set(modules) if keep_full is True else set(keep_full or ())
+    full = {n: torch.zeros(m.out_features, m.in_features) for n, m in modules.items() if n in keep} or None
 
     def fold(name: str) -> Callable[[torch.Tensor], None]:
         def hook(weight: torch.Tensor) -> None:
             score = (weight.detach().float() * weight.grad.float()).abs_()
             rows[name] += score.sum(1).cpu()
             cols[name] += score.sum(0).cpu()
-            if full is not None:
+            if full is not None and name in full:
                 full[name] += score.cpu()
             weight.grad = None  # free it now: the next layer's gradient is about to exist
 

@@ -146,8 +146,10 @@ def derive_elementwise(imp: Importance, q: float) -> Mask:
     Needs the full importance maps (score with ``keep_full=True``).
     """
     _check_fraction("q", q)
-    if not imp.full:
-        raise ValueError("the elementwise rule needs full importance maps: score with keep_full=True (score.keep_full)")
+    if not imp.full or set(imp.full) != set(imp.rows):
+        raise ValueError(
+            "the elementwise rule needs full importance maps of every module: score with keep_full=True (score.keep_full)"
+        )
     modules = {}
     for n, full in imp.full.items():
         d_out, d_in = full.shape
