@@ -139,7 +139,7 @@ def export_peft(
         lora_alpha=first.alpha,
         lora_dropout=float(getattr(first.dropout, "p", 0.0)),
         target_modules=sorted(layers),
-        modules_to_save=heads or None,
+        modules_to_save=list(heads) or None,  # a copy: PEFT appends its defaults to this list in place
         task_type=task_type,
         base_model_name_or_path=base_model,
     )
