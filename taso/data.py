@@ -88,9 +88,26 @@ def _read_local(spec: TaskSpec, split: str) -> tuple[list[dict], str]:
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 ({e})") from e
     except Exception as e:  # datasets wraps parser errors in many types; name the file
+        if _no_rows(path, builder, header=not spec.column_names):  # datasets fails on empty files
+            raise DataError(f"{path}: the {split} split is empty") from e
         raise DataError(f"{path}: could not be read as {builder} ({type(e).__name__}: {e})") from e
     rows = [{k.lstrip("\ufeff"): v for k, v in r.items()} for r in ds]
     return rows, str(path)
+
+
+def _no_rows(path: Path, builder: str, header: bool) -> bool:
+    """Whether a local data file holds no examples (nothing, only a header, or an empty list/table)."""
+    try:
+        if builder == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows == 0
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except Exception:
+        return False
+    if builder == "json":
+        return not lines or "".join(lines).replace(" ", "") in ("[]", "{}")
+    return len(lines) <= int(header)
 
 
 def _read_hub(spec: TaskSpec, split: str) -> tuple[list[dict], str]:

@@ -66,7 +66,8 @@ def final_number(text: str) -> str | None:
     if not found:
         return None
     value = found[-1].replace(",", "").rstrip(".")
-    return value[:-2] if value.endswith(".0") else value
+    # 12.0, 12.00 and 12 are one answer (and 3.50 is 3.5): drop trailing decimal zeros.
+    return value.rstrip("0").rstrip(".") if "." in value else value
 
 
 def exact_match(pred: Sequence[str], gold: Sequence[str]) -> float:

@@ -40,13 +40,21 @@ def inject(
 
     Raises:
         ArtifactError: the mask does not fit the model.
+        ValueError: a module of the mask already holds a masked LoRA layer.
     """
+    held = [n for n in masked_layers(model) if n in mask.modules]
+    if held:
+        raise ValueError(f"{held[0]} already holds a masked LoRA layer; call remove() first")
     check_fits(mask, model)
     model.requires_grad_(False)
     g = torch.random.fork_rng()
+    # Model order, not mask order: a loaded mask lists its modules sorted by name, and the
+    # same mask must draw the same A's whether it was derived in memory or read from a file.
+    order = [n for n, _ in model.named_modules() if n in mask.modules]
     with g:
         torch.manual_seed(seed)
-        for name, m in mask.modules.items():
+        for name in order:
+            m = mask.modules[name]
             if m.empty:
                 continue
             base = model.get_submodule(name)
@@ -139,11 +147,13 @@ def export_peft(
         lora_alpha=first.alpha,
         lora_dropout=float(getattr(first.dropout, "p", 0.0)),
         target_modules=sorted(layers),
-        modules_to_save=list(heads) or None,  # a copy: PEFT appends its defaults to this list in place
+        # PEFT adds the classification heads itself for SEQ_CLS (appending to the list in place).
+        modules_to_save=None if task_type == "SEQ_CLS" else (list(heads) or None),
         task_type=task_type,
         base_model_name_or_path=base_model,
     )
-    peft_model = get_peft_model(clean, config)
+    with torch.random.fork_rng():  # PEFT initialises LoRA weights we overwrite; keep the caller's RNG
+        peft_model = get_peft_model(clean, config)
     inner = peft_model.base_model.model
     with torch.no_grad():
         for name, layer in layers.items():

@@ -1,0 +1,197 @@
+"""Importance scoring: equal to a brute-force per-weight reference, and leaves the model as it found it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from taso.importance import Importance, default_loss, score_importance, warm_up_head
+from taso.io import ArtifactError
+from taso.targets import find_targets, head_names
+
+
+def brute_force(model, batches, names):
+    """Σ_batches |W ⊙ ∂L/∂W| with plain autograd: every parameter requires grad, one backward per batch."""
+    model.eval()
+    weights = {n: model.get_submodule(n).weight for n in names}
+    total = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()}
+    flags = {p: p.requires_grad for p in model.parameters()}
+    model.requires_grad_(True)
+    try:
+        for batch in batches:
+            model.zero_grad(set_to_none=True)
+            model(**batch).loss.backward()
+            for n, w in weights.items():
+                total[n] += (w.detach().float() * w.grad.float()).abs()
+    finally:
+        model.zero_grad(set_to_none=True)
+        for p, f in flags.items():
+            p.requires_grad_(f)
+    return total
+
+
+def assert_close_rel(actual, expected):
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6 * max(scale, 1e-12))
+
+
+def test_equals_brute_force_reference(kind, make_model, make_batches):
+    model = make_model(kind)
+    batches = make_batches(kind, n_batches=3)
+    imp = score_importance(model, batches, keep_full=True)
+    names = list(find_targets(model))
+    assert list(imp.rows) == names and set(imp.full) == set(names)
+    ref = brute_force(model, batches, names)
+    for n in names:
+        w = model.get_submodule(n).weight
+        assert imp.rows[n].shape == (w.shape[0],) and imp.cols[n].shape == (w.shape[1],)
+        assert imp.rows[n].dtype == imp.cols[n].dtype == imp.full[n].dtype == torch.float32
+        assert_close_rel(imp.full[n], ref[n])
+        assert_close_rel(imp.rows[n], ref[n].sum(1))
+        assert_close_rel(imp.cols[n], ref[n].sum(0))
+    # The sum over batches really is a sum: not just the last batch.
+    last_only = brute_force(model, batches[-1:], names[:1])[names[0]]
+    assert not torch.allclose(imp.full[names[0]], last_only)
+    assert imp.meta["n_batches"] == "3"
+
+
+def test_never_scores_embeddings_or_head(kind, make_model, make_batches):
+    model = make_model(kind)
+    imp = score_importance(model, make_batches(kind, n_batches=1))
+    for name in imp.rows:
+        assert "embed" not in name and "lm_head" not in name
+        assert name.split(".")[0] not in head_names(model)
+
+
+def test_marginals_without_full_maps_match_keep_full(make_model, make_batches):
+    model, batches = make_model("bert"), make_batches("bert")
+    plain = score_importance(model, batches)
+    assert plain.full is None
+    with_full = score_importance(model, batches, keep_full=True)
+    for n in plain.rows:
+        assert torch.equal(plain.rows[n], with_full.rows[n])
+        assert torch.equal(plain.cols[n], with_full.cols[n])
+
+
+def test_keep_full_for_chosen_modules_and_suffix_targets(make_model, make_batches):
+    model, batches = make_model("bert"), make_batches("bert")
+    imp = score_importance(model, batches, ["query", "value"], keep_full=["bert.encoder.layer.1.attention.self.query"])
+    assert set(imp.rows) == {f"bert.encoder.layer.{i}.attention.self.{k}" for i in (0, 1) for k in ("query", "value")}
+    assert list(imp.full) == ["bert.encoder.layer.1.attention.self.query"]
+    ref = brute_force(model, batches, list(imp.full))
+    assert_close_rel(
+        imp.full["bert.encoder.layer.1.attention.self.query"], ref["bert.encoder.layer.1.attention.self.query"]
+    )
+
+
+def _snapshot(model):
+    return (
+        {n: p.requires_grad for n, p in model.named_parameters()},
+        {n: m.training for n, m in model.named_modules()},
+    )
+
+
+def _freeze_pattern(model):
+    """A non-trivial requires_grad pattern: embeddings frozen, everything else trainable."""
+    for n, p in model.named_parameters():
+        p.requires_grad_("embed" not in n)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_restores_flags_and_mode(training, make_model, make_batches):
+    model = make_model("bert")
+    _freeze_pattern(model)
+    model.train(training)
+    before = _snapshot(model)
+    score_importance(model, make_batches("bert"))
+    assert _snapshot(model) == before
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_loss_raises_and_restores(bad, make_model, make_batches):
+    model = make_model("llama_cls")
+    _freeze_pattern(model)
+    model.train()
+    before = _snapshot(model)
+    calls = []
+
+    def loss_fn(m, batch):
+        calls.append(1)
+        loss = default_loss(m, batch)
+        return loss * bad if len(calls) == 2 else loss
+
+    with pytest.raises(FloatingPointError, match="batch 1"):
+        score_importance(model, make_batches("llama_cls"), loss_fn=loss_fn)
+    assert _snapshot(model) == before
+    assert all(p.grad is None for p in model.parameters())
+    # The gradient hooks are gone: a plain backward keeps its .grad instead of having it folded away.
+    target = next(iter(find_targets(model).values())).weight
+    default_loss(model, make_batches("llama_cls")[0]).backward()
+    assert target.grad is not None and target.grad.abs().sum() > 0
+
+
+def test_scoring_does_not_change_weights(make_model, make_batches):
+    model = make_model("bert")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    score_importance(model, make_batches("bert"))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_no_batches_is_an_error(make_model):
+    with pytest.raises(ValueError, match="empty"):
+        score_importance(make_model("bert"), [])
+
+
+def test_unknown_targets_name_the_spec(make_model, make_batches):
+    with pytest.raises(ValueError, match="nonexistent"):
+        score_importance(make_model("bert"), make_batches("bert"), ["nonexistent"])
+
+
+def test_save_load_roundtrip_and_tamper(tmp_path, make_model, make_batches):
+    imp = score_importance(make_model("bert"), make_batches("bert"), keep_full=True)
+    imp.meta["task"] = "demo"
+    digest = imp.save(tmp_path / "importance.safetensors")
+    loaded = Importance.load(tmp_path / "importance.safetensors")
+    assert digest == imp.digest == loaded.digest
+    assert loaded.meta == imp.meta
+    for part in ("rows", "cols", "full"):
+        got, want = getattr(loaded, part), getattr(imp, part)
+        assert set(got) == set(want) and all(torch.equal(got[n], want[n]) for n in want)
+
+    # Same tensors, recorded digest of something else: refused.
+    from safetensors.torch import save_file
+
+    tensors = imp._tensors()
+    first = next(iter(tensors))
+    tensors[first] = tensors[first] + 1
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={"digest": digest})
+    with pytest.raises(ArtifactError, match="digest"):
+        Importance.load(tmp_path / "bad.safetensors")
+    with pytest.raises(ArtifactError, match="not found"):
+        Importance.load(tmp_path / "missing.safetensors")
+
+
+def test_warm_up_head_trains_only_the_head(make_model, make_batches):
+    model = make_model("bert")
+    _freeze_pattern(model)
+    before = _snapshot(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = make_batches("bert", n_batches=3)
+    assert warm_up_head(model, batches, steps=10, lr=1e-2) == 3  # runs out of batches
+    assert _snapshot(model) == before
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, state[k])}
+    assert changed and all(k.startswith("classifier.") for k in changed)
+    assert warm_up_head(model, batches, steps=2) == 2
+    assert warm_up_head(model, batches, steps=0) == 0
+    assert warm_up_head(make_model("llama_lm"), make_batches("llama_lm"), steps=3) == 0  # no head to warm up
+
+
+def test_warm_up_head_non_finite_restores(make_model, make_batches):
+    model = make_model("bert")
+    before = _snapshot(model)
+    with pytest.raises(FloatingPointError):
+        warm_up_head(model, make_batches("bert"), steps=3, loss_fn=lambda m, b: default_loss(m, b) * math.nan)
+    assert _snapshot(model) == before
