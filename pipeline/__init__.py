@@ -1,0 +1,1 @@
+"""Glue that runs taso as a product: params schema, artifact paths, MLflow tracking and registry, the CLI."""

@@ -1,0 +1,117 @@
+"""The registered adapter as an MLflow pyfunc model (models-from-code: nothing is pickled).
+
+MLflow copies this file into the model and runs it on load, so it imports only taso (shipped
+with the model as code) and the libraries in the model's requirements, never ``pipeline``.
+Its artifacts are ``adapter`` (the PEFT adapter folder), ``mask`` (the mask folder) and
+``meta`` (``meta.json``: ``base_model``, ``task_type``, ``labels``, ``max_length``). The base
+model is resolved locally (``minilm`` or a folder), so loading and predicting need no network.
+
+Example:
+    model = mlflow.pyfunc.load_model("models:/taso-sentiment@champion")
+    model.predict(pd.DataFrame({"text": ["a fine film"]}))   # -> ["positive"]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+BATCH_SIZE = 32
+
+
+def _as_pairs(model_input) -> tuple[list[str], list[str] | None]:
+    """Texts (and second texts of sentence pairs) from any input form :meth:`TasoAdapterModel.predict` takes."""
+    if isinstance(model_input, str):
+        return [model_input], None
+    if isinstance(model_input, dict):
+        model_input = pd.DataFrame(
+            {k: [v] if isinstance(v, str) else list(v) for k, v in model_input.items() if k in ("text", "text_pair")}
+        )
+    if isinstance(model_input, pd.Series):
+        return [str(t) for t in model_input], None
+    if isinstance(model_input, pd.DataFrame):
+        if "text" not in model_input.columns:
+            if len(model_input.columns) != 1:
+                raise ValueError(
+                    f"input needs a 'text' column (and optionally 'text_pair'); got {list(model_input.columns)}"
+                )
+            return [str(t) for t in model_input.iloc[:, 0]], None
+        texts = [str(t) for t in model_input["text"]]
+        pairs = [str(t) for t in model_input["text_pair"]] if "text_pair" in model_input.columns else None
+        return texts, pairs
+    items = list(model_input)
+    if items and all(isinstance(x, list | tuple) and len(x) == 2 for x in items):
+        return [str(a) for a, _ in items], [str(b) for _, b in items]
+    if all(isinstance(x, str) for x in items):
+        return items, None
+    raise ValueError(
+        "input must be a DataFrame with a 'text' column (and optionally 'text_pair'), "
+        "a list of strings, or a list of [text, text_pair] pairs"
+    )
+
+
+class TasoAdapterModel(PythonModel):
+    """A base model with a taso adapter (PEFT LoRA) that predicts label names or values from text."""
+
+    def load_context(self, context) -> None:
+        """Load the base model named by ``meta.json``, the adapter onto it, and its tokenizer."""
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        from peft import PeftModel
+
+        from taso import models
+
+        meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        self.task_type = meta.get("task_type", "classification")
+        if self.task_type not in ("classification", "regression"):
+            raise ValueError(
+                f"the pyfunc model predicts classification and regression adapters, not {self.task_type!r}; "
+                "load the adapter folder with peft.PeftModel.from_pretrained instead"
+            )
+        self.labels = meta.get("labels") or None
+        self.max_length = int(meta.get("max_length") or 128)
+        num_labels = len(self.labels) if self.labels else int(meta.get("num_labels") or 2)
+        base = models.load_model(meta["base_model"], self.task_type, num_labels=num_labels)
+        self.model = PeftModel.from_pretrained(base, context.artifacts["adapter"]).eval()
+        self.tokenizer = models.load_tokenizer(meta["base_model"])
+
+    # The DataFrame hint tells MLflow not to infer a schema from it: inputs pass through as given.
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list:
+        """Label names (class ids when the task has no label names) or regression values, one per input.
+
+        Args:
+            model_input: a DataFrame with a ``text`` column and optionally ``text_pair``, a list
+                of strings, or a list of ``[text, text_pair]`` pairs.
+            params: ``{"batch_size": int}`` optionally.
+        """
+        import torch
+
+        texts, pairs = _as_pairs(model_input)
+        batch_size = int((params or {}).get("batch_size", BATCH_SIZE))
+        out: list = []
+        with torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                end = start + batch_size
+                enc = self.tokenizer(
+                    texts[start:end],
+                    pairs[start:end] if pairs is not None else None,
+                    truncation=True,
+                    max_length=self.max_length,
+                    padding=True,
+                    return_tensors="pt",
+                )
+                logits = self.model(**enc).logits
+                if self.task_type == "regression":
+                    out.extend(float(v) for v in logits.squeeze(-1).tolist())
+                else:
+                    ids = logits.argmax(-1).tolist()
+                    out.extend(self.labels[i] if self.labels else int(i) for i in ids)
+        return out
+
+
+mlflow.models.set_model(TasoAdapterModel())
