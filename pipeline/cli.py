@@ -1,0 +1,249 @@
+"""The ``taso`` command line: the pipeline's stages, mask inspection, and the adapter registry.
+
+Heavy libraries (torch, transformers, mlflow) are imported inside commands, so ``taso --help``
+and the mask commands start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+import stages  # noqa: F401  (sets the offline switches before anything imports transformers or mlflow)
+
+task_option = click.option("--task", required=True, help="Task name, a key of params.yaml `tasks`.")
+root_option = click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Project root (holds params.yaml).",
+)
+tracking_option = click.option(
+    "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    default=None,
+    help="MLflow store; default: sqlite file mlflow.db in the project root.",
+)
+
+
+def _fail_clearly(fn):
+    """Turn input errors into one line and exit code 2; bugs keep their traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from pipeline.errors import USER_ERRORS
+
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as e:
+            raise click.ClickException(str(e)) from e
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="taso")
+def main() -> None:
+    """taso: task-aligned sparse LoRA as a versioned pipeline.
+
+    \b
+    Example:
+      taso train --task sentiment
+    """
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _stage_command(name: str, module: str, summary: str) -> None:
+    @main.command(name=name, help=f"{summary}\n\n\b\nExample:\n  taso {name} --task sentiment")
+    @task_option
+    @root_option
+    @_fail_clearly
+    def command(task: str, root: Path) -> None:
+        import importlib
+
+        out = importlib.import_module(f"stages.{module}").run(task, root)
+        click.echo(f"{name}@{task}: wrote {out}")
+
+
+_stage_command("calibrate", "calibrate", "Pick the task's calibration examples (seeded).")
+_stage_command("score", "score", "Score the importance |W ⊙ ∂L/∂W| of every target weight.")
+_stage_command("derive-mask", "derive_mask", "Derive the task's mask (kept rows × columns) from its importance.")
+_stage_command("train", "train", "Train a masked LoRA on the task and register it as a candidate.")
+_stage_command("evaluate", "evaluate", "Evaluate the adapter; promote it to champion if it beats the current one.")
+
+
+@main.group()
+def mask() -> None:
+    """Inspect and compare saved masks.
+
+    \b
+    Example:
+      taso mask show artifacts/sentiment/mask
+    """
+
+
+@mask.command("show")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--rank", default=1, show_default=True, help="Rank for the trainable-parameter count.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full statistics as JSON.")
+@_fail_clearly
+def mask_show(path: Path, rank: int, as_json: bool) -> None:
+    """Print a mask's metadata, density and per-module counts.
+
+    \b
+    Example:
+      taso mask show artifacts/sentiment/mask --rank 1
+    """
+    from taso.masks import Mask, mask_stats
+
+    m = Mask.load(path)
+    stats = mask_stats(m, rank)
+    if as_json:
+        click.echo(json.dumps({"digest": m.digest, "meta": m.meta, **stats}, indent=2))
+        return
+    click.echo(f"digest    {m.digest}")
+    for k, v in sorted(m.meta.items()):
+        click.echo(f"{k:<17} {v}")
+    click.echo(
+        f"modules   {stats['n_modules']} non-empty of {len(m.modules)}; density {stats['density']:.4f}; "
+        f"trainable at r={rank}: {stats['trainable_params']:,}"
+    )
+    for name, s in stats["modules"].items():
+        click.echo(f"  {name:<55} rows {s['rows']:>5}/{s['shape'][0]:<5} cols {s['cols']:>5}/{s['shape'][1]:<5}")
+
+
+@mask.command("compare")
+@click.argument("a", type=click.Path(exists=True, path_type=Path))
+@click.argument("b", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print per-module overlaps as JSON.")
+@_fail_clearly
+def mask_compare(a: Path, b: Path, as_json: bool) -> None:
+    """Jaccard overlap of two masks' rows and columns, per module and overall.
+
+    \b
+    Example:
+      taso mask compare artifacts/sentiment/mask artifacts/topic/mask
+    """
+    from taso.masks import Mask, compare
+
+    result = compare(Mask.load(a), Mask.load(b))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for name, j in result["modules"].items():
+        click.echo(f"  {name:<55} rows {j['rows']:.3f}  cols {j['cols']:.3f}")
+    click.echo(f"overall: rows {result['overall']['rows']:.3f}  cols {result['overall']['cols']:.3f}")
+
+
+@main.group()
+def registry() -> None:
+    """Look up, pull and promote registered adapters (MLflow model registry).
+
+    \b
+    Example:
+      taso registry list
+    """
+
+
+def _configure(root: Path, tracking_uri: str | None) -> None:
+    import os
+
+    from pipeline import tracking
+
+    if tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    tracking.configure(root)
+
+
+@registry.command("list")
+@click.option("--prefix", default=None, help="Only models whose name starts with this.")
+@root_option
+@tracking_option
+@_fail_clearly
+def registry_list(prefix: str | None, root: Path, tracking_uri: str | None) -> None:
+    """List registered adapters with their versions and aliases.
+
+    \b
+    Example:
+      taso registry list --prefix taso
+    """
+    from pipeline import registry as reg
+
+    _configure(root, tracking_uri)
+    for model in reg.list_models(prefix):
+        click.echo(model["name"])
+        for v in model["versions"]:
+            aliases = ",".join(v.get("aliases", [])) or "-"
+            click.echo(f"  v{v['version']:<4} aliases {aliases:<20} {json.dumps(v.get('tags', {}), sort_keys=True)}")
+
+
+@registry.command("show")
+@click.argument("uri")
+@root_option
+@tracking_option
+@_fail_clearly
+def registry_show(uri: str, root: Path, tracking_uri: str | None) -> None:
+    """Show one registered model, or one version by alias or number.
+
+    \b
+    Example:
+      taso registry show models:/taso-sentiment@champion
+    """
+    from pipeline import registry as reg
+
+    _configure(root, tracking_uri)
+    click.echo(json.dumps(reg.show(uri), indent=2, default=str))
+
+
+@registry.command("pull")
+@click.argument("uri")
+@click.option("--dest", type=click.Path(path_type=Path), required=True, help="Folder to create.")
+@click.option("--mask", "what", flag_value="mask", help="Pull only the mask.")
+@click.option("--all", "what", flag_value="all", help="Pull adapter, mask and meta.")
+@click.option("--adapter", "what", flag_value="adapter", default=True, help="Pull the PEFT adapter (default).")
+@root_option
+@tracking_option
+@_fail_clearly
+def registry_pull(uri: str, dest: Path, what: str, root: Path, tracking_uri: str | None) -> None:
+    """Download a registered adapter (a folder PeftModel.from_pretrained loads) or its mask.
+
+    \b
+    Example:
+      taso registry pull models:/taso-sentiment@champion --dest champion-adapter
+    """
+    from pipeline import registry as reg
+
+    _configure(root, tracking_uri)
+    click.echo(reg.pull(uri, dest, what=what))
+
+
+@registry.command("promote")
+@click.argument("name")
+@click.argument("version")
+@click.option("--alias", default="champion", show_default=True)
+@root_option
+@tracking_option
+@_fail_clearly
+def registry_promote(name: str, version: str, alias: str, root: Path, tracking_uri: str | None) -> None:
+    """Point an alias at a version: an explicit decision, never a side effect.
+
+    \b
+    Example:
+      taso registry promote taso-sentiment 2 --alias champion
+    """
+    from pipeline import registry as reg
+
+    _configure(root, tracking_uri)
+    reg.promote(name, version, alias)
+    click.echo(f"{name}@{alias} -> version {version}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

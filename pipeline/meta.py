@@ -1,0 +1,50 @@
+"""The ``meta.json`` that makes every artifact folder explain itself (litgpt's habit)."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+
+import taso
+from taso.io import write_json
+
+
+def code_version(root: Path) -> str:
+    """taso's version plus the git commit of the project (``+dirty`` when it has uncommitted changes)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        return f"{taso.__version__}+{commit}{'.dirty' if dirty else ''}"
+    except (OSError, subprocess.CalledProcessError):
+        return taso.__version__
+
+
+def write_meta(
+    folder: Path,
+    *,
+    stage: str,
+    task: str,
+    root: Path,
+    params: dict,
+    inputs: dict[str, str],
+    outputs: dict[str, str] | None = None,
+    **extra,
+) -> dict:
+    """Write ``folder/meta.json``: what produced the folder, from what, with which code."""
+    meta = {
+        "stage": stage,
+        "task": task,
+        "params": params,
+        "inputs": inputs,
+        "outputs": outputs or {},
+        "code_version": code_version(root),
+        "python": platform.python_version(),
+        **extra,
+    }
+    write_json(Path(folder) / "meta.json", meta)
+    return meta

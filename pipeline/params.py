@@ -1,0 +1,186 @@
+"""The one typed boundary between ``params.yaml`` and the code: validated, frozen models.
+
+Every stage loads params through :func:`load_params`; an unknown key, a wrong type or an
+out-of-range value stops with one line that names the key's path, before anything runs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from taso.data import TaskSpec
+from taso.train import TrainConfig
+
+Fraction = Annotated[float, Field(gt=0, le=1)]
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class ModelParams(_Strict):
+    base: str = "minilm"
+    targets: str | list[str] = "all-linear"
+    max_length: PositiveInt = 128
+
+
+class TrackingParams(_Strict):
+    experiment: str = "taso"
+    registry_prefix: str = "taso"
+
+
+class TaskParams(_Strict):
+    source: str
+    task_type: Literal["classification", "regression", "causal_lm"] = "classification"
+    text_fields: list[str] = Field(default_factory=lambda: ["text"], min_length=1, max_length=2)
+    label_field: str = "label"
+    labels: list[str] | None = None
+    metrics: list[str] = Field(default_factory=lambda: ["accuracy"], min_length=1)
+    splits: dict[str, str] = Field(default_factory=lambda: {"train": "train", "eval": "eval"})
+    column_names: list[str] | None = None
+    max_train: PositiveInt | None = None
+    max_eval: PositiveInt | None = None
+    mask_source: str  # required: dvc.yaml tracks it as a param of derive-mask
+
+    @field_validator("mask_source")
+    @classmethod
+    def _mask_source(cls, v: str) -> str:
+        if v != "own" and not re.match(r"^(registry:|models:/|file:).+", v):
+            raise ValueError("must be 'own', 'registry:<name>@<alias>', 'models:/<name>@<alias>' or 'file:<path>'")
+        return v
+
+    @field_validator("splits")
+    @classmethod
+    def _splits(cls, v: dict[str, str]) -> dict[str, str]:
+        missing = {"train", "eval"} - set(v)
+        if missing:
+            raise ValueError(f"needs keys train and eval (missing: {', '.join(sorted(missing))})")
+        return v
+
+    def spec(self, name: str, max_length: int) -> TaskSpec:
+        """The library's view of this task."""
+        return TaskSpec(
+            name=name,
+            source=self.source,
+            task_type=self.task_type,
+            text_fields=tuple(self.text_fields),
+            label_field=self.label_field,
+            labels=tuple(self.labels) if self.labels else None,
+            metrics=tuple(self.metrics),
+            splits=dict(self.splits),
+            column_names=tuple(self.column_names) if self.column_names else None,
+            max_train=self.max_train,
+            max_eval=self.max_eval,
+            max_length=max_length,
+        )
+
+
+class CalibrateParams(_Strict):
+    n: PositiveInt = 256
+
+
+class ScoreParams(_Strict):
+    batch_size: PositiveInt = 16
+    head_warmup_steps: Annotated[int, Field(ge=0)] = 0
+    head_warmup_lr: Annotated[float, Field(gt=0)] = 1e-3
+    keep_full: bool = False
+
+
+class MaskParams(_Strict):
+    rule: Literal["rows_cols", "elementwise", "global"] = "rows_cols"
+    p: Fraction = 0.25
+
+
+class TrainParams(_Strict):
+    rank: PositiveInt = 1
+    alpha: Annotated[float, Field(gt=0)] = 2.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    lr: Annotated[float, Field(gt=0)] = 3e-3
+    gamma: Annotated[float, Field(ge=0)] = 0.5
+    head_lr: Annotated[float, Field(gt=0)] | None = None
+    epochs: PositiveInt = 1
+    max_steps: PositiveInt | None = None
+    batch_size: PositiveInt = 16
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.06
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
+    group_by_length: bool = False
+    checkpoint_every: PositiveInt = 100
+
+    def config(self, seed: int) -> TrainConfig:
+        return TrainConfig(
+            lr=self.lr,
+            gamma=self.gamma,
+            head_lr=self.head_lr,
+            epochs=self.epochs,
+            max_steps=self.max_steps,
+            batch_size=self.batch_size,
+            warmup_ratio=self.warmup_ratio,
+            weight_decay=self.weight_decay,
+            max_grad_norm=self.max_grad_norm,
+            seed=seed,
+            group_by_length=self.group_by_length,
+            checkpoint_every=self.checkpoint_every,
+        )
+
+
+class EvaluateParams(_Strict):
+    batch_size: PositiveInt = 64
+
+
+class Params(_Strict):
+    seed: int = 0
+    model: ModelParams = ModelParams()
+    tracking: TrackingParams = TrackingParams()
+    tasks: dict[str, TaskParams] = Field(min_length=1)
+    calibrate: CalibrateParams = CalibrateParams()
+    score: ScoreParams = ScoreParams()
+    mask: MaskParams = MaskParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+    def task(self, name: str) -> TaskParams:
+        if name not in self.tasks:
+            raise ParamsError(f"tasks.{name}: no such task; tasks in params.yaml: {', '.join(self.tasks)}")
+        return self.tasks[name]
+
+    def spec(self, name: str) -> TaskSpec:
+        return self.task(name).spec(name, self.model.max_length)
+
+
+class ParamsError(ValueError):
+    """params.yaml does not validate; the message names the key path."""
+
+
+def _describe(err: ValidationError, path: Path) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"{path}: {where}: {msg}")
+    return "\n".join(lines)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``.
+
+    Raises:
+        ParamsError: the file is missing, is not YAML, or a key is unknown, mistyped or out of range.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: not found; run from the project root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML ({e})") from e
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise ParamsError(_describe(e, path)) from None

@@ -1,0 +1,88 @@
+"""params.yaml → validated objects: the committed file loads, and bad input names the key path."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.params import ParamsError, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def raw() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_committed_params_load_and_build_task_specs(raw):
+    params = load_params(ROOT / "params.yaml")
+    assert set(params.tasks) == set(raw["tasks"])
+    for name in params.tasks:
+        spec = params.spec(name)
+        assert spec.name == name and spec.source.startswith("demo:")
+        assert spec.max_length == raw["model"]["max_length"]
+    assert params.train.config(params.seed).lr == raw["train"]["lr"]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (("mask", "p"), 0.0, "mask.p"),
+        (("mask", "p"), 1.5, "mask.p"),
+        (("train", "rank"), 0, "train.rank"),
+        (("train", "lr"), -1e-3, "train.lr"),
+        (("train", "lr"), 0, "train.lr"),
+        (("calibrate", "n"), 0, "calibrate.n"),
+        (("train", "epochs"), "three", "train.epochs"),
+        (("mask", "rule"), "diagonal", "mask.rule"),
+        (("tasks", "sentiment", "mask_source"), "s3://bucket/mask", "tasks.sentiment.mask_source"),
+    ],
+)
+def test_bad_value_names_key_path(tmp_path, raw, path, value, expected):
+    node = raw
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ParamsError, match=rf"{expected}:"):
+        load_params(write(tmp_path, raw))
+
+
+def test_unknown_key_is_refused_with_its_path(tmp_path, raw):
+    raw["train"]["learning_rate"] = 0.1
+    with pytest.raises(ParamsError, match=r"train\.learning_rate: unknown key"):
+        load_params(write(tmp_path, raw))
+
+
+def test_unknown_task_key_is_refused(tmp_path, raw):
+    raw["tasks"]["sentiment"]["text_field"] = "sentence"
+    with pytest.raises(ParamsError, match=r"tasks\.sentiment\.text_field: unknown key"):
+        load_params(write(tmp_path, raw))
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train: [unclosed")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_unknown_task_lists_known_tasks(raw, tmp_path):
+    params = load_params(write(tmp_path, raw))
+    with pytest.raises(ParamsError, match=r"tasks\.nope: no such task; tasks in params.yaml: .*sentiment"):
+        params.task("nope")
+
+
+def test_task_without_mask_source_is_refused(tmp_path, raw):
+    # dvc.yaml tracks tasks.<name>.mask_source, so the schema insists on it too.
+    del raw["tasks"]["topic"]["mask_source"]
+    with pytest.raises(ParamsError, match=r"tasks\.topic\.mask_source: Field required"):
+        load_params(write(tmp_path, raw))

@@ -1,0 +1,151 @@
+"""Each stage, in-process on a tiny BERT: it writes exactly its declared outs, and bad input stops it cleanly."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from taso import demo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_bert_folder(path: Path) -> Path:
+    """A 2-layer BERT and a word-level tokenizer covering the demo vocabulary, saved like a hub model."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    words = set()
+    for name in demo.TASKS:
+        for ex in demo.demo_split(name, "train", 200) + demo.demo_split(name, "eval", 50):
+            words.update(re.findall(r"\w+|[^\w\s]", (ex["text"] + " " + ex.get("text_pair", "")).lower()))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
+    path.mkdir(parents=True)
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(vocab=str(path / "vocab.txt")).save_pretrained(path)  # transformers 5 ignores vocab_file=
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertForSequenceClassification(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return tiny_bert_folder(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture
+def project(tmp_path, tiny_model, monkeypatch) -> Path:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["model"]["base"] = str(tiny_model)
+    raw["model"]["max_length"] = 32
+    raw["tasks"] = {"entailment": {**raw["tasks"]["entailment"], "max_train": 40, "max_eval": 16}}
+    raw["calibrate"]["n"] = 8
+    raw["train"] |= {"max_steps": 4, "epochs": 2, "checkpoint_every": 2}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path
+
+
+def files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def run_all(root: Path, task: str = "entailment") -> None:
+    from stages import calibrate, derive_mask, evaluate, score, train
+
+    for stage in (calibrate, score, derive_mask, train, evaluate):
+        stage.run(task, root)
+
+
+def test_stages_write_exactly_their_outs(project):
+    run_all(project)
+    art = project / "artifacts" / "entailment"
+    assert files(art) == [
+        "adapter/README.md",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/meta.json",
+        "adapter/taso.json",
+        "calibration/calibration.jsonl",
+        "calibration/meta.json",
+        "importance/importance.safetensors",
+        "importance/meta.json",
+        "importance_heatmap.png",
+        "mask/mask.json",
+        "mask/mask.safetensors",
+        "mask/meta.json",
+        "metrics.json",
+        "train.json",
+        "train_curve.csv",
+    ]
+    metrics = json.loads((art / "metrics.json").read_text())
+    assert set(metrics) >= {"accuracy", "f1", "n_examples"} and metrics["n_examples"] == 16
+    trained = json.loads((art / "train.json").read_text())
+    assert trained["steps"] == 4 and trained["registry_version"] == 1
+    mask_json = json.loads((art / "mask" / "mask.json").read_text())
+    assert trained["trainable_adapter"] == mask_json["trainable_params"]
+    assert json.loads((art / "adapter" / "taso.json").read_text())["mask_digest"] == mask_json["digest"]
+    # Nothing is left behind: no temp folders next to the outs, no checkpoint after success.
+    assert not [p for p in art.iterdir() if p.name.startswith(".")]
+    assert not list((project / "checkpoints").rglob("*.pt"))
+
+
+def test_mask_from_file_source_records_lineage(project, tmp_path_factory):
+    run_all(project)
+    published = tmp_path_factory.mktemp("published") / "mask"
+    import shutil
+
+    shutil.copytree(project / "artifacts" / "entailment" / "mask", published)
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["tasks"]["reuse"] = {**raw["tasks"]["entailment"], "mask_source": f"file:{published}"}
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    run_all(project, "reuse")
+    from taso.masks import Mask
+
+    reused, original = Mask.load(project / "artifacts" / "reuse" / "mask"), Mask.load(published)
+    assert reused.digest == original.digest
+    assert reused.meta["source"] == f"file:{published}" and reused.meta["source_digest"] == original.digest
+
+
+def test_bad_label_stops_calibrate_naming_file_column_and_row(project, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.tsv").write_text("sentence\tlabel\ngood film\t1\nbad film\tmaybe\n")
+    (data / "dev.tsv").write_text("sentence\tlabel\ngood film\t1\n")
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["tasks"] = {
+        "mine": {
+            "source": str(data),
+            "splits": {"train": "train.tsv", "eval": "dev.tsv"},
+            "text_fields": ["sentence"],
+            "labels": ["0", "1"],
+            "mask_source": "own",
+        }
+    }
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    from stages import calibrate
+    from taso.data import DataError
+
+    with pytest.raises(DataError, match=r"train\.tsv: row 1, column 'label': unknown label 'maybe'"):
+        calibrate.run("mine", project)
+    assert not (project / "artifacts" / "mine" / "calibration").exists()
+
+
+def test_tiny_tokenizer_knows_the_demo_words(tiny_model):
+    from taso.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model))
+    ids = tok("anna bought a red lamp in paris on monday.")["input_ids"]
+    assert tok.unk_token_id not in ids
