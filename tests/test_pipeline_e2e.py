@@ -1,0 +1,200 @@
+"""End to end: the real `dvc repro` on a copy of this repo, with the real MiniLM and a sqlite MLflow store.
+
+One module-scoped run (a few training steps per task) feeds every test here, so the suite
+pays for the pipeline once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = [
+    "taso",
+    "pipeline",
+    "stages",
+    "dvc.yaml",
+    "params.yaml",
+    "pyproject.toml",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    ".dvcignore",
+    ".gitignore",
+]
+TASKS = ("sentiment", "entailment")
+
+
+def sh(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def tiny_params(raw: dict) -> dict:
+    raw["tasks"] = {k: {**raw["tasks"][k], "max_train": 48, "max_eval": 32} for k in TASKS}
+    raw["calibrate"]["n"] = 16
+    raw["train"]["max_steps"] = 3
+    raw["train"]["checkpoint_every"] = 2
+    return raw
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A fresh git repo holding the project, after one `dvc repro`."""
+    repo = tmp_path_factory.mktemp("project")
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "tmp"))
+        elif src.exists():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, repo / name)
+    params = tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "DVC_"))}
+    env |= {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    sh(["git", "init", "-q", "-b", "main"], repo, env)
+    sh(["dvc", "config", "--local", "core.site_cache_dir", str(repo.parent / "dvc-site")], repo, env)
+    sh(["git", "add", "-A"], repo, env)
+    sh(["git", "commit", "-qm", "init"], repo, env)
+    first = sh(["dvc", "repro"], repo, env)
+    return repo, env, first
+
+
+def test_repro_writes_every_declared_out(project):
+    repo, _, _ = project
+    for task in TASKS:
+        d = repo / "artifacts" / task
+        assert sorted(p.name for p in (d / "calibration").iterdir()) == ["calibration.jsonl", "meta.json"]
+        assert sorted(p.name for p in (d / "importance").iterdir()) == ["importance.safetensors", "meta.json"]
+        assert sorted(p.name for p in (d / "mask").iterdir()) == ["mask.json", "mask.safetensors", "meta.json"]
+        assert {"adapter_config.json", "adapter_model.safetensors", "meta.json", "taso.json"} <= {
+            p.name for p in (d / "adapter").iterdir()
+        }
+        for f in ("importance_heatmap.png", "train.json", "train_curve.csv", "metrics.json"):
+            assert (d / f).is_file(), f
+        assert (d / "importance_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert len((d / "calibration" / "calibration.jsonl").read_text().splitlines()) == 16
+        meta = json.loads((d / "mask" / "meta.json").read_text())
+        assert meta["stage"] == "derive-mask" and meta["task"] == task and meta["inputs"]["importance"]
+        assert not (repo / "checkpoints" / task).exists() or not any((repo / "checkpoints" / task).iterdir())
+
+
+def test_metrics_show_lists_every_task(project):
+    repo, env, _ = project
+    shown = json.loads(sh(["dvc", "metrics", "show", "--json"], repo, env).stdout)
+    files = next(iter(shown.values()))["data"]
+    for task in TASKS:
+        metrics = files[f"artifacts/{task}/metrics.json"]["data"]
+        assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n_examples"] == 32
+        assert files[f"artifacts/{task}/train.json"]["data"]["steps"] == 3
+
+
+def test_second_repro_reruns_nothing(project):
+    repo, env, _ = project
+    out = sh(["dvc", "repro"], repo, env).stdout
+    assert "Running stage" not in out
+
+
+def test_mlflow_runs_and_registry(project):
+    repo, _, _ = project
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp = client.get_experiment_by_name("taso")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    stages = {(r.data.tags["taso.stage"], r.data.tags["taso.task"]) for r in runs}
+    assert stages == {(s, t) for s in ("calibrate", "score", "derive-mask", "train", "evaluate") for t in TASKS}
+    train_run = next(
+        r for r in runs if r.data.tags["taso.stage"] == "train" and r.data.tags["taso.task"] == "sentiment"
+    )
+    assert train_run.data.tags["taso.input.mask"] and train_run.data.tags["taso.output.adapter"]
+    assert train_run.data.params["train.rank"] == "1"
+    assert len(client.get_metric_history(train_run.info.run_id, "train_loss")) >= 1
+    for task in TASKS:
+        version = client.get_model_version_by_alias(f"taso-{task}", "champion")
+        assert str(version.version) == "1"
+        assert set(client.get_registered_model(f"taso-{task}").aliases) == {"candidate", "champion"}
+        assert (
+            version.tags["mask_digest"]
+            == json.loads((repo / "artifacts" / task / "mask" / "mask.json").read_text())["digest"]
+        )
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/taso-sentiment@champion")
+    assert set(model.predict(["the film was not good.", "the film was great."])) <= {"negative", "positive"}
+
+
+def test_pull_champion_loads_in_peft(project, tmp_path):
+    repo, env, _ = project
+    import torch
+    from peft import PeftModel
+
+    from taso.models import load_model
+
+    dest = tmp_path / "champion"
+    sh(["taso", "registry", "pull", "models:/taso-sentiment@champion", "--dest", str(dest)], repo, env)
+    model = PeftModel.from_pretrained(load_model("minilm", num_labels=2), str(dest))
+    ids = torch.tensor([[101, 2023, 2143, 2001, 2025, 2204, 1012, 102]])
+    assert model(input_ids=ids).logits.shape == (1, 2)
+
+
+def test_param_change_reruns_only_that_task(project):
+    repo, env, _ = project
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["tasks"]["entailment"]["max_train"] = 40
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh(["dvc", "repro"], repo, env).stdout
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {f"{s}@entailment" for s in ("calibrate", "score", "derive-mask", "train", "evaluate")}
+
+
+def test_bad_params_fail_the_stage_with_the_key_path(project):
+    repo, env, _ = project
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["mask"]["p"] = 1.5
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        proc = sh(["dvc", "repro", "derive-mask@sentiment"], repo, env, check=False)
+        assert proc.returncode != 0
+        assert "mask.p: Input should be less than or equal to 1" in proc.stderr + proc.stdout
+    finally:
+        params["mask"]["p"] = 0.25
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_exp_run_with_set_param(project):
+    repo, env, _ = project
+    sh(["git", "add", "-A"], repo, env)
+    sh(["git", "commit", "-qm", "after repro"], repo, env)
+    sh(["dvc", "exp", "run", "-S", "mask.p=0.5", "-n", "dense-half"], repo, env)
+    shown = json.loads(sh(["dvc", "exp", "show", "--json"], repo, env).stdout)
+    text = json.dumps(shown)
+    assert "dense-half" in text and '"p": 0.5' in text
+    mask = json.loads((repo / "artifacts" / "sentiment" / "mask" / "mask.json").read_text())
+    assert mask["meta"]["p"] == "0.5"
