@@ -11,13 +11,17 @@ from taso.io import write_json
 
 
 def code_version(root: Path) -> str:
-    """taso's version plus the git commit of the project (``+dirty`` when it has uncommitted changes)."""
+    """taso's version and the project's git commit, ``.dirty`` when taso/, pipeline/ or stages/ have uncommitted changes."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
+        # Only the code counts: DVC stages dvc.lock as it runs, which says nothing about the code.
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "taso", "pipeline", "stages"],
+            cwd=root,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         return f"{taso.__version__}+{commit}{'.dirty' if dirty else ''}"
     except (OSError, subprocess.CalledProcessError):
