@@ -142,6 +142,8 @@ def export_peft(
     first = next(iter(layers.values()))
     heads = head_names(model)
     clean = remove(copy.deepcopy(model))
+    # PEFT records the model's own name_or_path; name the base the way the caller wants it found.
+    clean.name_or_path = clean.config._name_or_path = base_model
     config = LoraConfig(
         r=first.r,
         lora_alpha=first.alpha,
@@ -150,7 +152,6 @@ def export_peft(
         # PEFT adds the classification heads itself for SEQ_CLS (appending to the list in place).
         modules_to_save=None if task_type == "SEQ_CLS" else (list(heads) or None),
         task_type=task_type,
-        base_model_name_or_path=base_model,
     )
     with torch.random.fork_rng():  # PEFT initialises LoRA weights we overwrite; keep the caller's RNG
         peft_model = get_peft_model(clean, config)
@@ -166,9 +167,5 @@ def export_peft(
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         peft_model.save_pretrained(str(tmp))
-        config_path = tmp / "adapter_config.json"
-        cfg = json.loads(config_path.read_text())
-        cfg["base_model_name_or_path"] = base_model
-        config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
         (tmp / "taso.json").write_text(json.dumps(extra or {}, indent=2, sort_keys=True) + "\n")
     return out_dir
