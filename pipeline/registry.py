@@ -398,6 +398,11 @@ def pull(uri: str, dest: Path, *, what: str = "adapter") -> Path:
         what: ``adapter`` (a folder ``PeftModel.from_pretrained`` loads), ``mask``
             (``mask.safetensors`` + ``mask.json``), ``meta`` (a folder holding ``meta.json``),
             or ``all`` (``adapter/``, ``mask/`` and ``meta.json``).
+
+    Raises:
+        RegistryError: no such model, alias or version.
+        ArtifactError: with ``all``, the adapter records another mask digest than the mask's
+            (``dest`` is then left as it was).
     """
     if what not in WHAT:
         raise ValueError(f"what must be one of {', '.join(WHAT)}, not {what!r}")
@@ -415,12 +420,31 @@ def pull(uri: str, dest: Path, *, what: str = "adapter") -> Path:
         if got.is_file():  # meta.json alone: still hand back a folder
             (tmp / "folder").mkdir()
             got = Path(shutil.move(str(got), tmp / "folder" / got.name)).parent
+        if what == "all":  # both halves are here: refuse a pair that does not belong together
+            _check_pair(got, uri)
         if dest.is_dir() and not dest.is_symlink():
             shutil.rmtree(dest)
         got.replace(dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def _check_pair(folder: Path, uri: str) -> None:
+    """Refuse a pulled adapter whose recorded mask digest is not that of the mask beside it."""
+    from taso.io import ArtifactError
+    from taso.masks import Mask
+    from taso.model import adapter_mask_digest
+
+    recorded = adapter_mask_digest(folder / "adapter")
+    if recorded is None:  # registered by hand, without lineage: nothing to compare
+        return
+    actual = Mask.load(folder / "mask").digest
+    if recorded != actual:
+        raise ArtifactError(
+            f"{uri}: its adapter was trained on mask {recorded}, but its mask is {actual}; "
+            "register adapter and mask again from one train run"
+        )
 
 
 def _when(ms: int | None) -> str | None:

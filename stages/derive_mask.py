@@ -12,7 +12,7 @@ from pipeline.paths import TaskPaths
 from stages._args import stage_main
 from taso.importance import Importance
 from taso.io import ArtifactError, atomic_path
-from taso.masks import Mask, derive_mask, mask_stats
+from taso.masks import Mask, derive_mask, mask_stats, shape_mismatch
 
 
 def load_source(source: str) -> Mask:
@@ -36,9 +36,10 @@ def run(task: str, root: Path = Path(".")) -> Path:
             mask = derive_mask(imp, params.mask.rule, params.mask.p)
         else:
             mask = load_source(source)
-            if {n: m.shape for n, m in mask.modules.items()} != imp.shapes:
+            if problem := shape_mismatch(mask, imp.shapes):
                 raise ArtifactError(
-                    f"mask from {source} does not fit {params.model.base}: its modules or shapes differ; "
+                    f"mask from {source} does not fit {params.model.base} "
+                    f"(mask base model: {mask.meta.get('base_model') or 'unknown'}): {problem}; "
                     "use a mask published for the same base model"
                 )
             mask = mask.with_meta(source=source, source_digest=mask.digest)

@@ -16,6 +16,8 @@ from stages._args import stage_main
 from taso import data, models
 from taso.evaluate import evaluate
 from taso.io import digest_file, read_json, write_json
+from taso.masks import Mask
+from taso.model import check_adapter_mask
 
 
 def load_adapter(base: str, adapter_dir: Path, task_type: str, num_labels: int, seed: int = 0):
@@ -36,7 +38,10 @@ def run(task: str, root: Path = Path(".")) -> Path:
         "evaluate": params.evaluate.model_dump(),
         "task": params.task(task).model_dump(),
     }
-    inputs = {"adapter": digest_file(paths.adapter / "adapter_model.safetensors")}
+    mask = Mask.load(paths.mask)
+    # Before any model loads: an adapter and a mask that disagree mean one of them is stale.
+    check_adapter_mask(paths.adapter, mask)
+    inputs = {"adapter": digest_file(paths.adapter / "adapter_model.safetensors"), "mask": mask.digest}
     with tracking.stage_run(root, stage="evaluate", task=task, params=used, inputs=inputs) as mlrun:
         tok = models.load_tokenizer(params.model.base)
         model = load_adapter(params.model.base, paths.adapter, spec.task_type, spec.num_labels, params.seed)

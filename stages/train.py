@@ -18,8 +18,9 @@ from pipeline.params import load_params
 from pipeline.paths import TaskPaths
 from stages._args import stage_main
 from taso import data, models
+from taso.importance import Importance
 from taso.io import atomic_path, digest_file, write_json
-from taso.masks import Mask, mask_stats
+from taso.masks import Mask, check_importance, mask_stats
 from taso.model import count_trainable, export_peft, inject
 from taso.train import train
 
@@ -32,6 +33,8 @@ def run(task: str, root: Path = Path(".")) -> Path:
     params = load_params(root / "params.yaml")
     spec, paths, seed, tp = params.spec(task), TaskPaths(root, task), params.seed, params.train
     mask = Mask.load(paths.mask)
+    if params.task(task).mask_source == "own":  # a published mask records its own task's importance
+        check_importance(mask, Importance.load(paths.importance / "importance.safetensors"))
     used = {
         "seed": seed,
         "model": params.model.model_dump(),

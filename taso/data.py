@@ -85,14 +85,34 @@ def _read_local(spec: TaskSpec, split: str) -> tuple[list[dict], str]:
     datasets.disable_progress_bars()
     try:
         ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e})") from e
+        # Inside the try: the json reader keeps undecodable bytes until a row is read.
+        rows = [{k.lstrip("\ufeff"): v for k, v in r.items()} for r in ds]
     except Exception as e:  # datasets wraps parser errors in many types; name the file
+        bad = _first_invalid_utf8(path) if builder != "parquet" else None
+        if bad:  # the wrapped error says neither where nor what; find the line ourselves
+            line, column = bad
+            raise DataError(
+                f"{path}: line {line}, byte {column} is not valid UTF-8; "
+                "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+            ) from e
         if _no_rows(path, builder, header=not spec.column_names):  # datasets fails on empty files
             raise DataError(f"{path}: the {split} split is empty") from e
         raise DataError(f"{path}: could not be read as {builder} ({type(e).__name__}: {e})") from e
-    rows = [{k.lstrip("\ufeff"): v for k, v in r.items()} for r in ds]
     return rows, str(path)
+
+
+def _first_invalid_utf8(path: Path) -> tuple[int, int] | None:
+    """``(line, byte)`` (both 1-based) of the first byte that is not UTF-8, or None when the file decodes.
+
+    Line by line is exact: a newline byte is never part of a multi-byte UTF-8 sequence.
+    """
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return number, e.start + 1
+    return None
 
 
 def _no_rows(path: Path, builder: str, header: bool) -> bool:
@@ -123,8 +143,9 @@ def read_rows(spec: TaskSpec, split: str, seed: int = 0) -> list[dict]:
     """Load ``split`` of a task as examples ``{id, text, text_pair?, label}``.
 
     Raises:
-        DataError: missing file or column, unknown label value, or an empty split,
-            with the file, the column and the row named.
+        DataError: missing file or column, unknown label value, invalid UTF-8, an empty
+            split, or a classification train split with a single class, with the file,
+            the column and the row (or line) named.
     """
     if split not in spec.splits:
         raise DataError(f"task {spec.name} has no {split!r} split (tasks.{spec.name}.splits)")
@@ -146,10 +167,26 @@ def read_rows(spec: TaskSpec, split: str, seed: int = 0) -> list[dict]:
         )
     examples = [_example(spec, r, i, origin) for i, r in enumerate(rows)]
     limit = spec.max_train if split == "train" else spec.max_eval
-    if limit is not None and len(examples) > limit:
+    sampled = limit is not None and len(examples) > limit
+    if sampled:
         random.Random(seed).shuffle(examples)
         examples = examples[:limit]
+    if split == "train" and spec.task_type == "classification":
+        _check_classes(spec, examples, origin, sampled)
     return examples
+
+
+def _check_classes(spec: TaskSpec, examples: Sequence[dict], origin: str, sampled: bool) -> None:
+    """Refuse a train split holding one class: the head would learn a constant and importance would be noise."""
+    ids = {e["label"] for e in examples}
+    if len(ids) == 1:
+        (only,) = ids
+        value = spec.labels[only] if spec.labels else only
+        note = f" (of the max_train={spec.max_train} kept)" if sampled else ""
+        raise DataError(
+            f"{origin}: every train example{note} has label {value!r} in column {spec.label_field!r}; "
+            f"a classifier needs at least two classes: check the file and tasks.{spec.name}.label_field"
+        )
 
 
 def _example(spec: TaskSpec, row: dict, i: int, origin: str) -> dict:

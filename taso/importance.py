@@ -61,10 +61,21 @@ class Importance:
     def load(cls, path) -> Importance:
         """Read an importance file, refusing it when its content does not match its digest."""
         tensors, meta = load_safetensors(path)
-        rows, cols, full = {}, {}, {}
+        parts: dict[str, dict[str, torch.Tensor]] = {"row": {}, "col": {}, "full": {}}
         for key, t in tensors.items():
-            name, kind = key.rsplit(".", 1)
-            {"row": rows, "col": cols, "full": full}[kind][name] = t
+            name, _, kind = key.rpartition(".")
+            if kind not in parts or not name:  # e.g. a mask file (``<name>.rows``) passed by mistake
+                raise ArtifactError(
+                    f"{path}: not a taso importance map (tensor {key!r} is not <module>.row/.col/.full); "
+                    "pass the score stage's importance.safetensors"
+                )
+            parts[kind][name] = t
+        rows, cols, full = parts["row"], parts["col"], parts["full"]
+        if set(rows) != set(cols) or not rows:
+            raise ArtifactError(
+                f"{path}: incomplete importance map (modules with rows but no columns, or none at all); "
+                "re-create it with the score stage"
+            )
         imp = cls(rows, cols, full or None, {k: v for k, v in meta.items() if k != "digest"})
         if meta.get("digest") and meta["digest"] != imp.digest:
             raise ArtifactError(f"{path}: content does not match its recorded digest; the file was altered")

@@ -333,6 +333,50 @@ def check_fits(mask: Mask, model: nn.Module) -> None:
             )
 
 
+def shape_mismatch(mask: Mask, shapes: Mapping[str, Sequence[int]]) -> str | None:
+    """What differs between a mask's modules and ``shapes`` (module → ``(d_out, d_in)``), or None if they agree.
+
+    For checks against an importance map (``Importance.shapes``), where no model is at hand.
+    """
+
+    def few(names: list[str]) -> str:
+        return f"{names[:3]}{' ...' if len(names) > 3 else ''}"
+
+    problems = []
+    if extra := sorted(set(mask.modules) - set(shapes)):
+        problems.append(f"mask modules not in the model: {few(extra)}")
+    if absent := sorted(set(shapes) - set(mask.modules)):
+        problems.append(f"model modules not in the mask: {few(absent)}")
+    if wrong := [n for n in mask.modules if n in shapes and mask.modules[n].shape != tuple(shapes[n])]:
+        more = f" ({len(wrong) - 1} more differ)" if len(wrong) > 1 else ""
+        problems.append(
+            f"module {wrong[0]} has shape {mask.modules[wrong[0]].shape} in the mask, {tuple(shapes[wrong[0]])} in the model{more}"
+        )
+    return "; ".join(problems) or None
+
+
+def check_importance(mask: Mask, importance: Importance) -> None:
+    """Refuse a mask whose recorded importance digest is not ``importance``'s, naming both digests.
+
+    A mask and an importance map that disagree mean one of them is stale (an interrupted or
+    hand-edited run), so training on the mask would not be training on this task's core region.
+
+    Raises:
+        ArtifactError: the mask records no importance digest, or another one.
+    """
+    recorded, actual = mask.meta.get("importance_digest"), importance.digest
+    if not recorded:
+        raise ArtifactError(
+            "the mask records no importance digest (meta importance_digest); "
+            "derive it with taso.masks.derive_mask or the derive-mask stage"
+        )
+    if recorded != actual:
+        raise ArtifactError(
+            f"the mask was derived from importance {recorded}, but the importance given is {actual}; "
+            "one of them is stale: re-run derive-mask (dvc repro) so that they agree"
+        )
+
+
 def load_for_model(folder_or_file, model: nn.Module) -> Mask:
     """Load a mask and check that it fits ``model``."""
     mask = Mask.load(folder_or_file)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from taso.io import atomic_path
+from taso.io import ArtifactError, atomic_path, read_json
 from taso.layer import MaskedLoraLinear
 from taso.masks import Mask, check_fits
 from taso.targets import head_names
@@ -169,3 +169,32 @@ def export_peft(
         peft_model.save_pretrained(str(tmp))
         (tmp / "taso.json").write_text(json.dumps(extra or {}, indent=2, sort_keys=True) + "\n")
     return out_dir
+
+
+def adapter_mask_digest(adapter_dir) -> str | None:
+    """The digest of the mask an adapter folder was trained on (``taso.json``'s ``mask_digest``), or None."""
+    path = Path(adapter_dir) / "taso.json"
+    return read_json(path).get("mask_digest") if path.is_file() else None
+
+
+def check_adapter_mask(adapter_dir, mask: Mask) -> None:
+    """Refuse an adapter whose recorded mask digest is not ``mask``'s, naming both digests.
+
+    An adapter is only meaningful with the mask it was trained on: its update is zero outside
+    that mask, and lineage (registry tags, comparisons) names the mask by digest.
+
+    Args:
+        adapter_dir: a folder written by :func:`export_peft` with ``extra={"mask_digest": ...}``.
+
+    Raises:
+        ArtifactError: no digest is recorded, or another one than ``mask.digest``.
+    """
+    path = Path(adapter_dir) / "taso.json"
+    recorded = read_json(path).get("mask_digest")  # a missing file is refused by name
+    if recorded is None:
+        raise ArtifactError(f"{path}: records no mask_digest; re-export the adapter with the train stage")
+    if recorded != mask.digest:
+        raise ArtifactError(
+            f"{adapter_dir}: the adapter was trained on mask {recorded}, but the mask given is {mask.digest}; "
+            "one of them is stale: re-run train (dvc repro) so that they agree"
+        )
