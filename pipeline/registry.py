@@ -141,11 +141,16 @@ def register_adapter(
     with tempfile.TemporaryDirectory(prefix="taso-register-") as tmp:
         meta_file = Path(tmp) / "meta.json"
         meta_file.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+        # MLflow stores each artifact under its folder's own name; pull() and users look for
+        # artifacts/adapter and artifacts/mask whatever the folders were called here.
+        staged = {what: Path(tmp) / what for what in ("adapter", "mask")}
+        shutil.copytree(adapter_dir, staged["adapter"])
+        shutil.copytree(mask_dir, staged["mask"])
         with _in_run(run_id, name), _quiet_signature_warning():
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(PYFUNC_FILE),
-                artifacts={"adapter": str(adapter_dir), "mask": str(mask_dir), "meta": str(meta_file)},
+                artifacts={"adapter": str(staged["adapter"]), "mask": str(staged["mask"]), "meta": str(meta_file)},
                 code_paths=[_taso_code(Path(tmp))],
                 pip_requirements=requirements(meta),
                 tags={"taso.registered_model": name},
@@ -243,23 +248,26 @@ def promote_if_better(name: str, version: str, metric: str, value: float, *, hig
     """
     version = str(version)
     tag_version(name, version, f"metric.{metric}", repr(float(value)))
-    champion = _alias_version(name, CHAMPION)
-    if champion is not None and str(champion.version) == version:
+    # Read, compare, move: two evaluations finishing together (queued experiments) must not
+    # both read the old champion and leave the alias on whichever wrote last.
+    with tracking.store_lock(mlflow.get_registry_uri()):
+        champion = _alias_version(name, CHAMPION)
+        if champion is not None and str(champion.version) == version:
+            return True
+        if champion is not None:
+            recorded = champion.tags.get(f"metric.{metric}")
+            if recorded is None:
+                log.warning(
+                    "%s: champion version %s has no metric.%s tag; keeping it (promote explicitly to replace it)",
+                    name,
+                    champion.version,
+                    metric,
+                )
+                return False
+            if not _beats(float(value), _as_float(recorded), higher_is_better):
+                return False
+        promote(name, version, CHAMPION)
         return True
-    if champion is not None:
-        recorded = champion.tags.get(f"metric.{metric}")
-        if recorded is None:
-            log.warning(
-                "%s: champion version %s has no metric.%s tag; keeping it (promote explicitly to replace it)",
-                name,
-                champion.version,
-                metric,
-            )
-            return False
-        if not _beats(float(value), _as_float(recorded), higher_is_better):
-            return False
-    promote(name, version, CHAMPION)
-    return True
 
 
 def _as_float(text: str) -> float:

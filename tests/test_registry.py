@@ -296,6 +296,29 @@ def test_pull_mask_and_all(store, adapter, tmp_path):
     assert not (tmp_path / "y").exists()
 
 
+def test_pull_finds_folders_registered_under_any_name(store, adapter, tmp_path):
+    import shutil
+
+    shutil.copytree(adapter["root"] / "adapter", tmp_path / "peft-out")
+    shutil.copytree(adapter["root"] / "mask", tmp_path / "core-region")
+    registry.register_adapter(
+        name=NAME, adapter_dir=tmp_path / "peft-out", mask_dir=tmp_path / "core-region", meta=adapter["meta"], tags={}
+    )
+    got = registry.pull(f"models:/{NAME}@candidate", tmp_path / "pulled", what="all")
+    assert (got / "adapter" / "adapter_config.json").is_file()
+    assert Mask.load(got / "mask").digest == adapter["mask"].digest
+
+
+def test_concurrent_promotions_leave_the_best_as_champion(store, adapter):
+    from concurrent.futures import ThreadPoolExecutor
+
+    versions = [_register(adapter) for _ in range(4)]
+    scores = dict(zip(versions, [0.5, 0.9, 0.7, 0.6]))
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda v: registry.promote_if_better(NAME, v, "accuracy", scores[v]), versions))
+    assert str(registry.resolve(f"models:/{NAME}@champion").version) == max(scores, key=scores.get)
+
+
 def test_pyfunc_predicts_label_names_like_the_trained_model(store, adapter, monkeypatch):
     monkeypatch.setattr(sys, "path", list(sys.path))  # loading a model prepends its code folder
     _register(adapter)
