@@ -1,9 +1,9 @@
 """MLflow tracking for stage runs: one run per stage and task, tagged with what it read and wrote.
 
 The store is ``MLFLOW_TRACKING_URI`` when set (a team's server), else a sqlite file
-``mlflow.db`` in the project root. With a sqlite store, run and model artifacts go to the
-``mlruns/`` folder beside the database file rather than under whatever the working
-directory happens to be.
+``mlflow.db`` in the project root (the repo's own, also for experiments that DVC runs in a
+temporary copy). With a sqlite store, run and model artifacts go to the ``mlruns/`` folder
+beside the database file rather than under whatever the working directory happens to be.
 """
 
 from __future__ import annotations
@@ -29,9 +29,21 @@ DEFAULT_EXPERIMENT = "taso"
 PARAM_VALUE_LIMIT = min(500, MAX_PARAM_VAL_LENGTH)
 
 
+def store_root(root: Path) -> Path:
+    """The project whose ``mlflow.db`` a stage at ``root`` uses: ``DVC_ROOT`` when DVC set it, else ``root``.
+
+    ``dvc exp run --queue`` (and ``--temp``) runs the stages in a throwaway copy of the repo
+    under ``.dvc/tmp/exps/`` and sets ``DVC_ROOT`` to the repo the experiment came from (for
+    a plain ``dvc repro`` DVC sets it to the repo root, which is ``root``). A store inside
+    the copy would be deleted with it, registered versions and their ``mlruns/`` artifacts
+    included, and two queued experiments would each number their version 1.
+    """
+    return Path(os.environ.get("DVC_ROOT") or root)
+
+
 def tracking_uri(root: Path) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else the sqlite store ``<root>/mlflow.db`` (absolute)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(root) / 'mlflow.db').resolve()}"
+    """``MLFLOW_TRACKING_URI`` when set, else the sqlite store ``mlflow.db`` in :func:`store_root` (absolute)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(store_root(root) / 'mlflow.db').resolve()}"
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -43,10 +55,16 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 @contextlib.contextmanager
-def _store_lock(db: Path) -> Iterator[None]:
-    # A fresh sqlite store creates its tables (and an old one migrates) on first contact;
-    # two processes doing that at once collide, so the first contact is serialised.
-    key = hashlib.sha256(str(db).encode()).hexdigest()[:16]
+def store_lock(uri: str | None = None) -> Iterator[None]:
+    """Hold an exclusive lock, shared by every process on this machine, for one tracking store.
+
+    For read-compare-write steps the store cannot do atomically, such as a sqlite store's
+    first contact (two processes creating its tables at once collide) and moving an alias
+    after comparing metrics. Keyed by the store's URI (default: the current one); across
+    machines a team server needs its own coordination.
+    """
+    uri = uri or mlflow.get_tracking_uri()
+    key = hashlib.sha256(str(sqlite_path(uri) or uri).encode()).hexdigest()[:16]
     with open(Path(tempfile.gettempdir()) / f"taso-mlflow-{key}.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -69,7 +87,7 @@ def configure(root: Path) -> str:
     db = sqlite_path(uri)
     if db is not None and uri not in _initialised:
         db.parent.mkdir(parents=True, exist_ok=True)
-        with _store_lock(db):
+        with store_lock(uri):
             client = mlflow.MlflowClient(uri, uri)
             client.search_experiments(max_results=1)  # tracking tables
             client.search_registered_models(max_results=1)  # registry tables

@@ -4,26 +4,86 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+# The shells DVC may run a stage command through (``$SHELL -c <cmd>``, else ``/bin/sh -c``).
+SHELLS = frozenset({"sh", "bash", "dash", "zsh", "fish", "ksh"})
+WATCH_SECONDS = 0.25  # how soon a stage notices that dvc is gone (a cheap read of /proc)
+
+
+def _terminate(signum: int, _frame) -> None:
+    # Python's default for SIGTERM ends the process on the spot: no `finally`, so a temporary
+    # output folder stays behind and the MLflow run stays RUNNING. Raising the exception that
+    # SIGINT raises lets every block unwind (atomic writes drop their temporary, the run ends
+    # KILLED). The training loop installs its own handler, which finishes the step first.
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name} before the stage finished")
+
+
+def _stop_when_dvc_goes() -> None:
+    """Send this process SIGTERM when the ``dvc`` process that started it exits.
+
+    DVC runs a stage as ``$SHELL -c <cmd>`` and passes no SIGTERM on: ``kill <dvc pid>``
+    (or ``timeout dvc repro``, or a scheduler stopping the main process) kills dvc alone and
+    the stage ran on unseen, writing outputs and registering a version that no dvc.lock
+    records, and racing the next ``dvc repro`` for the same checkpoint. A stage's parent is
+    dvc, or a shell whose parent is dvc; when that chain changes (an orphan is re-parented at
+    once, even before its dead parent is reaped), the stage stops as SIGTERM stops it.
+    """
+    import psutil  # a dependency of dvc, so present wherever a stage runs under dvc
+
+    try:
+        me = psutil.Process()
+        parent = me.parent()
+        if parent is None:
+            return
+        shell = parent if parent.name() in SHELLS else None
+        chain = [(me, parent.pid)] + ([(shell, shell.ppid())] if shell is not None else [])
+    except psutil.Error:  # a process table we cannot read: run unwatched, as before
+        return
+
+    def intact() -> bool:
+        try:
+            return all(proc.ppid() == ppid for proc, ppid in chain)
+        except psutil.NoSuchProcess:  # the shell itself is gone
+            return False
+
+    def watch() -> None:
+        while intact():
+            time.sleep(WATCH_SECONDS)
+        logging.getLogger(__name__).warning("dvc exited while this stage ran; stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="watch-dvc", daemon=True).start()
+
 
 def stage_main(run: Callable[..., object]) -> None:
-    """Parse ``--task`` and ``--root``, run the stage, and turn known errors into one clear line."""
+    """Parse ``--task`` and ``--root``, run the stage, and turn known errors into one clear line.
+
+    Exit status: 0 done, 2 bad input (one ``error:`` line, no traceback), 130 interrupted by
+    SIGINT or SIGTERM (outputs untouched; training leaves a checkpoint the next run resumes).
+    """
     parser = argparse.ArgumentParser(description=run.__module__)
     parser.add_argument("--task", required=True)
     parser.add_argument("--root", type=Path, default=Path("."))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from pipeline.errors import USER_ERRORS
-    from taso.train import TrainingInterrupted
 
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
+    if os.environ.get("DVC_STAGE"):  # set by dvc for every stage command it runs
+        _stop_when_dvc_goes()
     try:
         run(args.task, args.root)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except TrainingInterrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
+    except KeyboardInterrupt as e:  # SIGINT, SIGTERM (above), or TrainingInterrupted
+        print(f"interrupted: {e or 'stopped by SIGINT before the stage finished'}", file=sys.stderr)
         sys.exit(130)

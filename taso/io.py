@@ -7,6 +7,7 @@ killed process never leaves a half-written file that DVC would cache as a valid 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -30,10 +31,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     Works for files and for folders: whatever the block creates at the yielded path
     replaces ``path`` in one rename (a folder that already exists is removed first).
+    Temporaries left by a writer that was killed (SIGKILL runs no cleanup) are removed
+    the next time ``path`` is written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    _sweep_orphans(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)) / path.name
     try:
         yield tmp
         if path.is_dir() and not path.is_symlink():
@@ -41,6 +45,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def _sweep_orphans(path: Path) -> None:
+    """Remove temporaries of ``path`` whose writing process no longer exists."""
+    prefix = f".{path.name}.tmp-"
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = stale.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def write_json(path: str | os.PathLike, obj: object) -> None:

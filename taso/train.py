@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the run stopped before applying that step."""
+    """The loss or its gradient became NaN or infinite; the run stopped before applying that step."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -113,6 +113,11 @@ def _save_checkpoint(path: Path, model, opt, sched, step: int, history: list[dic
         )
 
 
+def _non_finite(what: str, value: torch.Tensor, step: int, checkpoint: Path | None, saved: int) -> NonFiniteLossError:
+    where = f"; the last good checkpoint (step {saved}) is {checkpoint}" if checkpoint and checkpoint.is_file() else ""
+    return NonFiniteLossError(f"{what} is {value.item()} at step {step}{where}; lower train.lr or check the data")
+
+
 def train(
     model: nn.Module,
     features: Sequence[dict],
@@ -138,7 +143,8 @@ def train(
         Steps taken, wall time, the loss/lr history and the effective per-module rates.
 
     Raises:
-        NonFiniteLossError: a loss is NaN or infinite (the step number is in the message).
+        NonFiniteLossError: a loss or gradient is NaN or infinite (the message names the step
+            and the last checkpoint, which is kept).
         TrainingInterrupted: SIGINT/SIGTERM arrived; a checkpoint was written first.
     """
     from tqdm.auto import tqdm
@@ -160,14 +166,16 @@ def train(
         torch.set_rng_state(state["torch_rng"])
         step, history = state["step"], state["history"]
         log.info("resumed from %s at step %d", checkpoint, step)
-    resumed_from = step
+    resumed_from = saved = step
     lengths = [len(f["input_ids"]) for f in features]
     per_epoch = math.ceil(len(features) / cfg.batch_size)
     flag: dict = {}
     start = time.perf_counter()
     model.train()
+    # As a context the bar is also cleared when the loop raises, so a one-line error printed
+    # next starts on a line of its own instead of trailing the progress bar.
     bar = tqdm(total=steps, initial=step, disable=not progress, desc="train", leave=False)
-    with _deferred_signals(flag):
+    with bar, _deferred_signals(flag):
         while step < steps:
             epoch, offset = divmod(step, per_epoch)
             order = batch_order(lengths, cfg.batch_size, cfg.seed + epoch, group_by_length=cfg.group_by_length)
@@ -176,13 +184,15 @@ def train(
                     break
                 loss = loss_fn(model, collate([features[i] for i in idx], pad_id))
                 if not torch.isfinite(loss):
-                    where = f"; the last good checkpoint is {checkpoint}" if checkpoint and checkpoint.is_file() else ""
-                    raise NonFiniteLossError(
-                        f"loss is {loss.item()} at step {step}{where}; lower train.lr or check the data"
-                    )
+                    raise _non_finite("loss", loss, step, checkpoint, saved)
                 loss.backward()
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                # A finite loss can still have a non-finite gradient (an overflow in backward);
+                # stepping on it would put NaN into the weights, and from there into the next
+                # checkpoint, so the "last good checkpoint" would not be good. Clipping at
+                # infinity when clipping is off only measures the norm (it scales by exactly 1).
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
+                if not torch.isfinite(norm):
+                    raise _non_finite("gradient norm", norm, step, checkpoint, saved)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
@@ -193,9 +203,10 @@ def train(
                     bar.set_postfix(loss=f"{loss.item():.4f}")
                 if checkpoint and (step % cfg.checkpoint_every == 0 or flag):
                     _save_checkpoint(checkpoint, model, opt, sched, step, history)
+                    saved = step
                 if flag:
                     raise TrainingInterrupted(
-                        f"interrupted by signal {flag['signal']} after step {step}; resume from {checkpoint}"
+                        f"stopped by {signal.Signals(flag['signal']).name} after step {step}; "
+                        f"the next run resumes from {checkpoint}"
                     )
-    bar.close()
     return TrainResult(step, time.perf_counter() - start, history, rates, resumed_from)

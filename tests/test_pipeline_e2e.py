@@ -196,5 +196,22 @@ def test_exp_run_with_set_param(project):
     shown = json.loads(sh(["dvc", "exp", "show", "--json"], repo, env).stdout)
     text = json.dumps(shown)
     assert "dense-half" in text and '"p": 0.5' in text
+    # The experiment's own metrics, not only its params: metrics files are git-tracked outs.
+    (exp,) = list(_named(shown, "dense-half"))
+    metrics = exp["data"]["metrics"]
+    assert {"artifacts/sentiment/metrics.json", "artifacts/sentiment/train.json"} <= set(metrics)
+    assert "accuracy" in metrics["artifacts/sentiment/metrics.json"]["data"]
     mask = json.loads((repo / "artifacts" / "sentiment" / "mask" / "mask.json").read_text())
     assert mask["meta"]["p"] == "0.5"
+
+
+def _named(node, name: str):
+    """Every dict in ``dvc exp show --json`` output whose ``name`` is ``name``."""
+    if isinstance(node, dict):
+        if node.get("name") == name and "data" in node:
+            yield node
+        for value in node.values():
+            yield from _named(value, name)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _named(item, name)

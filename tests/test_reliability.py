@@ -188,6 +188,27 @@ def test_importance_digest_survives_save_and_load(tmp_path):
     check_importance(Mask.load(tmp_path / "mask"), Importance.load(tmp_path / "importance.safetensors"))
 
 
+def test_a_killed_writers_temporary_is_swept_by_the_next_write(tmp_path):
+    import subprocess
+    import sys
+
+    from taso.io import _sweep_orphans, atomic_path
+
+    # A writer that dies by SIGKILL inside the block: its temporary stays behind.
+    code = (
+        "import os, signal, sys; from taso.io import atomic_path\n"
+        f"with atomic_path({str(tmp_path / 'out')!r}) as tmp:\n"
+        "    tmp.mkdir(); (tmp / 'half').write_text('x'); os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=False)
+    assert [p.name.startswith(".out.tmp-") for p in tmp_path.iterdir()] == [True]
+    with atomic_path(tmp_path / "out") as live:
+        live.mkdir()
+        _sweep_orphans(tmp_path / "out")  # as a second writer would: a live writer's temporary stays
+        assert live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 # --- adapters against masks ---------------------------------------------------------------------
 
 
