@@ -54,9 +54,16 @@ class MaskedLoraLinear(nn.Module):
         return self.base.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
         if self.merged:
-            return y
+            return self.base(x)
+        bias = self.base.bias
+        frozen = not self.base.weight.requires_grad and (bias is None or not bias.requires_grad)
+        fusable = frozen and isinstance(self.dropout, nn.Identity)
+        if fusable and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
+            return _MaskedLora.apply(
+                x, self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.rows, self.cols, self.scaling
+            )
+        y = self.base(x)
         h = F.linear(self.dropout(x).index_select(-1, self.cols), self.lora_A)
         delta = F.linear(h, self.lora_B) * self.scaling
         return y.index_add(-1, self.rows, delta.to(y.dtype))
@@ -95,3 +102,47 @@ class MaskedLoraLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rows={len(self.rows)}/{self.out_features}, cols={len(self.cols)}/{self.in_features}, r={self.r}, alpha={self.alpha}"
+
+
+class _MaskedLora(torch.autograd.Function):
+    """Frozen linear plus masked LoRA in one autograd node, so training costs about what the frozen backbone costs.
+
+    The factors are scattered into zero-padded ``A (r×d_in)`` and ``B (d_out×r)`` and the
+    update is folded into the weight for the one matmul the frozen layer does anyway, in
+    the forward and again for the input gradient. What remains are four rank-``r`` passes
+    over the activations (``h``, its gradient, and the two factor gradients), instead of
+    gathers and scatters along the last dimension, which are slow on CPU. The padded
+    entries are exact zeros and the factor gradients are read at the kept rows and
+    columns only, so nothing outside the mask is ever a parameter.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, A, B, rows, cols, scaling):
+        A_pad, B_pad = _padded(A, B, rows, cols, weight.shape)
+        x2 = x.reshape(-1, x.shape[-1])
+        h = x2 @ A_pad.t()
+        y = F.linear(x2, torch.addmm(weight, B_pad, A_pad, alpha=scaling), bias)
+        # The merged weight is recomputed in backward, not saved: it is as large as the layer.
+        ctx.save_for_backward(x, weight, A, B, rows, cols, h)
+        ctx.scaling = scaling
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, A, B, rows, cols, h = ctx.saved_tensors
+        s = ctx.scaling
+        A_pad, B_pad = _padded(A, B, rows, cols, weight.shape)
+        g = grad_y.reshape(-1, grad_y.shape[-1])
+        grad_h = (g @ B_pad).mul_(s)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (g @ torch.addmm(weight, B_pad, A_pad, alpha=s)).view(x.shape)
+        grad_A = (grad_h.t() @ x.reshape(-1, x.shape[-1])).index_select(1, cols)
+        grad_B = (g.t() @ h).index_select(0, rows).mul_(s)
+        return grad_x, None, None, grad_A, grad_B, None, None, None
+
+
+def _padded(A, B, rows, cols, shape) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A (r×|cols|)`` and ``B (|rows|×r)`` placed into zero ``r×d_in`` and ``d_out×r`` matrices."""
+    d_out, d_in = shape
+    return A.new_zeros(A.shape[0], d_in).index_copy_(1, cols, A), B.new_zeros(d_out, B.shape[1]).index_copy_(0, rows, B)
