@@ -12,13 +12,14 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 
 class ArtifactError(ValueError):
@@ -86,7 +87,21 @@ def read_json(path: str | os.PathLike) -> dict:
 def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
     """Save tensors with string metadata, atomically."""
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata))
+        tmp.write_bytes(_canonical(save({k: v.contiguous() for k, v in tensors.items()}, metadata=dict(metadata))))
+
+
+def _canonical(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted.
+
+    safetensors writes ``__metadata__`` from a hash map, so its order (and the file's bytes)
+    changes from process to process; DVC would then see a re-derived but identical mask as
+    modified and re-run everything downstream. Offsets are relative to the data section, so
+    only the header changes; it stays space-padded to 8 bytes as the format asks.
+    """
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.dumps(json.loads(blob[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + blob[8 + n :]
 
 
 def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
