@@ -90,10 +90,13 @@ def load_model(ref: str, task_type: str = "classification", *, num_labels: int =
                 model = AutoModelForCausalLM.from_pretrained(path)
             else:
                 labels = 1 if task_type == "regression" else num_labels
+                # A base saved with a classifier of another size (another task's fine-tune)
+                # gets a new head of this task's size; the head always trains from scratch here.
                 model = AutoModelForSequenceClassification.from_pretrained(
                     path,
                     num_labels=labels,
                     problem_type="regression" if task_type == "regression" else "single_label_classification",
+                    ignore_mismatched_sizes=True,
                 )
     finally:
         hf_logging.set_verbosity(verbosity)
