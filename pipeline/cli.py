@@ -79,6 +79,37 @@ _stage_command("train", "train", "Train a masked LoRA on the task and register i
 _stage_command("evaluate", "evaluate", "Evaluate the adapter; promote it to champion if it beats the current one.")
 
 
+@main.command("compose")
+@click.option("--name", required=True, help="Composition name, a key of params.yaml `compositions`.")
+@root_option
+@_fail_clearly
+def compose_stage(name: str, root: Path) -> None:
+    """Compose a mask from params.yaml `compositions.<name>` (the compose stage).
+
+    \b
+    Example:
+      taso compose --name demo-union
+    """
+    from stages import compose
+
+    click.echo(f"compose@{name}: wrote {compose.run(name, root)}")
+
+
+@main.command("analyze")
+@root_option
+@_fail_clearly
+def analyze_stage(root: Path) -> None:
+    """Task overlap heatmap and per-layer profiles of the tasks' masks (the analyze stage).
+
+    \b
+    Example:
+      taso analyze
+    """
+    from stages import analyze
+
+    click.echo(f"analyze: wrote {analyze.run(root)}")
+
+
 @main.group()
 def mask() -> None:
     """Inspect and compare saved masks.
@@ -117,6 +148,55 @@ def mask_show(path: Path, rank: int, as_json: bool) -> None:
     )
     for name, s in stats["modules"].items():
         click.echo(f"  {name:<55} rows {s['rows']:>5}/{s['shape'][0]:<5} cols {s['cols']:>5}/{s['shape'][1]:<5}")
+
+
+@mask.command("compose")
+@click.argument("refs", nargs=-1, required=True)
+@click.option(
+    "--op", type=click.Choice(["union", "intersection", "weighted"]), required=True, help="How to combine them."
+)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Mask folder to write.")
+@click.option("--weights", default=None, help="weighted: comma-separated weight per input (default: equal).")
+@click.option("--p", type=float, default=None, help="weighted: kept fraction of rows and columns of the merged map.")
+@click.option("--rule", default="rows_cols", show_default=True, help="weighted: how to derive the mask.")
+@click.option("--rank", default=1, show_default=True, help="Rank for the trainable-parameter count.")
+@root_option
+@tracking_option
+@_fail_clearly
+def mask_compose(
+    refs: tuple[str, ...],
+    op: str,
+    out: Path,
+    weights: str | None,
+    p: float | None,
+    rule: str,
+    rank: int,
+    root: Path,
+    tracking_uri: str | None,
+) -> None:
+    """Compose masks given as folders, DVC outs or registry URIs (weighted: importance maps).
+
+    The new mask records its lineage: each input's reference and digest.
+
+    \b
+    Example:
+      taso mask compose --op union artifacts/sentiment/mask models:/taso-topic@champion --out shared-mask
+      taso mask compose --op weighted artifacts/importance/sentiment artifacts/importance/topic --p 0.25 --out w
+    """
+    from pipeline import sources
+    from taso.io import atomic_path
+    from taso.masks import mask_stats
+
+    if any(r.startswith(sources.REGISTRY_PREFIXES) for r in refs):
+        _configure(root, tracking_uri)
+    parsed = [float(w) for w in weights.split(",")] if weights else None
+    mask = sources.compose_refs(op, list(refs), root=Path("."), weights=parsed, p=p, rule=rule)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        digest = mask.save(tmp, rank=rank)
+    stats = mask_stats(mask, rank)
+    click.echo(f"{out}: {op} of {len(refs)}, digest {digest}")
+    click.echo(f"density {stats['density']:.4f}; trainable at r={rank}: {stats['trainable_params']:,}")
 
 
 @mask.command("compare")
@@ -202,25 +282,67 @@ def registry_show(uri: str, root: Path, tracking_uri: str | None) -> None:
     click.echo(json.dumps(reg.show(uri), indent=2, default=str))
 
 
+@registry.command("search")
+@click.argument("conditions", nargs=-1)
+@click.option("--prefix", default=None, help="Only models whose name starts with this.")
+@click.option("--json", "as_json", is_flag=True, help="Print the matching versions as JSON.")
+@root_option
+@tracking_option
+@_fail_clearly
+def registry_search(
+    conditions: tuple[str, ...], prefix: str | None, as_json: bool, root: Path, tracking_uri: str | None
+) -> None:
+    """Find registered versions by their tags: task, base_model, density, trainable_params, metric.<name>, ...
+
+    Each condition is <tag><op><value> with op one of = != < <= > >=; numbers compare as numbers.
+
+    \b
+    Example:
+      taso registry search task=sentiment "density<=0.1" "metric.accuracy>=0.9"
+    """
+    from pipeline import registry as reg
+
+    _configure(root, tracking_uri)
+    found = reg.search(list(conditions), prefix)
+    if as_json:
+        click.echo(json.dumps(found, indent=2, default=str))
+        return
+    for v in found:
+        tags = v["tags"]
+        metrics = " ".join(f"{k}={tags[k]}" for k in sorted(tags) if k.startswith("metric."))
+        click.echo(
+            f"models:/{v['name']}/{v['version']:<4} {','.join(v['aliases']) or '-':<20} "
+            f"task={tags.get('task', '?')} density={tags.get('density', '?')} {metrics}"
+        )
+    if not found:
+        click.echo("no version matches", err=True)
+
+
 @registry.command("pull")
 @click.argument("uri")
-@click.option("--dest", type=click.Path(path_type=Path), required=True, help="Folder to create.")
+@click.option(
+    "--dest", type=click.Path(path_type=Path), default=None, help="Folder to create (default: <name>-<alias>-<what>)."
+)
 @click.option("--mask", "what", flag_value="mask", help="Pull only the mask.")
 @click.option("--all", "what", flag_value="all", help="Pull adapter, mask and meta.")
 @click.option("--adapter", "what", flag_value="adapter", default=True, help="Pull the PEFT adapter (default).")
 @root_option
 @tracking_option
 @_fail_clearly
-def registry_pull(uri: str, dest: Path, what: str, root: Path, tracking_uri: str | None) -> None:
+def registry_pull(uri: str, dest: Path | None, what: str, root: Path, tracking_uri: str | None) -> None:
     """Download a registered adapter (a folder PeftModel.from_pretrained loads) or its mask.
 
     \b
     Example:
       taso registry pull models:/taso-sentiment@champion --dest champion-adapter
+      taso registry pull --mask models:/taso-sentiment@champion
     """
     from pipeline import registry as reg
 
     _configure(root, tracking_uri)
+    if dest is None:
+        name, version, alias = reg.parse_uri(uri)
+        dest = Path(f"{name}-{alias or 'v' + str(version)}-{what}")
     click.echo(reg.pull(uri, dest, what=what))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from taso.data import TaskSpec
 from taso.train import TrainConfig
@@ -51,8 +51,11 @@ class TaskParams(_Strict):
     @field_validator("mask_source")
     @classmethod
     def _mask_source(cls, v: str) -> str:
-        if v != "own" and not re.match(r"^(registry:|models:/|file:).+", v):
-            raise ValueError("must be 'own', 'registry:<name>@<alias>', 'models:/<name>@<alias>' or 'file:<path>'")
+        if v != "own" and not re.match(r"^(registry:|models:/|file:|composition:).+", v):
+            raise ValueError(
+                "must be 'own', 'registry:<name>@<alias>', 'models:/<name>@<alias>', 'file:<path>' "
+                "or 'composition:<name>'"
+            )
         return v
 
     @field_validator("splits")
@@ -81,6 +84,23 @@ class TaskParams(_Strict):
         )
 
 
+class CompositionParams(_Strict):
+    """One composed mask: ``op`` over ``of`` (task names, ``file:`` paths or registry URIs)."""
+
+    op: Literal["union", "intersection", "weighted"]
+    of: list[str] = Field(min_length=1)
+    weights: list[Annotated[float, Field(gt=0)]] | None = None  # weighted only; default: equal
+    p: Fraction | None = None  # weighted only; default: mask.p
+
+    @model_validator(mode="after")
+    def _weights(self) -> CompositionParams:
+        if self.op != "weighted" and (self.weights is not None or self.p is not None):
+            raise ValueError("weights and p apply to op: weighted only")
+        if self.weights is not None and len(self.weights) != len(self.of):
+            raise ValueError(f"weights needs one value per entry of 'of' ({len(self.of)}), got {len(self.weights)}")
+        return self
+
+
 class CalibrateParams(_Strict):
     n: PositiveInt = 256
 
@@ -90,6 +110,7 @@ class ScoreParams(_Strict):
     head_warmup_steps: Annotated[int, Field(ge=0)] = 0
     head_warmup_lr: Annotated[float, Field(gt=0)] = 1e-3
     keep_full: bool = False
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class MaskParams(_Strict):
@@ -112,6 +133,7 @@ class TrainParams(_Strict):
     max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
     group_by_length: bool = False
     checkpoint_every: PositiveInt = 100
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     def config(self, seed: int) -> TrainConfig:
         return TrainConfig(
@@ -127,6 +149,7 @@ class TrainParams(_Strict):
             seed=seed,
             group_by_length=self.group_by_length,
             checkpoint_every=self.checkpoint_every,
+            bf16=self.precision == "bf16",
         )
 
 
@@ -144,6 +167,40 @@ class Params(_Strict):
     mask: MaskParams = MaskParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    compositions: dict[str, CompositionParams] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _lineage(self) -> Params:
+        # Compositions read tasks' own importance, so a task that reuses a mask cannot be an
+        # input, and one that uses a composition cannot be in it: each would be a cycle.
+        for name, comp in self.compositions.items():
+            if name in self.tasks:
+                raise ValueError(f"compositions.{name}: a task has that name; give the composition another")
+            for ref in comp.of:
+                if ":" in ref:
+                    if comp.op == "weighted":
+                        raise ValueError(
+                            f"compositions.{name}.of: {ref!r} is a mask; a weighted composition merges importance maps, "
+                            "so list tasks of this project"
+                        )
+                    continue
+                if ref not in self.tasks:
+                    raise ValueError(
+                        f"compositions.{name}.of: {ref!r} is not a task ({', '.join(self.tasks)}), "
+                        "a file:<path> or a registry URI"
+                    )
+                if self.tasks[ref].mask_source != "own":
+                    raise ValueError(
+                        f"compositions.{name}.of: task {ref!r} reuses a mask ({self.tasks[ref].mask_source}); "
+                        "compose that mask's source instead"
+                    )
+        for task, t in self.tasks.items():
+            if t.mask_source.startswith("composition:"):
+                comp = t.mask_source.split(":", 1)[1]
+                if comp not in self.compositions:
+                    known = ", ".join(self.compositions) or "none"
+                    raise ValueError(f"tasks.{task}.mask_source: no composition {comp!r} (compositions: {known})")
+        return self
 
     def task(self, name: str) -> TaskParams:
         if name not in self.tasks:
@@ -153,6 +210,12 @@ class Params(_Strict):
     def spec(self, name: str) -> TaskSpec:
         return self.task(name).spec(name, self.model.max_length)
 
+    def composition(self, name: str) -> CompositionParams:
+        if name not in self.compositions:
+            known = ", ".join(self.compositions) or "none"
+            raise ParamsError(f"compositions.{name}: no such composition; compositions in params.yaml: {known}")
+        return self.compositions[name]
+
 
 class ParamsError(ValueError):
     """params.yaml does not validate; the message names the key path."""
@@ -161,9 +224,11 @@ class ParamsError(ValueError):
 def _describe(err: ValidationError, path: Path) -> str:
     lines = []
     for e in err.errors():
-        where = ".".join(str(x) for x in e["loc"]) or "(top level)"
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"{path}: {where}: {msg}")
+        if not e["loc"] and e["type"] == "value_error":  # whole-file checks name their own key path
+            lines.append(f"{path}: {msg.removeprefix('Value error, ')}")
+            continue
+        lines.append(f"{path}: {'.'.join(str(x) for x in e['loc']) or '(top level)'}: {msg}")
     return "\n".join(lines)
 
 

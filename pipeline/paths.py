@@ -1,4 +1,9 @@
-"""Where each stage's artifacts live: ``artifacts/<task>/...`` (mirrors the outs in dvc.yaml)."""
+"""Where each stage's artifacts live (mirrors the outs in dvc.yaml).
+
+Per task under ``artifacts/<task>/``, except importance maps: they form one tree,
+``artifacts/importance/<task>/``, because compositions read across tasks, and a stage
+that depends on that whole tree can never depend on its own masks (score reads no mask).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ class TaskPaths:
         return self.root / "artifacts" / self.task
 
     calibration = property(lambda self: self.dir / "calibration")
-    importance = property(lambda self: self.dir / "importance")
+    importance = property(lambda self: importance_tree(self.root) / self.task)
     heatmap = property(lambda self: self.dir / "importance_heatmap.png")
     mask = property(lambda self: self.dir / "mask")
     adapter = property(lambda self: self.dir / "adapter")
@@ -27,3 +32,18 @@ class TaskPaths:
     metrics = property(lambda self: self.dir / "metrics.json")
     # Checkpoints are scratch state for resuming, not artifacts: outside DVC's outs, git-ignored.
     checkpoints = property(lambda self: self.root / "checkpoints" / self.task)
+
+
+def importance_tree(root: Path) -> Path:
+    """Every task's importance map, ``artifacts/importance/<task>/``."""
+    return Path(root) / "artifacts" / "importance"
+
+
+def composition_dir(root: Path, name: str) -> Path:
+    """The mask folder of a composition in params.yaml ``compositions``."""
+    return Path(root) / "artifacts" / "compositions" / name / "mask"
+
+
+def analysis_dir(root: Path) -> Path:
+    """Cross-task analysis: task overlap and per-layer profiles of the masks."""
+    return Path(root) / "artifacts" / "analysis"

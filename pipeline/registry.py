@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -321,6 +322,11 @@ def _parse(uri: str) -> tuple[str, str | None, str | None]:
 _FORMS = "use models:/<name>@<alias>, models:/<name>/<version>, registry:<name>@<alias> or registry:<name>/<version>"
 
 
+def parse_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``(name, version, alias)`` of a registry URI; one of version and alias is None (both for a bare name)."""
+    return _parse(uri)
+
+
 def _model(name: str):
     try:
         return _client().get_registered_model(name)
@@ -497,3 +503,51 @@ def show(uri_or_name: str) -> dict:
         return _model_dict(_model(name))
     mv = resolve(uri_or_name)
     return _version_dict(mv, {a: str(v) for a, v in _model(name).aliases.items()})
+
+
+_CONDITION = re.compile(r"^\s*([\w.\-]+)\s*(<=|>=|!=|==|=|<|>)\s*(.*?)\s*$")
+_COMPARE = {
+    "=": lambda a, b: a == b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
+
+
+def parse_condition(text: str) -> tuple[str, str, str]:
+    """``"density<=0.1"`` → ``("density", "<=", "0.1")``; a key is a version tag (``task``, ``metric.accuracy``, ...)."""
+    m = _CONDITION.match(text)
+    if not m or not m.group(3):
+        raise RegistryError(
+            f"bad condition {text!r}: use <tag><op><value> with op one of = != < <= > >=, e.g. task=rte or density<=0.1"
+        )
+    return m.group(1), m.group(2), m.group(3)
+
+
+def _holds(tags: dict[str, str], key: str, op: str, want: str) -> bool:
+    if key not in tags:
+        return False
+    have = tags[key]
+    try:  # numbers compare as numbers (density, metrics), everything else as text
+        return _COMPARE[op](float(have), float(want))
+    except ValueError:
+        return _COMPARE[op](have, want)
+
+
+def search(conditions: list[str], prefix: str | None = None) -> list[dict]:
+    """Registered versions whose tags satisfy every condition (``task=rte``, ``density<=0.1``, ``metric.accuracy>=0.7``).
+
+    Tags are those training and evaluation set: ``task``, ``base_model``, ``density``,
+    ``trainable_params``, ``rank``, ``mask_digest``, ``mask_source``, ``metric.<name>``.
+    Versions come newest first within each model; a version's ``aliases`` are listed with it.
+    """
+    parsed = [parse_condition(c) for c in conditions]
+    found = []
+    for model in list_models(prefix):
+        for version in sorted(model["versions"], key=lambda v: -int(v["version"])):
+            if all(_holds(version["tags"], *c) for c in parsed):
+                found.append(version)
+    return found

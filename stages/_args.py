@@ -62,14 +62,19 @@ def _stop_when_dvc_goes() -> None:
     threading.Thread(target=watch, name="watch-dvc", daemon=True).start()
 
 
-def stage_main(run: Callable[..., object]) -> None:
-    """Parse ``--task`` and ``--root``, run the stage, and turn known errors into one clear line.
+def stage_main(run: Callable[..., object], *, per: str | None = "task") -> None:
+    """Parse ``--<per>`` and ``--root``, run the stage, and turn known errors into one clear line.
+
+    Args:
+        per: what one run of the stage is for (``task``, ``name`` of a composition), or None
+            for a stage that runs once over the whole project: ``run(root)``.
 
     Exit status: 0 done, 2 bad input (one ``error:`` line, no traceback), 130 interrupted by
     SIGINT or SIGTERM (outputs untouched; training leaves a checkpoint the next run resumes).
     """
     parser = argparse.ArgumentParser(description=run.__module__)
-    parser.add_argument("--task", required=True)
+    if per:
+        parser.add_argument(f"--{per}", dest="what", required=True)
     parser.add_argument("--root", type=Path, default=Path("."))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -80,7 +85,7 @@ def stage_main(run: Callable[..., object]) -> None:
     if os.environ.get("DVC_STAGE"):  # set by dvc for every stage command it runs
         _stop_when_dvc_goes()
     try:
-        run(args.task, args.root)
+        run(args.what, args.root) if per else run(args.root)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,52 +1,50 @@
-"""derive-mask: the task's core region from its importance, or a published mask → artifacts/<task>/mask/."""
+"""derive-mask: the task's core region from its importance, or the mask its ``mask_source`` names → artifacts/<task>/mask/."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from pipeline import tracking
+from pipeline import sources, tracking
 from pipeline.meta import code_version, write_meta
 from pipeline.params import load_params
 from pipeline.paths import TaskPaths
 from stages._args import stage_main
-from taso.importance import Importance
+from taso import models
 from taso.io import ArtifactError, atomic_path
-from taso.masks import Mask, derive_mask, mask_stats, shape_mismatch
+from taso.masks import mask_stats, shape_mismatch
+from taso.targets import find_targets
 
 
-def load_source(source: str) -> Mask:
-    """A mask from ``file:<path>`` or a registry URI (``registry:<name>@<alias>``, ``models:/<name>@<alias>``)."""
-    if source.startswith("file:"):
-        return Mask.load(Path(source[len("file:") :]))
-    from pipeline import registry
-
-    with tempfile.TemporaryDirectory() as tmp:
-        return Mask.load(registry.pull(source, Path(tmp) / "mask", what="mask"))
+def target_shapes(base: str, task_type: str, num_labels: int, targets) -> dict[str, tuple[int, int]]:
+    """``(d_out, d_in)`` of every target module of the base model (what a mask from elsewhere must fit)."""
+    model = models.load_model(base, task_type, num_labels=num_labels)
+    return {n: (m.out_features, m.in_features) for n, m in find_targets(model, targets).items()}
 
 
 def run(task: str, root: Path = Path(".")) -> Path:
     params = load_params(root / "params.yaml")
-    paths, source = TaskPaths(root, task), params.task(task).mask_source
-    imp = Importance.load(paths.importance / "importance.safetensors")
+    paths, spec, source = TaskPaths(root, task), params.spec(task), params.task(task).mask_source
     used = {"mask": params.mask.model_dump(), "rank": params.train.rank, "mask_source": source}
-    inputs = {"importance": imp.digest}
+    if source.startswith("composition:"):
+        used["composition"] = params.composition(source.split(":", 1)[1]).model_dump()
+    if source == "own":
+        imp = sources.own_importance(root, task)
+        mask = sources.own_mask(params, root, task).with_meta(importance_digest=imp.digest)
+        inputs = {"importance": imp.digest}
+    else:
+        mask = sources.mask_for_task(params, root, task)
+        shapes = target_shapes(params.model.base, spec.task_type, spec.num_labels, params.model.targets)
+        if problem := shape_mismatch(mask, shapes):
+            raise ArtifactError(
+                f"mask from {source} does not fit {params.model.base} "
+                f"(mask base model: {mask.meta.get('base_model') or 'unknown'}): {problem}; "
+                "use a mask published for the same base model"
+            )
+        inputs = {"mask_source": mask.meta["source_digest"]}
     with tracking.stage_run(root, stage="derive-mask", task=task, params=used, inputs=inputs) as mlrun:
-        if source == "own":
-            mask = derive_mask(imp, params.mask.rule, params.mask.p)
-        else:
-            mask = load_source(source)
-            if problem := shape_mismatch(mask, imp.shapes):
-                raise ArtifactError(
-                    f"mask from {source} does not fit {params.model.base} "
-                    f"(mask base model: {mask.meta.get('base_model') or 'unknown'}): {problem}; "
-                    "use a mask published for the same base model"
-                )
-            mask = mask.with_meta(source=source, source_digest=mask.digest)
         mask = mask.with_meta(
-            base_model=imp.meta.get("base_model", ""),
+            base_model=str(models.fingerprint(params.model.base)),
             task=task,
-            importance_digest=imp.digest,
             budget=mask.trainable_params(params.train.rank),
             code_version=code_version(root),
         )
@@ -66,14 +64,14 @@ def run(task: str, root: Path = Path(".")) -> Path:
                 trainable_params=stats["trainable_params"],
             )
         mlrun.log_outputs({"mask": digest})
-        mlrun.set_tags(
-            {
-                "taso.mask_source": source,
-                **({"taso.mask_source_digest": mask.meta["source_digest"]} if source != "own" else {}),
-            }
-        )
+        mlrun.set_tags({"taso.mask_source": source, **_lineage_tags(mask)})
         mlrun.log_metrics({"density": stats["density"], "trainable_params": stats["trainable_params"]})
     return paths.mask
+
+
+def _lineage_tags(mask) -> dict[str, str]:
+    keys = {"source_digest": "taso.mask_source_digest", "inputs": "taso.composition.inputs"}
+    return {tag: mask.meta[k] for k, tag in keys.items() if k in mask.meta}
 
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ def run(task: str, root: Path = Path(".")) -> Path:
             "max_length": spec.max_length,
             "mask_digest": mask.digest,
             "mask_source": params.task(task).mask_source,
+            # Lineage of a reused mask: the digest of what mask_source named when derive-mask ran.
+            "mask_source_digest": mask.meta.get("source_digest"),
         }
         with atomic_path(paths.adapter) as tmp:
             export_peft(
@@ -105,6 +107,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
                 "task": task,
                 "mask_digest": mask.digest,
                 "mask_source": adapter_meta["mask_source"],
+                **({"mask_source_digest": mask.meta["source_digest"]} if "source_digest" in mask.meta else {}),
                 "density": f"{stats['density']:.6f}",
                 "trainable_params": str(counts["adapter"]),
                 "base_model": str(fp),
@@ -128,6 +131,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
                 "taso.registered_model": name,
                 "taso.registered_version": version,
                 "taso.mask_source": adapter_meta["mask_source"],
+                **({"taso.mask_source_digest": mask.meta["source_digest"]} if "source_digest" in mask.meta else {}),
             }
         )
     checkpoint.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from torch import nn
 
 from taso.importance import Importance
 from taso.io import ArtifactError, digest_tensors, load_safetensors, read_json, save_safetensors, write_json
+from taso.targets import layer_index
 
 RULES = ("rows_cols", "elementwise", "global")
 
@@ -257,6 +258,39 @@ def merge_importance(imps: Sequence[Importance], weights: Sequence[float] | None
     return Importance(merged(lambda i: i.rows), merged(lambda i: i.cols), None, {"rule": "weighted"})
 
 
+def compose(masks: Sequence[Mask], op: str) -> Mask:
+    """``union`` or ``intersection`` of ``masks``; for ``weighted`` use :func:`merge_importance` then derive."""
+    ops = {"union": union, "intersection": intersection}
+    if op not in ops:
+        raise ValueError(f"op must be union or intersection for masks (weighted composes importance maps), not {op!r}")
+    return ops[op](masks)
+
+
+def cut_to_budget(mask: Mask, like: Mask, importance: Importance) -> Mask:
+    """``mask`` cut, per module, to at most ``like``'s row and column counts, keeping what ``importance`` ranks highest.
+
+    Makes a composed mask (a union is larger than any of its parts) comparable with a task's
+    own mask at the same parameter budget. Ties keep the lower index, so the cut is deterministic.
+    """
+    _same_modules([mask, like])
+    out = {}
+    for n, m in mask.modules.items():
+        want = like.modules[n]
+        out[n] = ModuleMask(
+            _keep_top(m.rows, importance.rows[n], want.rows.numel()),
+            _keep_top(m.cols, importance.cols[n], want.cols.numel()),
+            m.shape,
+        )
+    return Mask(out, {**mask.meta, "cut_to": like.digest})
+
+
+def _keep_top(idx: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:
+    if idx.numel() <= k:
+        return idx
+    order = torch.sort(scores[idx.long()], descending=True, stable=True).indices[:k]
+    return idx[order]
+
+
 def mask_stats(mask: Mask, rank: int = 1) -> dict:
     """Per-module counts, density and trainable parameters at ``rank``, and totals."""
     modules = {
@@ -299,6 +333,34 @@ def compare(a: Mask, b: Mask) -> dict:
         per[n] = entry
     overall = {k: (i / u if u else 1.0) for k, (i, u) in tot.items()}
     return {"modules": per, "overall": overall}
+
+
+def overlap(masks: Mapping[str, Mask]) -> dict[str, dict[str, dict[str, float]]]:
+    """Pairwise overall Jaccard of rows and of columns: ``{a: {b: {"rows": j, "cols": j}}}`` (1 on the diagonal)."""
+    names = list(masks)
+    out: dict[str, dict[str, dict[str, float]]] = {a: {} for a in names}
+    for i, a in enumerate(names):
+        out[a][a] = {"rows": 1.0, "cols": 1.0}
+        for b in names[i + 1 :]:
+            out[a][b] = out[b][a] = compare(masks[a], masks[b])["overall"]
+    return out
+
+
+def layer_profile(mask: Mask) -> list[dict]:
+    """Kept fraction of rows and of columns per transformer layer (summed over its modules), lowest layer first."""
+    acc: dict[int, list[int]] = {}
+    for n, m in mask.modules.items():
+        layer = layer_index(n)
+        if layer is None:
+            continue
+        kept = acc.setdefault(layer, [0, 0, 0, 0])
+        kept[0] += m.rows.numel()
+        kept[1] += m.shape[0]
+        kept[2] += m.cols.numel()
+        kept[3] += m.shape[1]
+    return [
+        {"layer": layer, "rows": r / r_all, "cols": c / c_all} for layer, (r, r_all, c, c_all) in sorted(acc.items())
+    ]
 
 
 def random_like(mask: Mask, seed: int = 0) -> Mask:

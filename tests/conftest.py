@@ -158,3 +158,11 @@ def saved_base(tmp_path) -> Callable:
         return folder, load
 
     return make
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A saved 2-layer BERT whose tokenizer covers the demo tasks' words (see test_stages.tiny_bert_folder)."""
+    from test_stages import tiny_bert_folder
+
+    return tiny_bert_folder(tmp_path_factory.mktemp("models") / "tiny-bert")

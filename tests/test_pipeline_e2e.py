@@ -45,6 +45,7 @@ def sh(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.C
 
 def tiny_params(raw: dict) -> dict:
     raw["tasks"] = {k: {**raw["tasks"][k], "max_train": 48, "max_eval": 32} for k in TASKS}
+    raw["compositions"] = {"demo-union": {"op": "union", "of": list(TASKS)}}
     raw["calibrate"]["n"] = 16
     raw["train"]["max_steps"] = 3
     raw["train"]["checkpoint_every"] = 2
@@ -89,7 +90,8 @@ def test_repro_writes_every_declared_out(project):
     for task in TASKS:
         d = repo / "artifacts" / task
         assert sorted(p.name for p in (d / "calibration").iterdir()) == ["calibration.jsonl", "meta.json"]
-        assert sorted(p.name for p in (d / "importance").iterdir()) == ["importance.safetensors", "meta.json"]
+        imp = repo / "artifacts" / "importance" / task
+        assert sorted(p.name for p in imp.iterdir()) == ["importance.safetensors", "meta.json"]
         assert sorted(p.name for p in (d / "mask").iterdir()) == ["mask.json", "mask.safetensors", "meta.json"]
         assert {"adapter_config.json", "adapter_model.safetensors", "meta.json", "taso.json"} <= {
             p.name for p in (d / "adapter").iterdir()
@@ -101,6 +103,17 @@ def test_repro_writes_every_declared_out(project):
         meta = json.loads((d / "mask" / "meta.json").read_text())
         assert meta["stage"] == "derive-mask" and meta["task"] == task and meta["inputs"]["importance"]
         assert not (repo / "checkpoints" / task).exists() or not any((repo / "checkpoints" / task).iterdir())
+    composed = repo / "artifacts" / "compositions" / "demo-union" / "mask"
+    assert sorted(p.name for p in composed.iterdir()) == ["mask.json", "mask.safetensors", "meta.json"]
+    lineage = json.loads(json.loads((composed / "mask.json").read_text())["meta"]["inputs"])
+    assert [e["ref"] for e in lineage] == list(TASKS)
+    for entry in lineage:
+        assert (
+            entry["digest"]
+            == json.loads((repo / "artifacts" / entry["ref"] / "mask" / "mask.json").read_text())["digest"]
+        )
+    analysis = repo / "artifacts" / "analysis"
+    assert {"overlap.png", "overlap.json", "layers.png", "layers.csv"} <= {p.name for p in analysis.iterdir()}
 
 
 def test_metrics_show_lists_every_task(project):
@@ -129,7 +142,8 @@ def test_mlflow_runs_and_registry(project):
     exp = client.get_experiment_by_name("taso")
     runs = client.search_runs([exp.experiment_id], max_results=100)
     stages = {(r.data.tags["taso.stage"], r.data.tags["taso.task"]) for r in runs}
-    assert stages == {(s, t) for s in ("calibrate", "score", "derive-mask", "train", "evaluate") for t in TASKS}
+    per_task = {(s, t) for s in ("calibrate", "score", "derive-mask", "train", "evaluate") for t in TASKS}
+    assert stages == per_task | {("compose", "demo-union"), ("analyze", "all")}
     train_run = next(
         r for r in runs if r.data.tags["taso.stage"] == "train" and r.data.tags["taso.task"] == "sentiment"
     )
@@ -171,7 +185,10 @@ def test_param_change_reruns_only_that_task(project):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh(["dvc", "repro"], repo, env).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {f"{s}@entailment" for s in ("calibrate", "score", "derive-mask", "train", "evaluate")}
+    # Stages that read every task's importance map re-run too (in seconds); sentiment's mask
+    # comes out the same, so its training and evaluation do not.
+    cross = {"derive-mask@sentiment", "compose@demo-union", "analyze"}
+    assert ran == {f"{s}@entailment" for s in ("calibrate", "score", "derive-mask", "train", "evaluate")} | cross
 
 
 def test_bad_params_fail_the_stage_with_the_key_path(project):
@@ -203,6 +220,35 @@ def test_exp_run_with_set_param(project):
     assert "accuracy" in metrics["artifacts/sentiment/metrics.json"]["data"]
     mask = json.loads((repo / "artifacts" / "sentiment" / "mask" / "mask.json").read_text())
     assert mask["meta"]["p"] == "0.5"
+
+
+def test_a_new_task_trains_on_the_published_champion_mask(project):
+    """Acceptance of mask reuse: publish (the runs above), then train a new task on `registry:...@champion`."""
+    from mlflow import MlflowClient
+
+    from taso.masks import Mask
+
+    repo, env, _ = project
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    source = "registry:taso-sentiment@champion"
+    params["tasks"]["reuse"] = {**params["tasks"]["sentiment"], "mask_source": source}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    published = client.get_model_version_by_alias("taso-sentiment", "champion").tags["mask_digest"]
+
+    out = sh(["dvc", "repro"], repo, env).stdout
+    assert "Running stage 'train@reuse'" in out and "Running stage 'train@sentiment'" not in out
+    assert sorted(p.name for p in (repo / "artifacts" / "importance" / "reuse").iterdir()) == ["meta.json"]
+    mask = Mask.load(repo / "artifacts" / "reuse" / "mask")
+    assert mask.digest == published and mask.meta["source"] == source and mask.meta["source_digest"] == published
+    version = client.get_model_version_by_alias("taso-reuse", "candidate")
+    assert version.tags["mask_source"] == source and version.tags["mask_source_digest"] == published
+    run = client.get_run(version.run_id)
+    assert run.data.tags["taso.mask_source"] == source and run.data.tags["taso.mask_source_digest"] == published
+    exp = client.get_experiment_by_name("taso").experiment_id
+    [derive] = client.search_runs([exp], "tags.`taso.stage` = 'derive-mask' and tags.`taso.task` = 'reuse'")
+    assert derive.data.tags["taso.mask_source_digest"] == published
 
 
 def _named(node, name: str):

@@ -319,6 +319,41 @@ def test_concurrent_promotions_leave_the_best_as_champion(store, adapter):
     assert str(registry.resolve(f"models:/{NAME}@champion").version) == max(scores, key=scores.get)
 
 
+def test_search_filters_versions_by_tags(store, adapter):
+    _register(adapter, task="rte", density="0.05")
+    _register(adapter, task="rte", density="0.2")
+    _register(adapter, name="taso-mrpc", task="mrpc", density="0.05")
+    registry.promote_if_better(NAME, "2", "accuracy", 0.7)
+
+    def found(*conditions):
+        return [(v["name"], v["version"]) for v in registry.search(list(conditions))]
+
+    assert found("task=rte") == [(NAME, "2"), (NAME, "1")]
+    assert found("density<=0.1") == [("taso-mrpc", "1"), (NAME, "1")]  # 0.05 < 0.1 < 0.2 as numbers
+    assert found("task=rte", "metric.accuracy>=0.5") == [(NAME, "2")]
+    assert found("task!=rte") == [("taso-mrpc", "1")]
+    assert found("task=qnli") == []
+    assert registry.search(["task=rte"])[0]["aliases"] == ["candidate", "champion"]
+    with pytest.raises(RegistryError, match="bad condition 'density~0.1'"):
+        registry.search(["density~0.1"])
+
+
+def test_cli_search_and_pull_mask_to_a_default_folder(store, adapter, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    _register(adapter, task="rte", density="0.083")
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(main, ["registry", "search", "task=rte", "density<0.1"])
+    assert result.exit_code == 0, result.output
+    assert f"models:/{NAME}/1" in result.output and "candidate" in result.output
+    result = runner.invoke(main, ["registry", "pull", "--mask", f"models:/{NAME}@candidate"])
+    assert result.exit_code == 0, result.output
+    assert Mask.load(tmp_path / f"{NAME}-candidate-mask").digest == adapter["mask"].digest
+
+
 def test_pyfunc_predicts_label_names_like_the_trained_model(store, adapter, monkeypatch):
     monkeypatch.setattr(sys, "path", list(sys.path))  # loading a model prepends its code folder
     _register(adapter)

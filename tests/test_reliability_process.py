@@ -51,6 +51,7 @@ def tiny_params(model: Path, **train) -> dict:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["model"] |= {"base": str(model), "max_length": 32}
     raw["tasks"] = {TASK: {**raw["tasks"][TASK], "max_train": 32, "max_eval": 16}}
+    raw["compositions"] = {}
     raw["calibrate"]["n"] = 8
     raw["train"] |= {"batch_size": 4, "epochs": 100, "max_steps": 12, "checkpoint_every": 4, **train}
     return raw

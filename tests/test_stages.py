@@ -40,17 +40,18 @@ def tiny_bert_folder(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return tiny_bert_folder(tmp_path_factory.mktemp("models") / "tiny-bert")
-
-
 @pytest.fixture
 def project(tmp_path, tiny_model, monkeypatch) -> Path:
+    return make_project(tmp_path, tiny_model, monkeypatch)
+
+
+def make_project(tmp_path: Path, tiny_model: Path, monkeypatch) -> Path:
+    """A project root on the tiny BERT with the demo entailment task (few examples) and its own MLflow store."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["model"]["base"] = str(tiny_model)
     raw["model"]["max_length"] = 32
     raw["tasks"] = {"entailment": {**raw["tasks"]["entailment"], "max_train": 40, "max_eval": 16}}
+    raw["compositions"] = {}
     raw["calibrate"]["n"] = 8
     raw["train"] |= {"max_steps": 4, "epochs": 2, "checkpoint_every": 2}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
@@ -80,8 +81,6 @@ def test_stages_write_exactly_their_outs(project):
         "adapter/taso.json",
         "calibration/calibration.jsonl",
         "calibration/meta.json",
-        "importance/importance.safetensors",
-        "importance/meta.json",
         "importance_heatmap.png",
         "mask/mask.json",
         "mask/mask.safetensors",
@@ -89,6 +88,10 @@ def test_stages_write_exactly_their_outs(project):
         "metrics.json",
         "train.json",
         "train_curve.csv",
+    ]
+    assert files(project / "artifacts" / "importance") == [
+        "entailment/importance.safetensors",
+        "entailment/meta.json",
     ]
     metrics = json.loads((art / "metrics.json").read_text())
     assert set(metrics) >= {"accuracy", "f1", "n_examples"} and metrics["n_examples"] == 16

@@ -1,0 +1,133 @@
+"""Masks by reference: a task's own, a composition, a file or DVC out, a registry version.
+
+One place resolves every way params.yaml and the CLI name a mask, so derive-mask,
+compose, analyze and ``taso mask compose`` agree on what a name means and record the same
+lineage (each input's reference and digest).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.params import Params
+from pipeline.paths import TaskPaths
+from taso.importance import Importance
+from taso.io import ArtifactError
+from taso.masks import Mask, compose, derive_mask, merge_importance
+
+REGISTRY_PREFIXES = ("registry:", "models:/")
+
+
+def load_mask(ref: str, root: Path = Path(".")) -> Mask:
+    """A mask named by ``file:<path>``, a plain path (a mask folder or file, e.g. a DVC out) or a registry URI.
+
+    Relative paths are taken from ``root``. A registry URI (``registry:<name>@<alias>``,
+    ``models:/<name>/<version>``, ...) downloads the version's mask from the configured store.
+    """
+    if ref.startswith(REGISTRY_PREFIXES):
+        from pipeline import registry
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return Mask.load(registry.pull(ref, Path(tmp) / "mask", what="mask"))
+    path = _path(ref, root)
+    if not path.exists():
+        raise ArtifactError(f"{ref}: no such mask folder or file; give a mask folder, file:<path> or a registry URI")
+    return Mask.load(path)
+
+
+def load_importance(ref: str, root: Path = Path(".")) -> Importance:
+    """An importance map from a path: a score stage's folder or its ``importance.safetensors``."""
+    path = _path(ref, root)
+    if path.is_dir():
+        path = path / "importance.safetensors"
+    if not path.is_file():
+        raise ArtifactError(
+            f"{ref}: no importance map there; give a score stage's folder (artifacts/importance/<task>)"
+        )
+    return Importance.load(path)
+
+
+def _path(ref: str, root: Path) -> Path:
+    path = Path(ref.removeprefix("file:"))
+    return path if path.is_absolute() else Path(root) / path
+
+
+def own_importance(root: Path, task: str) -> Importance:
+    """The importance map the score stage wrote for ``task``."""
+    path = TaskPaths(root, task).importance / "importance.safetensors"
+    if not path.is_file():
+        raise ArtifactError(f"{path}: task {task!r} has no importance map yet; run `dvc repro score@{task}` first")
+    return Importance.load(path)
+
+
+def own_mask(params: Params, root: Path, task: str) -> Mask:
+    """The mask ``task`` derives from its own importance with params' ``mask`` rule and ``p``.
+
+    Derivation is a pure function, so this is exactly what its derive-mask stage writes.
+    """
+    return derive_mask(own_importance(root, task), params.mask.rule, params.mask.p)
+
+
+def compose_refs(
+    op: str,
+    refs: Sequence[str],
+    *,
+    root: Path = Path("."),
+    params: Params | None = None,
+    weights: Sequence[float] | None = None,
+    p: float | None = None,
+    rule: str = "rows_cols",
+) -> Mask:
+    """Compose masks (``union``, ``intersection``) or importance maps (``weighted``) named by ``refs``.
+
+    A ref that names a task of ``params`` stands for that task's own mask (or, for
+    ``weighted``, its importance); any other ref is a path or registry URI (for
+    ``weighted``, a path to an importance map). The result records its lineage in its
+    metadata: ``op`` and ``inputs``, a JSON list of ``{"ref", "digest"}``. The same inputs
+    always give the same mask and digest.
+    """
+    tasks = params.tasks if params is not None else {}
+    if not refs:
+        raise ValueError("compose needs at least one mask")
+    if op == "weighted":
+        imps = [own_importance(root, r) if r in tasks else load_importance(r, root) for r in refs]
+        p = p if p is not None else (params.mask.p if params is not None else None)
+        if p is None:
+            raise ValueError("a weighted composition needs p, the kept fraction of the merged importance")
+        mask = derive_mask(merge_importance(imps, weights), rule, p)
+        digests = [imp.digest for imp in imps]
+    else:
+        parts = [own_mask(params, root, r) if r in tasks else load_mask(r, root) for r in refs]
+        mask = compose(parts, op)
+        digests = [m.digest for m in parts]
+    inputs = [{"ref": r, "digest": d} for r, d in zip(refs, digests, strict=True)]
+    return mask.with_meta(
+        op=op, inputs=json.dumps(inputs), **({"weights": json.dumps(list(weights))} if weights else {})
+    )
+
+
+def composition(params: Params, root: Path, name: str) -> Mask:
+    """The mask of ``compositions.<name>`` in params.yaml, with its lineage."""
+    comp = params.composition(name)
+    mask = compose_refs(
+        comp.op, comp.of, root=root, params=params, weights=comp.weights, p=comp.p, rule=params.mask.rule
+    )
+    return mask.with_meta(composition=name)
+
+
+def mask_for_task(params: Params, root: Path, task: str) -> Mask:
+    """The mask ``task``'s ``mask_source`` names: its own, a composition, a file or a registry version.
+
+    A mask taken from elsewhere records where from: ``source`` and ``source_digest``.
+    """
+    source = params.task(task).mask_source
+    if source == "own":
+        return own_mask(params, root, task)
+    if source.startswith("composition:"):
+        mask = composition(params, root, source.split(":", 1)[1])
+    else:
+        mask = load_mask(source, root)
+    return mask.with_meta(source=source, source_digest=mask.digest)

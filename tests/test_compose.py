@@ -1,0 +1,271 @@
+"""Core regions shared across tasks: compose, reuse with lineage, analyse, search the registry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from test_stages import files, make_project
+
+from pipeline.params import ParamsError, load_params
+from taso.importance import Importance
+from taso.masks import (
+    Mask,
+    ModuleMask,
+    compose,
+    cut_to_budget,
+    derive_rows_cols,
+    intersection,
+    layer_profile,
+    overlap,
+    union,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = {"enc.layer.0.q": (8, 6), "enc.layer.1.q": (8, 6), "enc.layer.1.out": (6, 10)}
+
+
+def importance(seed: int) -> Importance:
+    g = torch.Generator().manual_seed(seed)
+    return Importance(
+        {n: torch.rand(o, generator=g) for n, (o, _) in SHAPES.items()},
+        {n: torch.rand(i, generator=g) for n, (_, i) in SHAPES.items()},
+    )
+
+
+# --- library --------------------------------------------------------------------------------------
+
+
+def test_cut_to_budget_keeps_the_highest_ranked_rows_and_columns():
+    a, b, scores = derive_rows_cols(importance(0), 0.5), derive_rows_cols(importance(1), 0.5), importance(2)
+    both = union([a, b])
+    cut = cut_to_budget(both, a, scores)
+    for n, m in cut.modules.items():
+        assert (m.rows.numel(), m.cols.numel()) == (a.modules[n].rows.numel(), a.modules[n].cols.numel())
+        assert set(m.rows.tolist()) <= set(both.modules[n].rows.tolist())
+        dropped = set(both.modules[n].rows.tolist()) - set(m.rows.tolist())
+        if dropped:  # everything kept ranks at least as high as everything dropped
+            assert min(scores.rows[n][m.rows.long()]) >= max(scores.rows[n][list(dropped)])
+    assert cut.trainable_params(1) == a.trainable_params(1)
+    assert cut.meta["cut_to"] == a.digest
+    small = intersection([a, b])  # already within budget: unchanged
+    assert cut_to_budget(small, a, scores).digest == small.digest
+
+
+def test_overlap_is_symmetric_with_ones_on_the_diagonal():
+    masks = {f"t{i}": derive_rows_cols(importance(i), 0.5) for i in range(3)}
+    pairs = overlap(masks)
+    for a in masks:
+        assert pairs[a][a] == {"rows": 1.0, "cols": 1.0}
+        for b in masks:
+            assert pairs[a][b] == pairs[b][a]
+            assert 0 <= pairs[a][b]["rows"] <= 1
+    same = overlap({"x": masks["t0"], "y": masks["t0"]})
+    assert same["x"]["y"] == {"rows": 1.0, "cols": 1.0}
+
+
+def test_layer_profile_sums_kept_rows_and_columns_per_layer():
+    mask = Mask(
+        {
+            "enc.layer.0.q": ModuleMask([0, 1], [0], (8, 6)),
+            "enc.layer.1.q": ModuleMask([0], [0, 1, 2], (8, 6)),
+            "enc.layer.1.out": ModuleMask([], [], (6, 10)),
+        }
+    )
+    assert layer_profile(mask) == [
+        {"layer": 0, "rows": 2 / 8, "cols": 1 / 6},
+        {"layer": 1, "rows": 1 / 14, "cols": 3 / 16},
+    ]
+
+
+def test_compose_rejects_weighted_masks():
+    with pytest.raises(ValueError, match="weighted composes importance maps"):
+        compose([derive_rows_cols(importance(0), 0.5)], "weighted")
+
+
+# --- params -------------------------------------------------------------------------------------
+
+
+def write(tmp_path: Path, **changes) -> Path:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, value in changes.items():
+        raw[key] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    return tmp_path / "params.yaml"
+
+
+@pytest.mark.parametrize(
+    ("compositions", "tasks_patch", "message"),
+    [
+        ({"u": {"op": "union", "of": ["nope"]}}, {}, "compositions.u.of: 'nope' is not a task"),
+        ({"u": {"op": "weighted", "of": ["sentiment", "file:m"]}}, {}, "'file:m' is a mask; a weighted composition"),
+        ({"u": {"op": "union", "of": ["sentiment"], "weights": [1.0]}}, {}, "weights and p apply to op: weighted"),
+        ({"u": {"op": "weighted", "of": ["sentiment", "topic"], "weights": [1.0]}}, {}, "one value per entry"),
+        ({"topic": {"op": "union", "of": ["sentiment"]}}, {}, "compositions.topic: a task has that name"),
+        ({}, {"topic": "composition:missing"}, "tasks.topic.mask_source: no composition 'missing'"),
+        (
+            {"u": {"op": "union", "of": ["sentiment", "topic"]}},
+            {"topic": "composition:u"},
+            "task 'topic' reuses a mask (composition:u); compose that mask's source instead",
+        ),
+        ({"u": {"op": "union", "of": []}}, {}, "compositions.u.of"),
+    ],
+)
+def test_bad_compositions_name_the_key(tmp_path, compositions, tasks_patch, message):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for task, source in tasks_patch.items():
+        raw["tasks"][task]["mask_source"] = source
+    path = write(tmp_path, compositions=compositions, tasks=raw["tasks"])
+    with pytest.raises(ParamsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_params(path)
+
+
+def test_default_params_compose_two_demo_tasks():
+    params = load_params(ROOT / "params.yaml")
+    assert params.composition("demo-union").of == ["sentiment", "topic"]
+    with pytest.raises(ParamsError, match="no such composition; compositions in params.yaml: demo-union"):
+        params.composition("x")
+
+
+# --- stages on a tiny BERT ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_tasks(tmp_path, tiny_model, monkeypatch) -> Path:
+    """The stage-test project with two demo tasks scored and their masks derived, and a union of them."""
+    from stages import calibrate, derive_mask, score
+
+    project = make_project(tmp_path, tiny_model, monkeypatch)
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["tasks"]["topic"] = {**raw["tasks"]["entailment"], "source": "demo:topic", "text_fields": ["text"]}
+    raw["tasks"]["topic"]["labels"] = ["food", "science", "sports", "travel"]
+    raw["compositions"] = {"shared": {"op": "union", "of": ["entailment", "topic"]}}
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    for task in ("entailment", "topic"):
+        for stage in (calibrate, score, derive_mask):
+            stage.run(task, project)
+    return project
+
+
+def set_params(root: Path, **changes) -> None:
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw.update(changes)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+
+
+def test_compose_stage_writes_the_union_with_its_lineage(two_tasks):
+    from mlflow import MlflowClient
+
+    from stages import compose as stage
+
+    out = stage.run("shared", two_tasks)
+    art = two_tasks / "artifacts"
+    assert out == art / "compositions" / "shared" / "mask"
+    assert files(out) == ["mask.json", "mask.safetensors", "meta.json"]
+    own = {t: Mask.load(art / t / "mask") for t in ("entailment", "topic")}
+    composed = Mask.load(out)
+    assert composed.digest == union(list(own.values())).digest
+    lineage = json.loads(composed.meta["inputs"])
+    assert lineage == [{"ref": t, "digest": own[t].digest} for t in ("entailment", "topic")]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["stage"] == "compose" and meta["lineage"] == lineage and meta["outputs"]["mask"] == composed.digest
+    # Deterministic: composing again gives the same digest.
+    shutil.rmtree(out)
+    assert Mask.load(stage.run("shared", two_tasks)).digest == composed.digest
+    client = MlflowClient(f"sqlite:///{two_tasks / 'mlflow.db'}")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("taso").experiment_id], "tags.`taso.stage` = 'compose'", max_results=5
+    )
+    assert runs and json.loads(runs[0].data.tags["taso.composition.inputs"]) == lineage
+    assert "mask" in {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+
+
+def test_weighted_composition_merges_importance(two_tasks):
+    from stages import compose as stage
+
+    set_params(two_tasks, compositions={"w": {"op": "weighted", "of": ["entailment", "topic"], "p": 0.5}})
+    composed = Mask.load(stage.run("w", two_tasks))
+    imps = {
+        t: Importance.load(two_tasks / "artifacts" / "importance" / t / "importance.safetensors")
+        for t in ("entailment", "topic")
+    }
+    assert [e["digest"] for e in json.loads(composed.meta["inputs"])] == [
+        imps[t].digest for t in ("entailment", "topic")
+    ]
+    for m in composed.modules.values():
+        assert m.rows.numel() == -(-m.shape[0] // 2) and m.cols.numel() == -(-m.shape[1] // 2)
+
+
+def test_a_task_trains_on_a_composition_and_its_version_carries_the_lineage(two_tasks):
+    from mlflow import MlflowClient
+
+    from stages import calibrate, compose, derive_mask, score, train
+
+    raw = yaml.safe_load((two_tasks / "params.yaml").read_text())
+    raw["tasks"]["newcomer"] = {**raw["tasks"]["entailment"], "mask_source": "composition:shared"}
+    (two_tasks / "params.yaml").write_text(yaml.safe_dump(raw))
+    published = Mask.load(compose.run("shared", two_tasks))
+    for stage in (calibrate, score, derive_mask, train):
+        stage.run("newcomer", two_tasks)
+    skipped = two_tasks / "artifacts" / "importance" / "newcomer"
+    assert files(skipped) == ["meta.json"]  # the score stage did not score
+    assert "not scored: tasks.newcomer.mask_source is composition:shared" in (skipped / "meta.json").read_text()
+    assert (two_tasks / "artifacts" / "newcomer" / "importance_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    mask = Mask.load(two_tasks / "artifacts" / "newcomer" / "mask")
+    assert mask.digest == published.digest
+    assert mask.meta["source"] == "composition:shared" and mask.meta["source_digest"] == published.digest
+    client = MlflowClient(f"sqlite:///{two_tasks / 'mlflow.db'}")
+    [version] = client.search_model_versions("name = 'taso-newcomer'")
+    assert version.tags["mask_source"] == "composition:shared"
+    assert version.tags["mask_source_digest"] == published.digest == version.tags["mask_digest"]
+    run = client.get_run(version.run_id)
+    assert run.data.tags["taso.mask_source_digest"] == published.digest
+
+
+def test_analyze_writes_overlap_and_layer_profiles(two_tasks):
+    from stages import analyze
+
+    out = analyze.run(two_tasks)
+    assert files(out) == ["layers.csv", "layers.png", "meta.json", "overlap.json", "overlap.png"]
+    report = json.loads((out / "overlap.json").read_text())
+    assert report["tasks"] == ["entailment", "topic"]
+    own = {t: Mask.load(two_tasks / "artifacts" / t / "mask") for t in report["tasks"]}
+    from taso.masks import compare
+
+    assert report["overall"]["entailment"]["topic"] == compare(own["entailment"], own["topic"])["overall"]
+    assert set(report["modules"]["entailment|topic"]) == set(own["topic"].modules)
+    rows = (out / "layers.csv").read_text().splitlines()
+    assert rows[0] == "task,layer,rows,cols" and len(rows) == 1 + 2 * 2  # two tasks, two layers
+
+
+# --- the CLI --------------------------------------------------------------------------------------
+
+
+def test_cli_composes_folders_and_importance_maps(two_tasks, monkeypatch):
+    from pipeline.cli import main
+
+    monkeypatch.chdir(two_tasks)
+    runner = CliRunner()
+    result = runner.invoke(
+        main,
+        ["mask", "compose", "--op", "intersection", "artifacts/entailment/mask", "artifacts/topic/mask", "--out", "x"],
+    )
+    assert result.exit_code == 0, result.output
+    own = [Mask.load(two_tasks / "artifacts" / t / "mask") for t in ("entailment", "topic")]
+    assert Mask.load(two_tasks / "x").digest == intersection(own).digest
+    assert Mask.load(two_tasks / "x").digest in result.output
+    result = runner.invoke(
+        main,
+        ["mask", "compose", "--op", "weighted", "artifacts/importance/entailment", "artifacts/importance/topic"]
+        + ["--weights", "2,1", "--p", "0.25", "--out", "w"],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(Mask.load(two_tasks / "w").meta["weights"]) == [2.0, 1.0]
+    result = runner.invoke(main, ["mask", "compose", "--op", "union", "artifacts/nope/mask", "--out", "y"])
+    assert result.exit_code == 1 and "artifacts/nope/mask: no such mask folder or file" in result.output
+    assert not (two_tasks / "y").exists()
