@@ -55,6 +55,7 @@ class TrainConfig:
     group_by_length: bool = False
     checkpoint_every: int = 100
     log_every: int = 10
+    bf16: bool = False  # forward under CPU bf16 autocast; weights, gradients and optimizer stay fp32
 
 
 @dataclass
@@ -182,7 +183,8 @@ def train(
             for idx in order[offset:]:
                 if step >= steps:
                     break
-                loss = loss_fn(model, collate([features[i] for i in idx], pad_id))
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                    loss = loss_fn(model, collate([features[i] for i in idx], pad_id))
                 if not torch.isfinite(loss):
                     raise _non_finite("loss", loss, step, checkpoint, saved)
                 loss.backward()

@@ -253,3 +253,21 @@ def test_head_only_baseline_trains_the_head(make_model, make_features):
     assert not torch.equal(trainable_state(model)["score.weight"], start["score.weight"])
     with pytest.raises(ValueError, match="no task head"):
         head_only(make_model("llama_lm"))
+
+
+def test_bf16_runs_the_forward_under_autocast_and_keeps_fp32_state(make_model, make_batches, make_features):
+    model = make_model("bert")
+    inject(model, derive_rows_cols(score_importance(model, make_batches("bert")), 0.5), r=1, alpha=2.0)
+    seen = []
+
+    def loss_fn(m, batch):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return default_loss(m, batch)
+
+    before = {k: v.clone() for k, v in trainable_state(model).items()}
+    cfg = TrainConfig(lr=1e-2, max_steps=3, batch_size=4, bf16=True)
+    train(model, make_features("bert", 16), cfg, loss_fn=loss_fn, progress=False)
+    assert seen == [True, True, True]
+    after = trainable_state(model)
+    assert all(t.dtype == torch.float32 for t in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)
