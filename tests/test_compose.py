@@ -269,3 +269,14 @@ def test_cli_composes_folders_and_importance_maps(two_tasks, monkeypatch):
     result = runner.invoke(main, ["mask", "compose", "--op", "union", "artifacts/nope/mask", "--out", "y"])
     assert result.exit_code == 1 and "artifacts/nope/mask: no such mask folder or file" in result.output
     assert not (two_tasks / "y").exists()
+
+
+def test_composing_an_unscored_task_says_which_stage_to_run(tmp_path):
+    from pipeline import sources
+    from taso.io import ArtifactError
+
+    params = load_params(ROOT / "params.yaml")
+    with pytest.raises(
+        ArtifactError, match=r"task 'sentiment' has no importance map yet; run `dvc repro score@sentiment`"
+    ):
+        sources.composition(params, tmp_path, "demo-union")

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_pipeline_e2e import PROJECT_FILES  # what a copy of the project needs
 from test_stages import tiny_bert_folder
 
 from taso.importance import default_loss
@@ -28,18 +29,6 @@ from taso.importance import default_loss
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "entailment"
 STEPS = 60  # training steps of the dvc cases: long enough to signal mid-run, short enough to be cheap
-PROJECT_FILES = [
-    "taso",
-    "pipeline",
-    "stages",
-    "dvc.yaml",
-    "params.yaml",
-    "pyproject.toml",
-    ".dvc/config",
-    ".dvc/.gitignore",
-    ".dvcignore",
-    ".gitignore",
-]
 
 
 @pytest.fixture(scope="module")
