@@ -187,9 +187,20 @@ def mask_compose(
     from taso.io import atomic_path
     from taso.masks import mask_stats
 
+    if op != "weighted" and (weights is not None or p is not None):
+        raise click.UsageError("--weights and --p apply to --op weighted only")
+    if op == "weighted" and p is None:
+        raise click.UsageError("--op weighted needs --p, the kept fraction of rows and columns (e.g. --p 0.25)")
+    try:
+        parsed = [float(w) for w in weights.split(",")] if weights else None
+    except ValueError:
+        raise click.BadParameter(
+            f"{weights!r}: give one number per input, comma-separated", param_hint="--weights"
+        ) from None
+    if parsed is not None and len(parsed) != len(refs):
+        raise click.BadParameter(f"{len(parsed)} weights for {len(refs)} inputs", param_hint="--weights")
     if any(r.startswith(sources.REGISTRY_PREFIXES) for r in refs):
         _configure(root, tracking_uri)
-    parsed = [float(w) for w in weights.split(",")] if weights else None
     mask = sources.compose_refs(op, list(refs), root=Path("."), weights=parsed, p=p, rule=rule)
     with atomic_path(out) as tmp:
         tmp.mkdir()

@@ -173,11 +173,26 @@ class Params(_Strict):
     def _lineage(self) -> Params:
         # Compositions read tasks' own importance, so a task that reuses a mask cannot be an
         # input, and one that uses a composition cannot be in it: each would be a cycle.
+        for task in self.tasks:
+            if task in RESERVED or not NAME.match(task):
+                raise ValueError(f"tasks.{task}: {_bad_name(task)}")
         for name, comp in self.compositions.items():
+            if not NAME.match(name):
+                raise ValueError(f"compositions.{name}: {_bad_name(name)}")
             if name in self.tasks:
                 raise ValueError(f"compositions.{name}: a task has that name; give the composition another")
+            if comp.op == "weighted" and self.mask.rule == "elementwise":
+                raise ValueError(
+                    f"compositions.{name}: a weighted composition merges row and column importance, which the "
+                    "elementwise rule cannot use; set mask.rule to rows_cols or global, or compose with union"
+                )
             for ref in comp.of:
                 if ":" in ref:
+                    if not ref.startswith(MASK_REFS):
+                        raise ValueError(
+                            f"compositions.{name}.of: {ref!r} is not a task, a file:<path> or a registry URI "
+                            "(registry:<name>@<alias>, models:/<name>/<version>)"
+                        )
                     if comp.op == "weighted":
                         raise ValueError(
                             f"compositions.{name}.of: {ref!r} is a mask; a weighted composition merges importance maps, "
@@ -215,6 +230,19 @@ class Params(_Strict):
             known = ", ".join(self.compositions) or "none"
             raise ParamsError(f"compositions.{name}: no such composition; compositions in params.yaml: {known}")
         return self.compositions[name]
+
+
+# Task and composition names become folder names, DVC stage names (train@<name>) and params
+# keys (compositions.<name>): no dots, slashes or spaces, and none of the shared folders.
+NAME = re.compile(r"^[A-Za-z0-9][\w-]*$")
+RESERVED = frozenset({"importance", "compositions", "analysis"})
+MASK_REFS = ("file:", "registry:", "models:/")
+
+
+def _bad_name(name: str) -> str:
+    if name in RESERVED:
+        return f"{name!r} is reserved for artifacts/{name}/; choose another name"
+    return "use letters, digits, '_' and '-' only (the name becomes a folder and a DVC stage name)"
 
 
 class ParamsError(ValueError):

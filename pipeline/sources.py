@@ -92,6 +92,8 @@ def compose_refs(
     tasks = params.tasks if params is not None else {}
     if not refs:
         raise ValueError("compose needs at least one mask")
+    if op != "weighted" and (weights is not None or p is not None):
+        raise ValueError("weights and p apply to a weighted composition only")
     if op == "weighted":
         imps = [own_importance(root, r) if r in tasks else load_importance(r, root) for r in refs]
         p = p if p is not None else (params.mask.p if params is not None else None)

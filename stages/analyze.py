@@ -41,9 +41,13 @@ def run(root: Path = Path(".")) -> Path:
             writer.writeheader()
             writer.writerows({"task": t, **row} for t, profile in profiles.items() for row in profile)
             (tmp / "layers.csv").write_text(buf.getvalue())
-            matrix = {k: [[pairs[a][b][k] for b in tasks] for a in tasks] for k in ("rows", "cols")}
-            plots.overlap_heatmap(tasks, matrix["rows"], matrix["cols"], tmp / "overlap.png")
-            plots.layer_profiles(profiles, tmp / "layers.png")
+            if tasks:
+                matrix = {k: [[pairs[a][b][k] for b in tasks] for a in tasks] for k in ("rows", "cols")}
+                plots.overlap_heatmap(tasks, matrix["rows"], matrix["cols"], tmp / "overlap.png")
+                plots.layer_profiles(profiles, tmp / "layers.png")
+            else:  # every task reuses a mask: nothing task-aligned to compare, but DVC expects the outs
+                for name in ("overlap.png", "layers.png"):
+                    plots.placeholder(tmp / name, "no task derives its own mask (mask_source: own)")
             write_meta(tmp, stage="analyze", task="all", root=root, params=used, inputs=inputs)
         for name in ("overlap.png", "layers.png", "overlap.json", "layers.csv"):
             mlrun.log_artifact(out / name, "analysis")

@@ -23,9 +23,12 @@ def run(name: str, root: Path = Path(".")) -> Path:
     params = load_params(root / "params.yaml")
     comp = params.composition(name)
     used = {"composition": comp.model_dump(), "mask": params.mask.model_dump(), "rank": params.train.rank}
+    tracking.configure(root)  # before a registry input is pulled: the project's store
     mask = sources.composition(params, root, name)
     lineage = json.loads(mask.meta["inputs"])
-    inputs = {f"{i}.{entry['ref']}": entry["digest"] for i, entry in enumerate(lineage)}
+    # By position: refs hold characters (``@``, ``/``, ``..``) that MLflow refuses in tag
+    # names; the refs themselves are in the taso.composition.inputs tag.
+    inputs = {str(i): entry["digest"] for i, entry in enumerate(lineage)}
     out = composition_dir(root, name)
     with tracking.stage_run(root, stage="compose", task=name, params=used, inputs=inputs) as mlrun:
         mask = mask.with_meta(base_model=str(models.fingerprint(params.model.base)), code_version=code_version(root))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from pipeline import sources, tracking
@@ -11,8 +12,10 @@ from pipeline.paths import TaskPaths
 from stages._args import stage_main
 from taso import models
 from taso.io import ArtifactError, atomic_path
-from taso.masks import mask_stats, shape_mismatch
+from taso.masks import Mask, mask_stats, shape_mismatch
 from taso.targets import find_targets
+
+log = logging.getLogger(__name__)
 
 
 def target_shapes(base: str, task_type: str, num_labels: int, targets) -> dict[str, tuple[int, int]]:
@@ -32,6 +35,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
         mask = sources.own_mask(params, root, task).with_meta(importance_digest=imp.digest)
         inputs = {"importance": imp.digest}
     else:
+        tracking.configure(root)  # before a registry mask is pulled: the project's store
         mask = sources.mask_for_task(params, root, task)
         shapes = target_shapes(params.model.base, spec.task_type, spec.num_labels, params.model.targets)
         if problem := shape_mismatch(mask, shapes):
@@ -49,24 +53,45 @@ def run(task: str, root: Path = Path(".")) -> Path:
             code_version=code_version(root),
         )
         stats = mask_stats(mask, params.train.rank)
-        with atomic_path(paths.mask) as tmp:
-            tmp.mkdir()
-            digest = mask.save(tmp, rank=params.train.rank)
-            write_meta(
-                tmp,
-                stage="derive-mask",
-                task=task,
-                root=root,
-                params=used,
-                inputs=inputs,
-                outputs={"mask": digest},
-                density=stats["density"],
-                trainable_params=stats["trainable_params"],
-            )
+        digest = mask.digest
+        if _unchanged(paths.mask, mask):
+            # derive-mask re-runs whenever any task's importance changes; rewriting an equal
+            # mask with a newer code_version would make DVC retrain this task for nothing.
+            log.info("%s: same mask and lineage as before; kept as it is", paths.mask)
+        else:
+            with atomic_path(paths.mask) as tmp:
+                tmp.mkdir()
+                mask.save(tmp, rank=params.train.rank)
+                write_meta(
+                    tmp,
+                    stage="derive-mask",
+                    task=task,
+                    root=root,
+                    params=used,
+                    inputs=inputs,
+                    outputs={"mask": digest},
+                    density=stats["density"],
+                    trainable_params=stats["trainable_params"],
+                )
         mlrun.log_outputs({"mask": digest})
         mlrun.set_tags({"taso.mask_source": source, **_lineage_tags(mask)})
         mlrun.log_metrics({"density": stats["density"], "trainable_params": stats["trainable_params"]})
     return paths.mask
+
+
+def _unchanged(folder: Path, mask: Mask) -> bool:
+    """Whether ``folder`` already holds ``mask``: same content, same metadata but for the code version."""
+    if not (folder / "mask.safetensors").is_file():
+        return False
+    try:
+        old = Mask.load(folder)
+    except ArtifactError:  # a damaged mask is replaced
+        return False
+
+    def lineage(m: Mask) -> dict[str, str]:
+        return {k: v for k, v in m.meta.items() if k != "code_version"}
+
+    return old.digest == mask.digest and lineage(old) == lineage(mask)
 
 
 def _lineage_tags(mask) -> dict[str, str]:

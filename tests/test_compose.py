@@ -114,6 +114,9 @@ def write(tmp_path: Path, **changes) -> Path:
             "task 'topic' reuses a mask (composition:u); compose that mask's source instead",
         ),
         ({"u": {"op": "union", "of": []}}, {}, "compositions.u.of"),
+        ({"u": {"op": "union", "of": ["composition:v"]}}, {}, "'composition:v' is not a task, a file:<path>"),
+        ({"a.b": {"op": "union", "of": ["topic"]}}, {}, "compositions.a.b: use letters, digits"),
+        ({"../x": {"op": "union", "of": ["topic"]}}, {}, "use letters, digits"),
     ],
 )
 def test_bad_compositions_name_the_key(tmp_path, compositions, tasks_patch, message):
@@ -123,6 +126,16 @@ def test_bad_compositions_name_the_key(tmp_path, compositions, tasks_patch, mess
     path = write(tmp_path, compositions=compositions, tasks=raw["tasks"])
     with pytest.raises(ParamsError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_params(path)
+
+
+def test_reserved_task_names_and_elementwise_weighting_are_refused(tmp_path):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    tasks = {"importance": raw["tasks"]["topic"], **raw["tasks"]}
+    with pytest.raises(ParamsError, match="tasks.importance: 'importance' is reserved for artifacts/importance/"):
+        load_params(write(tmp_path, tasks=tasks))
+    comps = {"w": {"op": "weighted", "of": ["sentiment", "topic"]}}
+    with pytest.raises(ParamsError, match="compositions.w: a weighted composition merges row and column"):
+        load_params(write(tmp_path, compositions=comps, mask={"rule": "elementwise", "p": 0.25}))
 
 
 def test_default_params_compose_two_demo_tasks():
@@ -187,18 +200,41 @@ def test_compose_stage_writes_the_union_with_its_lineage(two_tasks):
 
 def test_weighted_composition_merges_importance(two_tasks):
     from stages import compose as stage
+    from taso.masks import merge_importance
 
-    set_params(two_tasks, compositions={"w": {"op": "weighted", "of": ["entailment", "topic"], "p": 0.5}})
-    composed = Mask.load(stage.run("w", two_tasks))
-    imps = {
-        t: Importance.load(two_tasks / "artifacts" / "importance" / t / "importance.safetensors")
-        for t in ("entailment", "topic")
-    }
-    assert [e["digest"] for e in json.loads(composed.meta["inputs"])] == [
-        imps[t].digest for t in ("entailment", "topic")
+    tasks = ("entailment", "topic")
+    imps = [Importance.load(two_tasks / "artifacts" / "importance" / t / "importance.safetensors") for t in tasks]
+    digests = {}
+    for weights in ([1.0, 1.0], [4.0, 1.0]):
+        set_params(two_tasks, compositions={"w": {"op": "weighted", "of": list(tasks), "weights": weights, "p": 0.5}})
+        composed = Mask.load(stage.run("w", two_tasks))
+        assert composed.digest == derive_rows_cols(merge_importance(imps, weights), 0.5).digest
+        assert [e["digest"] for e in json.loads(composed.meta["inputs"])] == [i.digest for i in imps]
+        digests[tuple(weights)] = composed.digest
+    assert len(set(digests.values())) == 2  # the weights matter
+
+
+def test_a_composition_can_take_a_registered_mask(two_tasks):
+    from mlflow import MlflowClient
+
+    from stages import compose, train
+
+    train.run("entailment", two_tasks)  # registers taso-entailment version 1, alias candidate
+    ref = "registry:taso-entailment@candidate"
+    set_params(two_tasks, compositions={"mixed": {"op": "union", "of": ["topic", ref]}})
+    composed = Mask.load(compose.run("mixed", two_tasks))
+    own = {t: Mask.load(two_tasks / "artifacts" / t / "mask") for t in ("entailment", "topic")}
+    assert composed.digest == union([own["topic"], own["entailment"]]).digest
+    lineage = json.loads(composed.meta["inputs"])
+    assert lineage == [
+        {"ref": "topic", "digest": own["topic"].digest},
+        {"ref": ref, "digest": own["entailment"].digest},
     ]
-    for m in composed.modules.values():
-        assert m.rows.numel() == -(-m.shape[0] // 2) and m.cols.numel() == -(-m.shape[1] // 2)
+    client = MlflowClient(f"sqlite:///{two_tasks / 'mlflow.db'}")
+    [run] = client.search_runs(
+        [client.get_experiment_by_name("taso").experiment_id], "tags.`taso.stage` = 'compose'", max_results=1
+    )
+    assert run.data.tags["taso.input.1"] == own["entailment"].digest
 
 
 def test_a_task_trains_on_a_composition_and_its_version_carries_the_lineage(two_tasks):
@@ -266,6 +302,11 @@ def test_cli_composes_folders_and_importance_maps(two_tasks, monkeypatch):
     )
     assert result.exit_code == 0, result.output
     assert json.loads(Mask.load(two_tasks / "w").meta["weights"]) == [2.0, 1.0]
+    result = runner.invoke(main, ["mask", "compose", "--op", "union", "x", "--weights", "1", "--out", "z"])
+    assert result.exit_code == 2 and "--weights and --p apply to --op weighted only" in result.output
+    result = runner.invoke(main, ["mask", "compose", "--op", "weighted", "artifacts/importance/topic", "--out", "z"])
+    assert result.exit_code == 2 and "--op weighted needs --p" in result.output
+    assert not (two_tasks / "z").exists()
     result = runner.invoke(main, ["mask", "compose", "--op", "union", "artifacts/nope/mask", "--out", "y"])
     assert result.exit_code == 1 and "artifacts/nope/mask: no such mask folder or file" in result.output
     assert not (two_tasks / "y").exists()
@@ -280,3 +321,18 @@ def test_composing_an_unscored_task_says_which_stage_to_run(tmp_path):
         ArtifactError, match=r"task 'sentiment' has no importance map yet; run `dvc repro score@sentiment`"
     ):
         sources.composition(params, tmp_path, "demo-union")
+
+
+def test_rederiving_an_equal_mask_keeps_its_files(two_tasks, monkeypatch):
+    # Any task's new importance re-runs every derive-mask; an equal mask must keep its bytes
+    # (a new commit changes code_version), or DVC would retrain every task.
+    from stages import derive_mask
+
+    folder = two_tasks / "artifacts" / "topic" / "mask"
+    before = {f: (folder / f).read_bytes() for f in ("mask.safetensors", "meta.json")}
+    monkeypatch.setattr(derive_mask, "code_version", lambda root: "9.9.9+newcommit")
+    derive_mask.run("topic", two_tasks)
+    assert {f: (folder / f).read_bytes() for f in before} == before
+    set_params(two_tasks, mask={"rule": "rows_cols", "p": 0.5})
+    derive_mask.run("topic", two_tasks)
+    assert Mask.load(folder).meta["code_version"] == "9.9.9+newcommit" and Mask.load(folder).meta["p"] == "0.5"
