@@ -1,0 +1,178 @@
+"""Do core regions transfer across tasks? Train each GLUE task B on other tasks' masks.
+
+For RTE, MRPC, CoLA and SST-2, each task B trains a masked LoRA (the pipeline's defaults:
+rows_cols, p=0.25, rank 1) with
+  (a) its own mask,
+  (b) each other task's mask,
+  (c) the union of the other three tasks' masks, cut to B's own budget per module by
+      the others' merged importance,
+  (d) a random mask with B's own row and column counts,
+all with the same number of trainable parameters, and reports B's metric, mean ± std over
+seeds. Importance is scored once per task (seed 0) on its calibration sample.
+
+    python benchmarks/transfer.py            # full run → docs/transfer.json, table on stdout
+    python benchmarks/transfer.py --max-train 64 --max-eval 32 --seeds 0 --tasks rte mrpc \
+        --results /tmp/smoke.json          # smoke run
+
+Results go to the JSON file as they come (``--results``), so an interrupted run resumes
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from taso import data, models  # noqa: E402
+from taso.evaluate import evaluate  # noqa: E402
+from taso.importance import Importance, score_importance  # noqa: E402
+from taso.io import atomic_path, write_json  # noqa: E402
+from taso.masks import Mask, cut_to_budget, derive_rows_cols, merge_importance, random_like, union  # noqa: E402
+from taso.model import inject  # noqa: E402
+from taso.train import TrainConfig, train  # noqa: E402
+
+P, RANK, ALPHA, LR = 0.25, 1, 2.0, 3e-3  # params.yaml defaults
+CALIBRATION = 128
+
+
+def glue_specs(root: Path, max_train: int, max_eval: int) -> dict[str, data.TaskSpec]:
+    """The four GLUE tasks as the README's own-data example reads them."""
+    common = {"splits": {"train": "train.tsv", "eval": "dev.tsv"}, "max_train": max_train, "max_eval": max_eval}
+    return {
+        "rte": data.TaskSpec(
+            name="rte",
+            source=str(root / "rte"),
+            text_fields=("sentence1", "sentence2"),
+            labels=("entailment", "not_entailment"),
+            **common,
+        ),
+        "mrpc": data.TaskSpec(
+            name="mrpc",
+            source=str(root / "mrpc"),
+            text_fields=("#1 String", "#2 String"),
+            label_field="Quality",
+            labels=("0", "1"),
+            metrics=("accuracy", "f1"),
+            **common,
+        ),
+        "cola": data.TaskSpec(
+            name="cola",
+            source=str(root / "cola"),
+            column_names=("source", "label", "original_label", "sentence"),
+            text_fields=("sentence",),
+            labels=("0", "1"),
+            metrics=("matthews", "accuracy"),
+            **common,
+        ),
+        "sst2": data.TaskSpec(
+            name="sst2", source=str(root / "sst2"), text_fields=("sentence",), labels=("0", "1"), **common
+        ),
+    }
+
+
+def score(spec: data.TaskSpec, tok, bf16: bool = False) -> Importance:
+    features = data.encode(data.read_rows(spec, "train", seed=0)[:CALIBRATION], tok, spec.max_length)
+    model = models.load_model("minilm", num_labels=spec.num_labels, seed=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return score_importance(model, data.iterate(features, 16, tok.pad_token_id))
+
+
+def run_one(spec: data.TaskSpec, mask: Mask, seed: int, tok, cache: dict, lr: float = LR, bf16: bool = False) -> dict:
+    if spec.name not in cache:
+        cache[spec.name] = {
+            split: data.encode(data.read_rows(spec, split, seed=0), tok, spec.max_length) for split in ("train", "eval")
+        }
+    feats = cache[spec.name]
+    model = models.load_model("minilm", num_labels=spec.num_labels, seed=seed)
+    inject(model, mask, r=RANK, alpha=ALPHA, seed=seed)
+    start = time.perf_counter()
+    train(model, feats["train"], TrainConfig(lr=lr, seed=seed, bf16=bf16), pad_id=tok.pad_token_id, progress=False)
+    result = evaluate(model, feats["eval"], spec.metrics, pad_id=tok.pad_token_id)
+    return {**result, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def conditions(b: str, tasks: list[str], masks: dict[str, Mask], imps: dict[str, Importance], seed: int):
+    """(name, mask) for task ``b``: own, each other task's, the cut union of the others, random."""
+    others = [t for t in tasks if t != b]
+    yield "own", masks[b]
+    for a in others:
+        yield f"mask of {a}", masks[a]
+    if len(others) > 1:
+        cut = cut_to_budget(union([masks[a] for a in others]), masks[b], merge_importance([imps[a] for a in others]))
+        yield "union of others, cut", cut
+    yield "random", random_like(masks[b], seed=1000 + seed)
+
+
+def table(results: dict, tasks: list[str], specs: dict[str, data.TaskSpec]) -> str:
+    rows = sorted({c for b in results for c in results[b]}, key=_order)
+    head = "| mask \\ task B | " + " | ".join(f"{t} ({specs[t].metrics[0]})" for t in tasks) + " |"
+    lines = [head, "|---|" + "---|" * len(tasks)]
+    for cond in rows:
+        cells = []
+        for b in tasks:
+            runs = results.get(b, {}).get(cond, {})
+            values = [r[specs[b].metrics[0]] for r in runs.values()]
+            if not values:
+                cells.append("—")
+                continue
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{100 * statistics.mean(values):.1f} ± {100 * spread:.1f}")
+        lines.append(f"| {cond} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _order(cond: str) -> tuple[int, str]:
+    return ({"own": 0, "union of others, cut": 2, "random": 3}.get(cond, 1), cond)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/glue"))
+    parser.add_argument(
+        "--tasks", nargs="+", default=["rte", "mrpc", "cola", "sst2"], help="tasks whose masks take part"
+    )
+    parser.add_argument("--train-on", nargs="+", help="tasks B to train (default: all of --tasks)")
+    parser.add_argument("--lr", type=float, default=LR, help="adapter and head learning rate")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--max-train", type=int, default=500, help="train examples per task (seeded sample)")
+    parser.add_argument("--max-eval", type=int, default=300, help="dev examples per task (seeded sample)")
+    parser.add_argument("--results", type=Path, default=Path("docs/transfer.json"), help="raw results, per run")
+    parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    specs = {t: s for t, s in glue_specs(args.data, args.max_train, args.max_eval).items() if t in args.tasks}
+    tok = models.load_tokenizer("minilm")
+    results: dict = json.loads(args.results.read_text()) if args.results.is_file() else {}
+    imps = {t: score(specs[t], tok) for t in args.tasks}
+    masks = {t: derive_rows_cols(imps[t], P) for t in args.tasks}
+    cache: dict = {}
+    trained = args.train_on or args.tasks
+    for seed in args.seeds:
+        for b in trained:
+            for cond, mask in conditions(b, args.tasks, masks, imps, seed):
+                done = results.setdefault(b, {}).setdefault(cond, {})
+                if str(seed) in done:
+                    continue
+                done[str(seed)] = run_one(specs[b], mask, seed, tok, cache, lr=args.lr)
+                print(f"{b:5} seed {seed} {cond:24} {json.dumps(done[str(seed)])}", file=sys.stderr, flush=True)
+                write_json(args.results, results)
+    text = table(results, trained, specs)
+    print(text)
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
