@@ -1,0 +1,67 @@
+"""bf16 autocast against fp32 on real tasks: does it change RTE / MRPC, and how much time does it save?
+
+Each arm scores importance and trains a masked LoRA (pipeline defaults) in its precision,
+on the same data and seeds; the table gives the metric (mean ± std over seeds) and the
+wall time of training, as a bf16 / fp32 ratio of medians.
+
+    python benchmarks/precision.py                        # → docs/precision.json, table on stdout
+    python benchmarks/precision.py --max-train 64 --max-eval 32 --seeds 0 --results /tmp/p.json   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import transfer  # noqa: E402  (the same GLUE specs, scoring and training as the transfer experiment)
+
+from taso import models  # noqa: E402
+from taso.io import read_json, write_json  # noqa: E402
+from taso.masks import derive_rows_cols  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/glue"))
+    parser.add_argument("--tasks", nargs="+", default=["rte", "mrpc"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--max-train", type=int, default=500)
+    parser.add_argument("--max-eval", type=int, default=300)
+    parser.add_argument("--lr", type=float, default=transfer.LR)
+    parser.add_argument("--results", type=Path, default=Path("docs/precision.json"))
+    args = parser.parse_args()
+
+    specs = transfer.glue_specs(args.data, args.max_train, args.max_eval)
+    tok = models.load_tokenizer("minilm")
+    results: dict = read_json(args.results) if args.results.is_file() else {}
+    cache: dict = {}
+    for task in args.tasks:
+        for arm in ("fp32", "bf16"):
+            mask = derive_rows_cols(transfer.score(specs[task], tok, bf16=arm == "bf16"), transfer.P)
+            for seed in args.seeds:
+                done = results.setdefault(task, {}).setdefault(arm, {})
+                if str(seed) not in done:
+                    done[str(seed)] = transfer.run_one(
+                        specs[task], mask, seed, tok, cache, lr=args.lr, bf16=arm == "bf16"
+                    )
+                    print(f"{task} {arm} seed {seed} {done[str(seed)]}", file=sys.stderr, flush=True)
+                    write_json(args.results, results)
+
+    print("| task (metric) | fp32 | bf16 | train time bf16 / fp32 |\n|---|---|---|---|")
+    for task in args.tasks:
+        metric = specs[task].metrics[0]
+        cells, times = [], {}
+        for arm in ("fp32", "bf16"):
+            runs = list(results[task][arm].values())
+            values = [r[metric] for r in runs]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{100 * statistics.mean(values):.1f} ± {100 * spread:.1f}")
+            times[arm] = statistics.median(r["seconds"] for r in runs)
+        print(f"| {task} ({metric}) | {cells[0]} | {cells[1]} | {times['bf16'] / times['fp32']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
