@@ -120,6 +120,13 @@ def composition(params: Params, root: Path, name: str) -> Mask:
     return mask.with_meta(composition=name)
 
 
+def uses_registry(params: Params, source: str) -> bool:
+    """Whether resolving ``source`` (a mask_source, or a composition's) reads the MLflow registry."""
+    if source.startswith("composition:"):
+        return any(ref.startswith(REGISTRY_PREFIXES) for ref in params.composition(source.split(":", 1)[1]).of)
+    return source.startswith(REGISTRY_PREFIXES)
+
+
 def mask_for_task(params: Params, root: Path, task: str) -> Mask:
     """The mask ``task``'s ``mask_source`` names: its own, a composition, a file or a registry version.
 

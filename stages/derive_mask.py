@@ -35,7 +35,8 @@ def run(task: str, root: Path = Path(".")) -> Path:
         mask = sources.own_mask(params, root, task).with_meta(importance_digest=imp.digest)
         inputs = {"importance": imp.digest}
     else:
-        tracking.configure(root)  # before a registry mask is pulled: the project's store
+        if sources.uses_registry(params, source):  # pull from the project's store, not the default
+            tracking.configure(root)
         mask = sources.mask_for_task(params, root, task)
         shapes = target_shapes(params.model.base, spec.task_type, spec.num_labels, params.model.targets)
         if problem := shape_mismatch(mask, shapes):
