@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import math
+import operator
 import random
 import re
 import shutil
@@ -296,7 +297,7 @@ def promote(name: str, version: str, alias: str = CHAMPION) -> None:
     _retry(lambda: _client().set_registered_model_alias(name, alias, str(version)), f"aliasing {name}")
 
 
-def _parse(uri: str) -> tuple[str, str | None, str | None]:
+def parse_uri(uri: str) -> tuple[str, str | None, str | None]:
     """``(name, version, alias)`` of a registry URI; a bare name gives ``(name, None, None)``."""
     for scheme in ("models:/", "registry:"):
         if uri.startswith(scheme):
@@ -320,11 +321,6 @@ def _parse(uri: str) -> tuple[str, str | None, str | None]:
 
 
 _FORMS = "use models:/<name>@<alias>, models:/<name>/<version>, registry:<name>@<alias> or registry:<name>/<version>"
-
-
-def parse_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """``(name, version, alias)`` of a registry URI; one of version and alias is None (both for a bare name)."""
-    return _parse(uri)
 
 
 def _model(name: str):
@@ -394,7 +390,7 @@ def resolve(uri: str) -> ModelVersion:
     Raises:
         RegistryError: malformed URI, or no such model, alias or version (listing what exists).
     """
-    name, version, alias = _parse(uri)
+    name, version, alias = parse_uri(uri)
     if alias is not None:
         mv = _alias_version(name, alias)
         if mv is None:
@@ -498,7 +494,7 @@ def list_models(prefix: str | None = None) -> list[dict]:
 
 def show(uri_or_name: str) -> dict:
     """One version (by URI with alias or number) or one registered model (by name) as a dict."""
-    name, version, alias = _parse(uri_or_name)
+    name, version, alias = parse_uri(uri_or_name)
     if version is None and alias is None:
         return _model_dict(_model(name))
     mv = resolve(uri_or_name)
@@ -507,13 +503,13 @@ def show(uri_or_name: str) -> dict:
 
 _CONDITION = re.compile(r"^\s*([\w.\-]+)\s*(<=|>=|!=|==|=|<|>)\s*(.*?)\s*$")
 _COMPARE = {
-    "=": lambda a, b: a == b,
-    "==": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b,
+    "=": operator.eq,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
 }
 
 

@@ -28,8 +28,9 @@ def load_mask(ref: str, root: Path = Path(".")) -> Mask:
     ``models:/<name>/<version>``, ...) downloads the version's mask from the configured store.
     """
     if ref.startswith(REGISTRY_PREFIXES):
-        from pipeline import registry
+        from pipeline import registry, tracking
 
+        tracking.configure(root)  # the project's store (or MLFLOW_TRACKING_URI), not MLflow's default
         with tempfile.TemporaryDirectory() as tmp:
             return Mask.load(registry.pull(ref, Path(tmp) / "mask", what="mask"))
     path = _path(ref, root)
@@ -66,9 +67,11 @@ def own_importance(root: Path, task: str) -> Importance:
 def own_mask(params: Params, root: Path, task: str) -> Mask:
     """The mask ``task`` derives from its own importance with params' ``mask`` rule and ``p``.
 
-    Derivation is a pure function, so this is exactly what its derive-mask stage writes.
+    Derivation is a pure function, so this is exactly what its derive-mask stage writes. The
+    mask records the importance it came from (``importance_digest``).
     """
-    return derive_mask(own_importance(root, task), params.mask.rule, params.mask.p)
+    imp = own_importance(root, task)
+    return derive_mask(imp, params.mask.rule, params.mask.p).with_meta(importance_digest=imp.digest)
 
 
 def compose_refs(
@@ -120,11 +123,9 @@ def composition(params: Params, root: Path, name: str) -> Mask:
     return mask.with_meta(composition=name)
 
 
-def uses_registry(params: Params, source: str) -> bool:
-    """Whether resolving ``source`` (a mask_source, or a composition's) reads the MLflow registry."""
-    if source.startswith("composition:"):
-        return any(ref.startswith(REGISTRY_PREFIXES) for ref in params.composition(source.split(":", 1)[1]).of)
-    return source.startswith(REGISTRY_PREFIXES)
+def composition_name(source: str) -> str | None:
+    """``<name>`` of a ``composition:<name>`` mask source, else None."""
+    return source.removeprefix("composition:") if source.startswith("composition:") else None
 
 
 def mask_for_task(params: Params, root: Path, task: str) -> Mask:
@@ -135,8 +136,8 @@ def mask_for_task(params: Params, root: Path, task: str) -> Mask:
     source = params.task(task).mask_source
     if source == "own":
         return own_mask(params, root, task)
-    if source.startswith("composition:"):
-        mask = composition(params, root, source.split(":", 1)[1])
+    if name := composition_name(source):
+        mask = composition(params, root, name)
     else:
         mask = load_mask(source, root)
     return mask.with_meta(source=source, source_digest=mask.digest)

@@ -23,8 +23,6 @@ def run(name: str, root: Path = Path(".")) -> Path:
     params = load_params(root / "params.yaml")
     comp = params.composition(name)
     used = {"composition": comp.model_dump(), "mask": params.mask.model_dump(), "rank": params.train.rank}
-    if sources.uses_registry(params, f"composition:{name}"):  # pull from the project's store
-        tracking.configure(root)
     mask = sources.composition(params, root, name)
     lineage = json.loads(mask.meta["inputs"])
     # By position: refs hold characters (``@``, ``/``, ``..``) that MLflow refuses in tag

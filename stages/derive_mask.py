@@ -28,16 +28,12 @@ def run(task: str, root: Path = Path(".")) -> Path:
     params = load_params(root / "params.yaml")
     paths, spec, source = TaskPaths(root, task), params.spec(task), params.task(task).mask_source
     used = {"mask": params.mask.model_dump(), "rank": params.train.rank, "mask_source": source}
-    if source.startswith("composition:"):
-        used["composition"] = params.composition(source.split(":", 1)[1]).model_dump()
+    if name := sources.composition_name(source):
+        used["composition"] = params.composition(name).model_dump()
+    mask = sources.mask_for_task(params, root, task)
     if source == "own":
-        imp = sources.own_importance(root, task)
-        mask = sources.own_mask(params, root, task).with_meta(importance_digest=imp.digest)
-        inputs = {"importance": imp.digest}
+        inputs = {"importance": mask.meta["importance_digest"]}
     else:
-        if sources.uses_registry(params, source):  # pull from the project's store, not the default
-            tracking.configure(root)
-        mask = sources.mask_for_task(params, root, task)
         shapes = target_shapes(params.model.base, spec.task_type, spec.num_labels, params.model.targets)
         if problem := shape_mismatch(mask, shapes):
             raise ArtifactError(
