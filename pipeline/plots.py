@@ -21,7 +21,6 @@ def _pyplot():
 def _save(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    fig.clf()
     _pyplot().close(fig)
 
 
@@ -71,11 +70,11 @@ def layer_profiles(profiles: dict[str, list[dict]], path: Path) -> None:
     """Per task, the kept fraction of rows and of columns in each layer."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), dpi=100, sharey=True)
-    for ax, kind in zip(axes, ("rows", "cols"), strict=True):
+    for ax, kind, label in zip(axes, ("rows", "cols"), ("rows", "columns"), strict=True):
         for name, profile in profiles.items():
             ax.plot([p["layer"] for p in profile], [p[kind] for p in profile], marker="o", label=name)
         ax.set_xlabel("layer")
-        ax.set_title(f"kept fraction of {'rows' if kind == 'rows' else 'columns'}", fontsize=9)
+        ax.set_title(f"kept fraction of {label}", fontsize=9)
     axes[0].set_ylabel("fraction kept")
     axes[1].legend(fontsize=8)
     fig.tight_layout()

@@ -7,8 +7,6 @@ and each task's kept fraction of rows and columns per layer.
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 from pipeline import plots, sources, tracking
@@ -16,8 +14,8 @@ from pipeline.meta import write_meta
 from pipeline.params import load_params
 from pipeline.paths import analysis_dir
 from stages._args import stage_main
-from taso.io import atomic_path, write_json
-from taso.masks import compare, layer_profile, overlap
+from taso.io import atomic_path, write_csv, write_json
+from taso.masks import layer_profile, overlap
 
 
 def run(root: Path = Path(".")) -> Path:
@@ -28,19 +26,14 @@ def run(root: Path = Path(".")) -> Path:
     inputs = {t: m.digest for t, m in masks.items()}
     out = analysis_dir(root)
     with tracking.stage_run(root, stage="analyze", task="all", params=used, inputs=inputs) as mlrun:
-        pairs = overlap(masks)
-        per_module = {
-            f"{a}|{b}": compare(masks[a], masks[b])["modules"] for i, a in enumerate(tasks) for b in tasks[i + 1 :]
-        }
+        report = overlap(masks)
+        pairs = report["overall"]
         profiles = {t: layer_profile(m) for t, m in masks.items()}
         with atomic_path(out) as tmp:
             tmp.mkdir()
-            write_json(tmp / "overlap.json", {"tasks": tasks, "overall": pairs, "modules": per_module})
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=["task", "layer", "rows", "cols"])
-            writer.writeheader()
-            writer.writerows({"task": t, **row} for t, profile in profiles.items() for row in profile)
-            (tmp / "layers.csv").write_text(buf.getvalue())
+            write_json(tmp / "overlap.json", {"tasks": tasks, **report})
+            rows = ({"task": t, **row} for t, profile in profiles.items() for row in profile)
+            write_csv(tmp / "layers.csv", rows, ["task", "layer", "rows", "cols"])
             if tasks:
                 matrix = {k: [[pairs[a][b][k] for b in tasks] for a in tasks] for k in ("rows", "cols")}
                 plots.overlap_heatmap(tasks, matrix["rows"], matrix["cols"], tmp / "overlap.png")

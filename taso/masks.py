@@ -335,15 +335,21 @@ def compare(a: Mask, b: Mask) -> dict:
     return {"modules": per, "overall": overall}
 
 
-def overlap(masks: Mapping[str, Mask]) -> dict[str, dict[str, dict[str, float]]]:
-    """Pairwise overall Jaccard of rows and of columns: ``{a: {b: {"rows": j, "cols": j}}}`` (1 on the diagonal)."""
+def overlap(masks: Mapping[str, Mask]) -> dict:
+    """Pairwise Jaccard of rows and of columns, one :func:`compare` per pair.
+
+    Returns ``{"overall": {a: {b: {"rows": j, "cols": j}}}, "modules": {"a|b": {module: ...}}}``;
+    ``overall`` is symmetric with 1 on the diagonal, ``modules`` lists each unordered pair once.
+    """
     names = list(masks)
-    out: dict[str, dict[str, dict[str, float]]] = {a: {} for a in names}
+    overall: dict[str, dict[str, dict[str, float]]] = {a: {a: {"rows": 1.0, "cols": 1.0}} for a in names}
+    modules = {}
     for i, a in enumerate(names):
-        out[a][a] = {"rows": 1.0, "cols": 1.0}
         for b in names[i + 1 :]:
-            out[a][b] = out[b][a] = compare(masks[a], masks[b])["overall"]
-    return out
+            pair = compare(masks[a], masks[b])
+            overall[a][b] = overall[b][a] = pair["overall"]
+            modules[f"{a}|{b}"] = pair["modules"]
+    return {"overall": overall, "modules": modules}
 
 
 def layer_profile(mask: Mask) -> list[dict]:

@@ -59,13 +59,16 @@ def test_cut_to_budget_keeps_the_highest_ranked_rows_and_columns():
 
 def test_overlap_is_symmetric_with_ones_on_the_diagonal():
     masks = {f"t{i}": derive_rows_cols(importance(i), 0.5) for i in range(3)}
-    pairs = overlap(masks)
+    report = overlap(masks)
+    pairs = report["overall"]
     for a in masks:
         assert pairs[a][a] == {"rows": 1.0, "cols": 1.0}
         for b in masks:
             assert pairs[a][b] == pairs[b][a]
             assert 0 <= pairs[a][b]["rows"] <= 1
-    same = overlap({"x": masks["t0"], "y": masks["t0"]})
+    assert sorted(report["modules"]) == ["t0|t1", "t0|t2", "t1|t2"]
+    assert set(report["modules"]["t0|t1"]) == set(SHAPES)
+    same = overlap({"x": masks["t0"], "y": masks["t0"]})["overall"]
     assert same["x"]["y"] == {"rows": 1.0, "cols": 1.0}
 
 
