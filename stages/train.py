@@ -6,9 +6,7 @@ An interrupted run leaves a checkpoint under checkpoints/<task>/ that the next r
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from pipeline.paths import TaskPaths
 from stages._args import stage_main
 from taso import data, models
 from taso.importance import Importance
-from taso.io import atomic_path, digest_file, write_json
+from taso.io import atomic_path, digest_file, write_csv, write_json
 from taso.masks import Mask, check_importance, mask_stats
 from taso.model import count_trainable, export_peft, inject
 from taso.train import train
@@ -87,12 +85,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
                 rates=result.rates,
                 adapter=adapter_meta,
             )
-        with atomic_path(paths.train_curve) as tmp:
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=["step", "loss", "lr"])
-            writer.writeheader()
-            writer.writerows(result.history)
-            tmp.write_text(buf.getvalue())
+        write_csv(paths.train_curve, result.history, ["step", "loss", "lr"])
         for point in result.history:
             mlrun.log_metrics({"train_loss": point["loss"], "lr": point["lr"]}, step=point["step"])
         stats = mask_stats(mask, tp.rank)

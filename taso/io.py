@@ -7,14 +7,16 @@ killed process never leaves a half-written file that DVC would cache as a valid 
 from __future__ import annotations
 
 import contextlib
+import csv
 import glob
 import hashlib
+import io
 import json
 import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -71,6 +73,16 @@ def write_json(path: str | os.PathLike, obj: object) -> None:
     """Write ``obj`` as indented, key-sorted JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[Mapping], fieldnames: Sequence[str]) -> None:
+    """Write ``rows`` (dicts) as CSV with a header, atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fieldnames))
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue())
 
 
 def read_json(path: str | os.PathLike) -> dict:
