@@ -4,7 +4,7 @@ Each arm scores importance and trains a masked LoRA (pipeline defaults) in its p
 on the same data and seeds; the table gives the metric (mean ± std over seeds) and the
 wall time of training, as a bf16 / fp32 ratio of medians.
 
-    python benchmarks/precision.py                        # → docs/precision.json, table on stdout
+    python benchmarks/precision.py --tasks sst2 mrpc --max-train 1000 --lr 1e-2   # docs/performance.md
     python benchmarks/precision.py --max-train 64 --max-eval 32 --seeds 0 --results /tmp/p.json   # smoke
 """
 
@@ -19,7 +19,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import transfer  # noqa: E402  (the same GLUE specs, scoring and training as the transfer experiment)
 
 from taso import models  # noqa: E402
-from taso.io import read_json, write_json  # noqa: E402
 from taso.masks import derive_rows_cols  # noqa: E402
 
 
@@ -36,7 +35,8 @@ def main() -> None:
 
     specs = transfer.glue_specs(args.data, args.max_train, args.max_eval)
     tok = models.load_tokenizer("minilm")
-    results: dict = read_json(args.results) if args.results.is_file() else {}
+    wanted = transfer.settings(args)
+    results = transfer.load_runs(args.results, wanted)
     cache: dict = {}
     for task in args.tasks:
         for arm in ("fp32", "bf16"):
@@ -48,7 +48,7 @@ def main() -> None:
                         specs[task], mask, seed, tok, cache, lr=args.lr, bf16=arm == "bf16"
                     )
                     print(f"{task} {arm} seed {seed} {done[str(seed)]}", file=sys.stderr, flush=True)
-                    write_json(args.results, results)
+                    transfer.save_runs(args.results, wanted, results)
 
     print("| task (metric) | fp32 | bf16 | train time bf16 / fp32 |\n|---|---|---|---|")
     for task in args.tasks:

@@ -10,12 +10,12 @@ rows_cols, p=0.25, rank 1) with
 all with the same number of trainable parameters, and reports B's metric, mean ± std over
 seeds. Importance is scored once per task (seed 0) on its calibration sample.
 
-    python benchmarks/transfer.py            # full run → docs/transfer.json, table on stdout
+    python benchmarks/transfer.py --train-on sst2 --max-train 1000 --lr 1e-2   # docs/transfer.md
     python benchmarks/transfer.py --max-train 64 --max-eval 32 --seeds 0 --tasks rte mrpc \
         --results /tmp/smoke.json          # smoke run
 
-Results go to the JSON file as they come (``--results``), so an interrupted run resumes
-where it stopped.
+Results go to the JSON file as they come (``--results``, with the settings they share), so
+an interrupted run resumes where it stopped; a file made with other settings is refused.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from taso import data, models  # noqa: E402
 from taso.evaluate import evaluate  # noqa: E402
 from taso.importance import Importance, score_importance  # noqa: E402
-from taso.io import atomic_path, write_json  # noqa: E402
+from taso.io import atomic_path, read_json, write_json  # noqa: E402
 from taso.masks import Mask, cut_to_budget, derive_rows_cols, merge_importance, random_like, union  # noqa: E402
 from taso.model import inject  # noqa: E402
 from taso.train import TrainConfig, train  # noqa: E402
@@ -101,6 +101,36 @@ def run_one(spec: data.TaskSpec, mask: Mask, seed: int, tok, cache: dict, lr: fl
     return {**result, "seconds": round(time.perf_counter() - start, 1)}
 
 
+def settings(args) -> dict:
+    """What every run in a results file shares; resuming with other settings would mix them."""
+    return {
+        "max_train": args.max_train,
+        "max_eval": args.max_eval,
+        "lr": args.lr,
+        "p": P,
+        "rank": RANK,
+        "alpha": ALPHA,
+        "calibration": CALIBRATION,
+    }
+
+
+def load_runs(path: Path, wanted: dict) -> dict:
+    """The runs already in ``path`` (none if it does not exist); refuse a file made with other settings."""
+    if not path.is_file():
+        return {}
+    saved = read_json(path)
+    if saved.get("settings") != wanted:
+        sys.exit(
+            f"{path} holds runs made with {saved.get('settings')}, not {wanted}; "
+            "pass another --results file (or the same settings) so that runs are not mixed"
+        )
+    return saved["runs"]
+
+
+def save_runs(path: Path, wanted: dict, runs: dict) -> None:
+    write_json(path, {"settings": wanted, "runs": runs})
+
+
 def conditions(b: str, tasks: list[str], masks: dict[str, Mask], imps: dict[str, Importance], seed: int):
     """(name, mask) for task ``b``: own, each other task's, the cut union of the others, random."""
     others = [t for t in tasks if t != b]
@@ -153,7 +183,8 @@ def main() -> None:
     torch.manual_seed(0)
     specs = {t: s for t, s in glue_specs(args.data, args.max_train, args.max_eval).items() if t in args.tasks}
     tok = models.load_tokenizer("minilm")
-    results: dict = json.loads(args.results.read_text()) if args.results.is_file() else {}
+    wanted = settings(args)
+    results = load_runs(args.results, wanted)
     imps = {t: score(specs[t], tok) for t in args.tasks}
     masks = {t: derive_rows_cols(imps[t], P) for t in args.tasks}
     cache: dict = {}
@@ -166,7 +197,7 @@ def main() -> None:
                     continue
                 done[str(seed)] = run_one(specs[b], mask, seed, tok, cache, lr=args.lr)
                 print(f"{b:5} seed {seed} {cond:24} {json.dumps(done[str(seed)])}", file=sys.stderr, flush=True)
-                write_json(args.results, results)
+                save_runs(args.results, wanted, results)
     text = table(results, trained, specs)
     print(text)
     if args.out:
