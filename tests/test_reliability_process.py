@@ -314,8 +314,11 @@ STOPPED = {"group": {130, -signal.SIGINT}, "stage": {130}}
 KILLED = {-signal.SIGKILL, 128 + signal.SIGKILL}
 
 
-def dvc_env() -> dict:
+def dvc_env(shell: str = "/bin/sh") -> dict:
+    """The environment of a real ``dvc`` run; ``shell`` is what dvc runs stage commands through
+    (fixed, so that a test does not depend on the $SHELL of whoever runs it)."""
     env = subprocess_env(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    env["SHELL"] = shell
     env.pop("PYTHONPATH")  # stages import the copy's own code
     return env
 
@@ -473,7 +476,8 @@ def assert_same_adapter(repo: Path, reference: dict[str, torch.Tensor]) -> None:
 
 
 @pytest.mark.slow
-def test_interrupted_training_resumes_under_dvc_to_the_same_weights(base_repo, reference, tmp_path):
+@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash"])
+def test_interrupted_training_resumes_under_dvc_to_the_same_weights(base_repo, reference, tmp_path, shell):
     """Three interruptions of one training run, each resumed by the next `dvc repro`.
 
     Ctrl-C in the terminal (SIGINT to dvc's process group: dvc ignores it while a stage runs,
@@ -482,7 +486,7 @@ def test_interrupted_training_resumes_under_dvc_to_the_same_weights(base_repo, r
     """
     import psutil
 
-    repo, env = clone(base_repo, tmp_path / "repo"), dvc_env()
+    repo, env = clone(base_repo, tmp_path / "repo"), dvc_env(shell)
     slow = hooked(env, tmp_path, pause_after_checkpoint="0.5")
     stops = [0]
     for sig, target in ((signal.SIGINT, "group"), (signal.SIGTERM, "stage"), (signal.SIGTERM, "dvc")):
