@@ -46,7 +46,31 @@ class TaskParams(_Strict):
     column_names: list[str] | None = None
     max_train: PositiveInt | None = None
     max_eval: PositiveInt | None = None
+    # causal_lm only: the text the model learns, "{}" standing for the answer in label_field.
+    answer_template: str = "{}"
     mask_source: str  # required: dvc.yaml tracks it as a param of derive-mask
+
+    @field_validator("answer_template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if "{}" not in v:
+            raise ValueError("must contain {} where the answer goes (e.g. 'the correct answer is {}')")
+        return v
+
+    @model_validator(mode="after")
+    def _scoring(self) -> TaskParams:
+        # A causal LM task is a choice task (labels: its options, scored by log-likelihood) or a
+        # generation task (no labels, scored by exact match of the final number).
+        if self.task_type != "causal_lm":
+            if "exact_match" in self.metrics or self.answer_template != "{}":
+                raise ValueError("exact_match and answer_template apply to task_type: causal_lm only")
+            return self
+        allowed = ("accuracy", "f1", "matthews") if self.labels else ("exact_match",)
+        wrong = [m for m in self.metrics if m not in allowed]
+        if wrong:
+            kind = "a choice task (it has labels)" if self.labels else "a generation task (no labels)"
+            raise ValueError(f"metrics {wrong} do not apply to {kind}; use {' or '.join(allowed)}")
+        return self
 
     @field_validator("mask_source")
     @classmethod
@@ -81,6 +105,7 @@ class TaskParams(_Strict):
             max_train=self.max_train,
             max_eval=self.max_eval,
             max_length=max_length,
+            answer_template=self.answer_template,
         )
 
 
@@ -155,6 +180,7 @@ class TrainParams(_Strict):
 
 class EvaluateParams(_Strict):
     batch_size: PositiveInt = 64
+    max_new_tokens: PositiveInt = 256  # causal_lm generation tasks: the longest answer generated
 
 
 class Params(_Strict):

@@ -3,12 +3,18 @@
 MLflow copies this file into the model and runs it on load, so it imports only taso (shipped
 with the model as code) and the libraries in the model's requirements, never ``pipeline``.
 Its artifacts are ``adapter`` (the PEFT adapter folder), ``mask`` (the mask folder) and
-``meta`` (``meta.json``: ``base_model``, ``task_type``, ``labels``, ``max_length``). The base
-model is resolved locally (``minilm`` or a folder), so loading and predicting need no network.
+``meta`` (``meta.json``: ``base_model``, ``task_type``, ``labels``, ``max_length``,
+``answer_template``). The base model is resolved locally (``minilm``, ``smollm2`` or a
+folder), so loading and predicting need no network.
+
+A classifier returns label names; a causal LM returns, for a choice task, the option it
+finds most likely, and for a generation task the greedy completion of each prompt.
 
 Example:
     model = mlflow.pyfunc.load_model("models:/taso-sentiment@champion")
     model.predict(pd.DataFrame({"text": ["a fine film"]}))   # -> ["positive"]
+    model = mlflow.pyfunc.load_model("models:/taso-gsm8k@champion")
+    model.predict(["Tom has 3 apples and buys 2 more. How many?"], params={"max_new_tokens": 64})
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 BATCH_SIZE = 32
+MAX_NEW_TOKENS = 256  # a causal LM's longest generated answer unless params say otherwise
 
 
 def _as_pairs(model_input) -> tuple[list[str], list[str] | None]:
@@ -30,8 +37,14 @@ def _as_pairs(model_input) -> tuple[list[str], list[str] | None]:
         return [model_input], None
     if isinstance(model_input, dict):
         model_input = pd.DataFrame(
-            {k: [v] if isinstance(v, str) else list(v) for k, v in model_input.items() if k in ("text", "text_pair")}
+            {
+                k: [v] if isinstance(v, str) else list(v)
+                for k, v in model_input.items()
+                if k in ("text", "text_pair", "prompt")
+            }
         )
+    if isinstance(model_input, pd.DataFrame) and "prompt" in model_input.columns:
+        return [str(t) for t in model_input["prompt"]], None
     if isinstance(model_input, pd.Series):
         return [str(t) for t in model_input], None
     if isinstance(model_input, pd.DataFrame):
@@ -68,12 +81,10 @@ class TasoAdapterModel(PythonModel):
 
         meta = json.loads(Path(context.artifacts["meta"]).read_text())
         self.task_type = meta.get("task_type", "classification")
-        if self.task_type not in ("classification", "regression"):
-            raise ValueError(
-                f"the pyfunc model predicts classification and regression adapters, not {self.task_type!r}; "
-                "load the adapter folder with peft.PeftModel.from_pretrained instead"
-            )
+        if self.task_type not in models.TASK_TYPES:
+            raise ValueError(f"unknown task_type {self.task_type!r} in meta.json; expected one of {models.TASK_TYPES}")
         self.labels = meta.get("labels") or None
+        self.answer_template = meta.get("answer_template") or "{}"
         self.max_length = int(meta.get("max_length") or 128)
         num_labels = len(self.labels) if self.labels else int(meta.get("num_labels") or 2)
         base = models.load_model(meta["base_model"], self.task_type, num_labels=num_labels)
@@ -82,17 +93,20 @@ class TasoAdapterModel(PythonModel):
 
     # The DataFrame hint tells MLflow not to infer a schema from it: inputs pass through as given.
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list:
-        """Label names (class ids when the task has no label names) or regression values, one per input.
+        """Label names (class ids when the task has no label names) or regression values, one per input;
+        for a causal LM, the chosen option's label or the generated text.
 
         Args:
-            model_input: a DataFrame with a ``text`` column and optionally ``text_pair``, a list
-                of strings, or a list of ``[text, text_pair]`` pairs.
-            params: ``{"batch_size": int}`` optionally.
+            model_input: a DataFrame with a ``text`` column and optionally ``text_pair`` (a causal
+                LM also takes ``prompt``), a list of strings, or a list of ``[text, text_pair]`` pairs.
+            params: optionally ``{"batch_size": int}``, and ``{"max_new_tokens": int}`` for generation.
         """
         import torch
 
         texts, pairs = _as_pairs(model_input)
         batch_size = int((params or {}).get("batch_size", BATCH_SIZE))
+        if self.task_type == "causal_lm":
+            return self._complete(texts, batch_size, int((params or {}).get("max_new_tokens", MAX_NEW_TOKENS)))
         out: list = []
         with torch.no_grad():
             for start in range(0, len(texts), batch_size):
@@ -112,6 +126,26 @@ class TasoAdapterModel(PythonModel):
                     ids = logits.argmax(-1).tolist()
                     out.extend(self.labels[i] if self.labels else int(i) for i in ids)
         return out
+
+    def _complete(self, prompts: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
+        from taso import sft
+
+        if not self.labels:
+            return sft.generate(
+                self.model,
+                self.tokenizer,
+                prompts,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                max_length=self.max_length,
+            )
+        options = [self.answer_template.replace("{}", v) for v in self.labels]
+        scores = sft.option_loglik(
+            self.model, self.tokenizer, prompts, options, batch_size=batch_size, max_length=self.max_length
+        )
+        return [
+            self.labels[max(sft.offered(self.labels, p), key=lambda i: scores[n, i])] for n, p in enumerate(prompts)
+        ]
 
 
 mlflow.models.set_model(TasoAdapterModel())

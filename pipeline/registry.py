@@ -12,7 +12,6 @@ URIs: ``models:/<name>@<alias>``, ``models:/<name>/<version>``, and the same wit
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -22,7 +21,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+import warnings
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -148,13 +147,16 @@ def register_adapter(
         staged = {what: Path(tmp) / what for what in ("adapter", "mask")}
         shutil.copytree(adapter_dir, staged["adapter"])
         shutil.copytree(mask_dir, staged["mask"])
-        with _in_run(run_id, name), _quiet_signature_warning():
+        with _in_run(run_id, name), warnings.catch_warnings():
+            # No input example either, for the same reason as no input schema (see _signature).
+            warnings.filterwarnings("ignore", message=".*input example was not provided")
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(PYFUNC_FILE),
                 artifacts={"adapter": str(staged["adapter"]), "mask": str(staged["mask"]), "meta": str(meta_file)},
                 code_paths=[_taso_code(Path(tmp))],
                 pip_requirements=requirements(meta),
+                signature=_signature(),
                 tags={"taso.registered_model": name},
             )
     client = _client()
@@ -175,19 +177,17 @@ def register_adapter(
     return str(version)
 
 
-@contextlib.contextmanager
-def _quiet_signature_warning() -> Iterator[None]:
-    # The model has no signature on purpose: it takes several input forms (see
-    # pyfunc_model.predict), which a column schema would reject. MLflow warns about that.
-    def drop(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Failed to infer model signature")
+def _signature():
+    """The pyfunc model's inference params, and no input schema on purpose: predict takes several
+    input forms (see pyfunc_model.predict), which a column schema would reject. MLflow drops
+    any param that the signature does not declare."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
 
-    logger = logging.getLogger("mlflow.pyfunc")
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)
+    return ModelSignature(
+        inputs=None,
+        params=ParamSchema([ParamSpec("batch_size", "long", 32), ParamSpec("max_new_tokens", "long", 256)]),
+    )
 
 
 def _link_logged_model(model_id: str, name: str, version: str) -> None:

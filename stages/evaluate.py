@@ -13,7 +13,7 @@ from pipeline import registry, tracking
 from pipeline.params import load_params
 from pipeline.paths import TaskPaths
 from stages._args import stage_main
-from taso import data, models
+from taso import data, models, sft
 from taso.evaluate import evaluate
 from taso.io import digest_file, read_json, write_json
 from taso.masks import Mask
@@ -45,16 +45,30 @@ def run(task: str, root: Path = Path(".")) -> Path:
     with tracking.stage_run(root, stage="evaluate", task=task, params=used, inputs=inputs) as mlrun:
         tok = models.load_tokenizer(params.model.base)
         model = load_adapter(params.model.base, paths.adapter, spec.task_type, spec.num_labels, params.seed)
-        features = data.encode(data.read_rows(spec, "eval", seed=params.seed), tok, spec.max_length)
+        rows = data.read_rows(spec, "eval", seed=params.seed)
+        causal = spec.task_type == "causal_lm"
+        features = None if causal else data.encode(rows, tok, spec.max_length)
         start = time.perf_counter()
-        scores = evaluate(
-            model,
-            features,
-            spec.metrics,
-            task_type=spec.task_type,
-            batch_size=params.evaluate.batch_size,
-            pad_id=tok.pad_token_id,
-        )
+        if causal:  # option log-likelihoods or greedy generation
+            scores = sft.evaluate(
+                model,
+                tok,
+                rows,
+                spec.metrics,
+                options=spec.options,
+                batch_size=params.evaluate.batch_size,
+                max_length=spec.max_length,
+                max_new_tokens=params.evaluate.max_new_tokens,
+            )
+        else:
+            scores = evaluate(
+                model,
+                features,
+                spec.metrics,
+                task_type=spec.task_type,
+                batch_size=params.evaluate.batch_size,
+                pad_id=tok.pad_token_id,
+            )
         scores["eval_seconds"] = round(time.perf_counter() - start, 2)
         name, version = registry.model_name(params.tracking.registry_prefix, task), str(trained["registry_version"])
         main = spec.metrics[0]

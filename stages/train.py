@@ -23,7 +23,7 @@ from taso.model import count_trainable, export_peft, inject
 from taso.train import train
 
 # What adapter_config.json names as the base, so PEFT's AutoPeftModel finds it when online.
-HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 PEFT_TASK = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
 
 
@@ -59,6 +59,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
             "labels": list(spec.labels) if spec.labels else None,
             "text_fields": list(spec.text_fields),
             "max_length": spec.max_length,
+            "answer_template": spec.answer_template,
             "mask_digest": mask.digest,
             "mask_source": params.task(task).mask_source,
             # Lineage of a reused mask: the digest of what mask_source named when derive-mask ran.

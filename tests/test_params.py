@@ -86,3 +86,41 @@ def test_task_without_mask_source_is_refused(tmp_path, raw):
     del raw["tasks"]["topic"]["mask_source"]
     with pytest.raises(ParamsError, match=r"tasks\.topic\.mask_source: Field required"):
         load_params(write(tmp_path, raw))
+
+
+@pytest.mark.parametrize(
+    ("task", "expected"),
+    [
+        (
+            {"labels": ["true", "false"], "metrics": ["exact_match"]},
+            r"metrics \['exact_match'\] do not apply to a choice task",
+        ),
+        ({"metrics": ["accuracy"]}, r"metrics \['accuracy'\] do not apply to a generation task .* use exact_match"),
+        ({"metrics": ["exact_match"], "answer_template": "the answer"}, r"answer_template: .*must contain \{\}"),
+    ],
+)
+def test_a_decoder_task_is_scored_as_what_it_is(tmp_path, raw, task, expected):
+    raw["tasks"]["gsm"] = {"source": str(tmp_path), "task_type": "causal_lm", "mask_source": "own", **task}
+    with pytest.raises(ParamsError, match=rf"tasks\.gsm.*{expected}"):
+        load_params(write(tmp_path, raw))
+
+
+def test_exact_match_needs_a_decoder(tmp_path, raw):
+    raw["tasks"]["sentiment"]["metrics"] = ["exact_match"]
+    with pytest.raises(ParamsError, match=r"tasks\.sentiment.*apply to task_type: causal_lm only"):
+        load_params(write(tmp_path, raw))
+
+
+def test_a_decoder_task_builds_its_spec(tmp_path, raw):
+    raw["tasks"]["boolq"] = {
+        "source": str(tmp_path),
+        "task_type": "causal_lm",
+        "text_fields": ["instruction", "input"],
+        "label_field": "answer",
+        "labels": ["true", "false"],
+        "answer_template": "the correct answer is {}",
+        "mask_source": "own",
+    }
+    spec = load_params(write(tmp_path, raw)).spec("boolq")
+    assert spec.options == ["the correct answer is true", "the correct answer is false"]
+    assert spec.answer("true") == "the correct answer is true"
