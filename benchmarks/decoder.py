@@ -1,0 +1,248 @@
+"""TASO on a real decoder LM: SmolLM2-135M-Instruct on BoolQ, ARC-Easy and GSM8K, on the CPU.
+
+For each task: zero-shot, dense LoRA r=1 and r=8 through ``peft`` (q/k/v/o and gate/up/down
+of every block), and TASO (rows_cols masks from importance on a calibration sample) at a
+quarter of LoRA r=1's budget (p 0.25, rank 1) and at its full budget (p 0.25, rank 4). All
+train one epoch on the same seeded subset with the answer-only loss, AdamW, linear schedule
+with 6% warmup, and the same base learning rate. BoolQ and ARC are scored by the
+log-likelihood of each option's answer text, GSM8K by exact match of the final number of a
+greedy generation.
+
+    python benchmarks/decoder.py --max-train arc-easy=300 --max-eval arc-easy=300 gsm8k=40 \
+        --gsm8k-methods zero-shot taso-r1 --out docs/results-decoder.md     # the committed table
+    python benchmarks/decoder.py --tasks boolq --max-train 16 --max-eval 8 --methods zero-shot taso-r1 \
+        --results /tmp/smoke.jsonl                                         # smoke run
+
+Every finished run is appended to ``--results`` (JSON lines, with its settings); a run whose
+task, method, seed and settings are already there is skipped, so a killed grid resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from taso import data, models, sft  # noqa: E402
+from taso.baselines import peft_lora  # noqa: E402
+from taso.importance import score_importance  # noqa: E402
+from taso.io import atomic_path  # noqa: E402
+from taso.masks import derive_rows_cols  # noqa: E402
+from taso.model import count_trainable, inject  # noqa: E402
+from taso.train import TrainConfig, train  # noqa: E402
+
+ALPHA = 2.0  # LoRA scale alpha/r = 2 at r=1, as the pipeline's default
+METHODS = {  # name -> (kind, rank, p)
+    "zero-shot": ("none", 0, None),
+    "lora-r1": ("lora", 1, None),
+    "lora-r8": ("lora", 8, None),
+    "taso-r1": ("taso", 1, 0.25),  # a quarter of LoRA r=1's trainable parameters
+    "taso-r4": ("taso", 4, 0.25),  # the same number as LoRA r=1
+}
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def specs(root: Path, max_train: dict[str, int], max_eval: dict[str, int]) -> dict[str, data.TaskSpec]:
+    """The three tasks as a params.yaml would declare them (``source`` is the folder of the files)."""
+    instruction = {
+        "task_type": "causal_lm",
+        "text_fields": ("instruction", "input"),
+        "label_field": "answer",
+        "answer_template": "the correct answer is {}",
+        "splits": {"train": "train.json", "eval": "test.json"},
+    }
+    return {
+        "boolq": data.TaskSpec(
+            name="boolq",
+            source=str(root / "commonsense" / "boolq"),
+            labels=("true", "false"),
+            max_train=max_train["boolq"],
+            max_eval=max_eval["boolq"],
+            max_length=256,
+            **instruction,
+        ),
+        "arc-easy": data.TaskSpec(
+            name="arc-easy",
+            source=str(root / "commonsense" / "arc-easy"),
+            labels=("answer1", "answer2", "answer3", "answer4", "answer5"),  # a few questions have 3 or 5
+            max_train=max_train["arc-easy"],
+            max_eval=max_eval["arc-easy"],
+            max_length=256,
+            **instruction,
+        ),
+        "gsm8k": data.TaskSpec(
+            name="gsm8k",
+            source=str(root / "gsm8k"),
+            task_type="causal_lm",
+            text_fields=("question",),
+            label_field="answer",
+            metrics=("exact_match",),
+            splits={"train": "train.jsonl", "eval": "test.jsonl"},
+            max_train=max_train["gsm8k"],
+            max_eval=max_eval["gsm8k"],
+            max_length=384,
+        ),
+    }
+
+
+def prepare(method: str, spec: data.TaskSpec, tok, train_feats: list[dict], args, seed: int):
+    """The model for ``method``: the base, a PEFT LoRA, or a TASO masked LoRA (scored here)."""
+    kind, rank, p = METHODS[method]
+    model = models.load_model(args.model, "causal_lm", seed=seed)
+    if kind == "lora":
+        return peft_lora(model, r=rank, alpha=ALPHA * rank, targets=TARGETS, seed=seed), {}
+    if kind == "taso":
+        start = time.perf_counter()
+        calib = train_feats[: args.calibration]
+        imp = score_importance(model, data.iterate(calib, args.batch_size, tok.pad_token_id), targets=TARGETS)
+        mask = derive_rows_cols(imp, p)
+        inject(model, mask, r=rank, alpha=ALPHA * rank, seed=seed)
+        return model, {"score_seconds": round(time.perf_counter() - start, 1)}
+    return model, {}
+
+
+def run_one(task: str, method: str, spec: data.TaskSpec, tok, args, seed: int) -> dict:
+    rows = {split: data.read_rows(spec, split, seed=0) for split in ("train", "eval")}
+    train_feats = data.encode(rows["train"], tok, spec.max_length)
+    model, extra = prepare(method, spec, tok, train_feats, args, seed)
+    out: dict = {
+        "trainable": count_trainable(model) if METHODS[method][0] != "none" else {"adapter": 0, "head": 0, "total": 0}
+    }
+    if METHODS[method][0] != "none":
+        cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, seed=seed, log_every=10)
+        result = train(model, train_feats, cfg, pad_id=tok.pad_token_id, progress=False)
+        out |= {"steps": result.steps, "train_seconds": round(result.seconds, 1)}
+    start = time.perf_counter()
+    scores = sft.evaluate(
+        model,
+        tok,
+        rows["eval"],
+        spec.metrics,
+        options=spec.options,
+        batch_size=args.eval_batch_size,
+        max_length=spec.max_length,
+        max_new_tokens=args.max_new_tokens,
+    )
+    return {**out, **extra, **scores, "eval_seconds": round(time.perf_counter() - start, 1)}
+
+
+def settings(args, task: str) -> dict:
+    """What makes two runs of one task and method comparable (a changed knob means a new run)."""
+    return {
+        "model": args.model,
+        "max_train": args.max_train[task],
+        "max_eval": args.max_eval[task],
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "calibration": args.calibration,
+        "max_new_tokens": args.max_new_tokens if task == "gsm8k" else None,
+    }
+
+
+def key(task: str, method: str, seed: int, s: dict) -> str:
+    return hashlib.sha256(json.dumps([task, method, seed, s], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    return {r["key"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
+
+
+def table(runs: list[dict], tasks: list[str], spec_of: dict[str, data.TaskSpec]) -> str:
+    lines = [
+        "| method | trainable params | " + " | ".join(f"{t} ({spec_of[t].metrics[0]})" for t in tasks) + " |",
+        "|---|---:|" + "---:|" * len(tasks),
+    ]
+    for method in METHODS:
+        cells, params = [], "—"
+        for t in tasks:
+            values = [r[spec_of[t].metrics[0]] for r in runs if r["task"] == t and r["method"] == method]
+            if values:
+                spread = f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
+                cells.append(f"{100 * statistics.mean(values):.1f}{spread}")
+                params = f"{next(r['trainable']['total'] for r in runs if r['task'] == t and r['method'] == method):,}"
+            else:
+                cells.append("—")
+        lines.append(f"| {method} | {params} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def per_task(items: list[str], defaults: dict[str, int]) -> dict[str, int]:
+    """``["300"]`` sets every task, ``["arc-easy=300", "gsm8k=40"]`` the tasks named; others keep ``defaults``."""
+    out = dict(defaults)
+    for item in items:
+        task, _, n = item.rpartition("=")
+        if task and task not in out:
+            raise SystemExit(f"unknown task {task!r} in {item!r}; tasks: {', '.join(out)}")
+        out |= {t: int(n) for t in ([task] if task else out)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/datasets"))
+    parser.add_argument("--model", default=models.SMOLLM2)
+    parser.add_argument("--tasks", nargs="+", default=["boolq", "arc-easy", "gsm8k"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--gsm8k-methods", nargs="+", default=["zero-shot", "lora-r1", "taso-r1"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument(
+        "--max-train",
+        nargs="+",
+        default=[],
+        help="train examples: N for every task, or TASK=N (default 600; GSM8K 200)",
+    )
+    parser.add_argument(
+        "--max-eval", nargs="+", default=[], help="eval examples: N for every task, or TASK=N (default 400; GSM8K 60)"
+    )
+    parser.add_argument("--lr", type=float, default=1e-3, help="base learning rate of every method")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--eval-batch-size", type=int, default=16)
+    parser.add_argument("--calibration", type=int, default=128, help="TASO: train examples scored for importance")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="GSM8K: tokens generated per answer")
+    parser.add_argument("--results", type=Path, default=Path("docs/results-decoder.jsonl"))
+    parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    args = parser.parse_args()
+    args.max_train = per_task(args.max_train, {"boolq": 600, "arc-easy": 600, "gsm8k": 200})
+    args.max_eval = per_task(args.max_eval, {"boolq": 400, "arc-easy": 400, "gsm8k": 60})
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    spec_of = specs(args.data, args.max_train, args.max_eval)
+    tok = models.load_tokenizer(args.model)
+    done = load(args.results)
+    for task in args.tasks:
+        methods = [m for m in args.methods if task != "gsm8k" or m in args.gsm8k_methods]
+        for seed in args.seeds:
+            for method in methods:
+                s = settings(args, task)
+                k = key(task, method, seed, s)
+                if k in done:
+                    continue
+                record = {"key": k, "task": task, "method": method, "seed": seed, "settings": s}
+                record |= run_one(task, method, spec_of[task], tok, args, seed)
+                args.results.parent.mkdir(parents=True, exist_ok=True)
+                with open(args.results, "a") as f:  # one whole line per finished run
+                    f.write(json.dumps(record) + "\n")
+                done[k] = record
+                print(json.dumps(record), file=sys.stderr, flush=True)
+    current = [r for r in done.values() if r["settings"] == settings(args, r["task"]) and r["task"] in args.tasks]
+    text = table(current, args.tasks, spec_of)
+    print(text)
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
