@@ -278,9 +278,10 @@ class ParamsError(ValueError):
 def _describe(err: ValidationError, path: Path) -> str:
     lines = []
     for e in err.errors():
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        # A validator's message is the whole explanation; pydantic's "Value error, " adds nothing.
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
         if not e["loc"] and e["type"] == "value_error":  # whole-file checks name their own key path
-            lines.append(f"{path}: {msg.removeprefix('Value error, ')}")
+            lines.append(f"{path}: {msg}")
             continue
         lines.append(f"{path}: {'.'.join(str(x) for x in e['loc']) or '(top level)'}: {msg}")
     return "\n".join(lines)
