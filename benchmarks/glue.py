@@ -1,0 +1,340 @@
+"""TASO against LoRA on GLUE with the embedded MiniLM, each method tuned on the same held-out slices.
+
+One protocol for every method: max length 128 with dynamic padding, batch 16, 3 epochs, AdamW,
+linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
+
+  --phase sweep   MRPC and SST-2, seed 0: every method trains on its train split minus a held-out
+                  slice and is scored on that slice, over its learning-rate grid; TASO also over
+                  its knobs (head warm-up, rank at equal budget, gamma, global budget, calibration
+                  size), one at a time from its best base setting.
+  --phase report  every method with the setting that won the sweep (mean of the main metric over
+                  the sweep tasks), trained on the whole train split and scored on the dev set, for
+                  seeds 0 1 2 and all four tasks, plus a random mask with the chosen TASO counts.
+                  Writes the table (--out) and the plot of metric against trainable parameters (--plot).
+
+    python benchmarks/glue.py --phase sweep                       # hours on 2 cores; resumable
+    python benchmarks/glue.py --phase report --out docs/results-glue.md --plot docs/results-glue.png
+    python benchmarks/glue.py --quick --results /tmp/q.jsonl      # one task, one seed, 3 steps
+
+Every finished run is one line of ``--results`` (JSON); a run already there (same phase, task,
+method setting, seed and protocol) is skipped, so the grid carries over several sessions.
+SST-2 uses a fixed seeded subset of 8000 training rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import psutil  # noqa: E402
+import torch  # noqa: E402
+from transfer import glue_specs  # noqa: E402
+
+from taso import data, models  # noqa: E402
+from taso.baselines import full_finetune, head_only, peft_lora  # noqa: E402
+from taso.evaluate import evaluate  # noqa: E402
+from taso.importance import default_loss, score_importance, warm_up_head  # noqa: E402
+from taso.io import atomic_path  # noqa: E402
+from taso.masks import derive_mask, random_like  # noqa: E402
+from taso.model import inject  # noqa: E402
+from taso.targets import head_names  # noqa: E402
+from taso.train import TrainConfig, train  # noqa: E402
+
+PROTOCOL = {"max_length": 128, "batch_size": 16, "epochs": 3, "warmup_ratio": 0.06, "alpha_per_rank": 2.0}
+SWEEP_TASKS = ("mrpc", "sst2")
+HELD_OUT = {"mrpc": 400, "sst2": 800}  # the sweep's held-out slice of each train split
+SST2_TRAIN = 8000
+LR_GRID = {
+    "lora-r1": (3e-4, 1e-3, 3e-3),
+    "lora-r8": (1e-4, 3e-4, 1e-3),
+    "head": (1e-3, 3e-3, 1e-2),
+    "full": (2e-5, 5e-5, 1e-4),
+    "taso": (1e-3, 3e-3, 1e-2),
+}
+TASO_BASE = {"p": 0.25, "rank": 1, "gamma": 0.5, "warmup": 0, "rule": "rows_cols", "calibration": 256}
+TASO_VARIANTS = (  # one knob at a time, at the base's best learning rate
+    {"warmup": 200},  # head-only steps before scoring, so gradients are not those of a random head
+    {"rank": 4},  # rank 4 at p 0.25: LoRA r=1's budget
+    {"p": 0.5},  # half of LoRA r=1's budget at rank 1
+    {"gamma": 0.0},
+    {"gamma": 1.0},
+    {"rule": "global"},  # rows and columns ranked across matrices
+    {"calibration": 1024},
+)
+
+
+def setting(method: str, lr: float, **taso) -> dict:
+    return {"method": method, "lr": lr, **({**TASO_BASE, **taso} if method in ("taso", "random") else {})}
+
+
+def sweep_settings(done: list[dict], tasks, grids=LR_GRID, variants=TASO_VARIANTS) -> list[dict]:
+    """The sweep's settings: every method over its LR grid, then the TASO variants at the base's best LR
+    (known only once the base runs are in ``done``)."""
+    out = [setting(m, lr) for m, grid in grids.items() for lr in grid]
+    base = best(done, "taso", tasks, lambda s: all(s[k] == v for k, v in TASO_BASE.items()))
+    if base:
+        out += [setting("taso", base["lr"], **v) for v in variants]
+    return out
+
+
+def best(done: list[dict], method: str, tasks, where=lambda s: True) -> dict | None:
+    """The setting of ``method`` with the highest mean main metric over the sweep ``tasks`` (settings
+    with a run on every one of them only)."""
+    scores: dict[str, dict[str, float]] = {}
+    for r in done:
+        if r["phase"] == "sweep" and r["setting"]["method"] == method and where(r["setting"]):
+            scores.setdefault(json.dumps(r["setting"], sort_keys=True), {})[r["task"]] = r["main"]
+    complete = {k: list(v.values()) for k, v in scores.items() if set(tasks) <= set(v)}
+    return json.loads(max(complete, key=lambda k: statistics.mean(complete[k]))) if complete else None
+
+
+def split_rows(spec: data.TaskSpec, phase: str) -> tuple[list[dict], list[dict]]:
+    """(train, eval) examples: the sweep holds out a slice of train; the report scores on dev."""
+    rows = data.read_rows(spec, "train", seed=0)
+    if phase == "report":
+        return rows, data.read_rows(spec, "eval", seed=0)
+    shuffled = rows[:]
+    random.Random(1234).shuffle(shuffled)
+    held = min(HELD_OUT.get(spec.name, len(rows) // 10), len(rows) // 2)
+    return shuffled[held:], shuffled[:held]
+
+
+def trainable(model: torch.nn.Module) -> dict[str, int]:
+    """Trainable parameters: adapter (LoRA factors), head, and the rest of the backbone (full fine-tuning)."""
+    heads = tuple(head_names(model.get_base_model() if hasattr(model, "get_base_model") else model))
+    out = {"adapter": 0, "head": 0, "backbone": 0}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            part = "adapter" if "lora_" in name else "head" if any(f"{h}." in name for h in heads) else "backbone"
+            out[part] += p.numel()
+    return out
+
+
+class PeakRSS:
+    """The largest resident set size seen while the block runs (sampled every 50 ms)."""
+
+    def __enter__(self) -> PeakRSS:
+        self.peak, self._stop = psutil.Process().memory_info().rss, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        proc = psutil.Process()
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, proc.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def build(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int):
+    model = models.load_model("minilm", num_labels=spec.num_labels, seed=seed)
+    m = s["method"]
+    if m.startswith("lora-"):
+        rank = int(m.split("-r")[1])
+        return peft_lora(model, r=rank, alpha=PROTOCOL["alpha_per_rank"] * rank, seed=seed)
+    if m == "head":
+        return head_only(model)
+    if m == "full":
+        return full_finetune(model)
+    # taso / random: importance on a calibration sample, scored by a model of its own (as the
+    # pipeline's score stage does), so a head warm-up shapes the gradients but not the training.
+    scorer = models.load_model("minilm", num_labels=spec.num_labels, seed=seed)
+    if s["warmup"]:
+        batches = data.iterate(train_feats, PROTOCOL["batch_size"], tok.pad_token_id, seed=seed, shuffle=True)
+        warm_up_head(scorer, batches, s["warmup"])
+    calib = train_feats[: s["calibration"]]
+    imp = score_importance(scorer, data.iterate(calib, PROTOCOL["batch_size"], tok.pad_token_id))
+    mask = derive_mask(imp, s["rule"], s["p"])
+    if m == "random":
+        mask = random_like(mask, seed=1000 + seed)
+    rank = s["rank"]
+    return inject(model, mask, r=rank, alpha=PROTOCOL["alpha_per_rank"] * rank, seed=seed)
+
+
+def run_one(s: dict, spec: data.TaskSpec, phase: str, seed: int, tok, max_steps: int | None) -> dict:
+    train_rows, eval_rows = split_rows(spec, phase)
+    train_feats = data.encode(train_rows, tok, PROTOCOL["max_length"])
+    eval_feats = data.encode(eval_rows, tok, PROTOCOL["max_length"])
+    model = build(s, spec, train_feats, tok, seed)
+    cfg = TrainConfig(
+        lr=s["lr"],
+        gamma=s.get("gamma", 0.5),
+        epochs=PROTOCOL["epochs"],
+        max_steps=max_steps,
+        batch_size=PROTOCOL["batch_size"],
+        warmup_ratio=PROTOCOL["warmup_ratio"],
+        seed=seed,
+    )
+    stamps: list[float] = []
+
+    def timed_loss(model, batch):  # the time between two losses is one whole step
+        stamps.append(time.perf_counter())
+        return default_loss(model, batch)
+
+    with PeakRSS() as rss:
+        result = train(model, train_feats, cfg, pad_id=tok.pad_token_id, loss_fn=timed_loss, progress=False)
+    scores = evaluate(model, eval_feats, spec.metrics, pad_id=tok.pad_token_id)
+    steps = [b - a for a, b in zip(stamps, stamps[1:])]
+    return {
+        **scores,
+        "main": scores[spec.metrics[0]],
+        "trainable": trainable(model),
+        "steps": result.steps,
+        "train_seconds": round(result.seconds, 1),
+        "median_step_seconds": round(statistics.median(steps), 4) if steps else None,
+        "peak_rss_mb": round(rss.peak / 2**20),
+    }
+
+
+def key(phase: str, task: str, s: dict, seed: int, protocol: dict) -> str:
+    return hashlib.sha256(json.dumps([phase, task, s, seed, protocol], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+
+
+def execute(plan, specs, tok, args, protocol, done: list[dict]) -> None:
+    seen = {r["key"] for r in done}
+    for phase, task, s, seed in plan:
+        k = key(phase, task, s, seed, protocol)
+        if k in seen:
+            continue
+        record = {"key": k, "phase": phase, "task": task, "setting": s, "seed": seed, "protocol": protocol}
+        record |= run_one(s, specs[task], phase, seed, tok, args.max_steps)
+        with open(args.results, "a") as f:  # one whole line per finished run
+            f.write(json.dumps(record) + "\n")
+        done.append(record)
+        seen.add(k)
+        print(json.dumps(record), file=sys.stderr, flush=True)
+
+
+def chosen(done: list[dict], tasks) -> dict[str, dict]:
+    """Each method's winning sweep setting (TASO's over its base and variants), and a random mask
+    with the chosen TASO setting's counts."""
+    out = {m: best(done, m, tasks) for m in LR_GRID}
+    if out["taso"]:
+        out["random"] = {**out["taso"], "method": "random"}
+    return {m: s for m, s in out.items() if s}
+
+
+def label(s: dict) -> str:
+    if s["method"] in ("taso", "random"):
+        knobs = ", ".join(f"{k} {s[k]}" for k in ("p", "rank", "gamma", "warmup", "rule", "calibration"))
+        return f"{s['method']} (lr {s['lr']:g}; {knobs})"
+    return f"{s['method']} (lr {s['lr']:g})"
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "—"
+    spread = f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
+    return f"{100 * statistics.mean(values):.1f}{spread}"
+
+
+def table(report: list[dict], settings: dict[str, dict], specs: dict[str, data.TaskSpec], tasks) -> str:
+    head = "| method | trainable (adapter + head) | " + " | ".join(f"{t} ({'/'.join(specs[t].metrics)})" for t in tasks)
+    lines = [head + " |", "|---|---:|" + "---:|" * len(tasks)]
+    for s in settings.values():
+        runs = [r for r in report if r["setting"] == s]
+        if not runs:
+            continue
+        t = runs[0]["trainable"]
+        cells = []
+        for task in tasks:
+            mine = [r for r in runs if r["task"] == task]
+            cells.append(" / ".join(cell([r[m] for r in mine]) for m in specs[task].metrics))
+        budget = f"{t['adapter']:,} + {t['head']:,}" + (f" + {t['backbone']:,}" if t["backbone"] else "")
+        lines.append(f"| {label(s)} | {budget} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(report: list[dict], settings: dict[str, dict], specs, tasks, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for name, s in settings.items():
+            runs = [r for r in report if r["setting"] == s and r["task"] == task]
+            if not runs:
+                continue
+            n = sum(runs[0]["trainable"].values())
+            values = [100 * r["main"] for r in runs]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            ax.errorbar(n, statistics.mean(values), yerr=spread, fmt="o", capsize=3, label=name)
+        ax.set_xscale("log")
+        ax.set_title(f"{task} ({specs[task].metrics[0]})")
+        ax.set_xlabel("trainable parameters")
+    axes[0][0].set_ylabel("dev metric (%)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/glue"))
+    parser.add_argument("--phase", choices=["sweep", "report"], default="sweep")
+    parser.add_argument("--tasks", nargs="+", default=["mrpc", "sst2", "cola", "rte"], help="report phase tasks")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="report phase seeds")
+    parser.add_argument("--max-steps", type=int, help="cap each run (smoke runs only: breaks the protocol)")
+    parser.add_argument("--results", type=Path, default=Path("docs/results-glue.jsonl"))
+    parser.add_argument("--out", type=Path, help="report phase: the markdown table")
+    parser.add_argument("--plot", type=Path, help="report phase: metric against trainable parameters (PNG)")
+    parser.add_argument("--quick", action="store_true", help="MRPC only, 64/32 examples, 3 steps, both phases")
+    args = parser.parse_args()
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    limits = {"sst2": SST2_TRAIN}
+    if args.quick:
+        args.max_steps, args.seeds, args.tasks, limits = 3, [0], ["mrpc"], {"mrpc": 64}
+    protocol = {**PROTOCOL, "max_steps": args.max_steps, "limits": limits}
+    specs = glue_specs(args.data, max_train=None, max_eval=64 if args.quick else None)
+    specs = {t: dataclasses.replace(s, max_train=limits.get(t)) for t, s in specs.items()}
+    tok = models.load_tokenizer("minilm")
+    done = [r for r in load(args.results) if r["protocol"] == protocol]
+    sweep_tasks = ["mrpc"] if args.quick else list(SWEEP_TASKS)
+
+    # --quick: one learning rate per method and one TASO variant, so that every code path runs.
+    grids = {m: g[:1] for m, g in LR_GRID.items()} if args.quick else LR_GRID
+    variants = TASO_VARIANTS[1:2] if args.quick else TASO_VARIANTS
+    if args.phase == "sweep" or args.quick:
+        for _ in range(2):  # the TASO variants need the base sweep's best LR first
+            plan = [("sweep", t, s, 0) for s in sweep_settings(done, sweep_tasks, grids, variants) for t in sweep_tasks]
+            execute(plan, specs, tok, args, protocol, done)
+    if args.phase == "report" or args.quick:
+        settings = chosen(done, sweep_tasks)
+        plan = [("report", t, s, seed) for seed in args.seeds for t in args.tasks for s in settings.values()]
+        execute(plan, specs, tok, args, protocol, done)
+        report = [r for r in done if r["phase"] == "report"]
+        text = table(report, settings, specs, args.tasks)
+        print(text)
+        if args.out:
+            with atomic_path(args.out) as tmp:
+                tmp.write_text(text + "\n")
+        if args.plot:
+            plot(report, settings, specs, args.tasks, args.plot)
+
+
+if __name__ == "__main__":
+    main()
