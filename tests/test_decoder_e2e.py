@@ -5,12 +5,11 @@ model then answers prompts."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 
 import pytest
 import yaml
-from test_pipeline_e2e import PROJECT_FILES, ROOT, sh
+from test_pipeline_e2e import ROOT, copy_project, sh
 from test_reliability_process import dvc_env
 from test_sft import TEMPLATE, parity_rows, sum_rows, tiny_lm_folder
 
@@ -28,14 +27,7 @@ def project(tmp_path_factory):
             items = rows(n, seed)
             text = json.dumps(items) if name.endswith(".json") else "".join(json.dumps(r) + "\n" for r in items)
             (base / task / name.format(split)).write_text(text)
-    repo = base / "repo"
-    for item in PROJECT_FILES:
-        src = ROOT / item
-        if src.is_dir():
-            shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__", "tmp"))
-        elif src.exists():
-            (repo / item).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, repo / item)
+    repo = copy_project(base / "repo")
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["model"] = {**raw["model"], "base": str(model), "max_length": 48}
     raw["tasks"] = {

@@ -43,6 +43,18 @@ def sh(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.C
     return proc
 
 
+def copy_project(repo: Path) -> Path:
+    """The files of this project that a run needs, copied into ``repo`` (no artifacts, no caches)."""
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "tmp"))
+        elif src.exists():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, repo / name)
+    return repo
+
+
 def tiny_params(raw: dict) -> dict:
     raw["tasks"] = {k: {**raw["tasks"][k], "max_train": 48, "max_eval": 32} for k in TASKS}
     raw["compositions"] = {"demo-union": {"op": "union", "of": list(TASKS)}}
@@ -55,14 +67,7 @@ def tiny_params(raw: dict) -> dict:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A fresh git repo holding the project, after one `dvc repro`."""
-    repo = tmp_path_factory.mktemp("project")
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "tmp"))
-        elif src.exists():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, repo / name)
+    repo = copy_project(tmp_path_factory.mktemp("project"))
     params = tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "DVC_"))}

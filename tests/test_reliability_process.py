@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_pipeline_e2e import PROJECT_FILES  # what a copy of the project needs
+from test_pipeline_e2e import copy_project
 from test_stages import tiny_bert_folder
 
 from taso.importance import default_loss
@@ -338,14 +338,7 @@ def base_repo(tmp_path_factory, tiny_model) -> Path:
     cost) and `dvc commit` records them in dvc.lock as `dvc repro` would. They log to a
     scratch store: the repo's own MLflow store starts empty.
     """
-    repo = tmp_path_factory.mktemp("base") / "repo"
-    for name in PROJECT_FILES:
-        src, dest = ROOT / name, repo / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "tmp"))
-        else:
-            shutil.copy2(src, dest)
+    repo = copy_project(tmp_path_factory.mktemp("base") / "repo")
     write_params(repo, tiny_params(tiny_model, max_steps=STEPS, checkpoint_every=5))
     env = dvc_env()
     sh(["git", "init", "-q", "-b", "main"], repo, env)
