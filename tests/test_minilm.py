@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -23,7 +21,6 @@ def test_minilm_end_to_end(tmp_path):
     from taso.models import load_model, load_tokenizer, resolve_model
     from taso.train import TrainConfig, train
 
-    start = time.perf_counter()
     spec = TaskSpec(
         name="sentiment", source="demo:sentiment", labels=("negative", "positive"), max_train=320, max_eval=200
     )
@@ -66,4 +63,3 @@ def test_minilm_end_to_end(tmp_path):
     adapted = {n.removeprefix("base_model.model.") for n, m in peft_model.named_modules() if isinstance(m, LoraLayer)}
     assert adapted == set(masked_layers(model))
     assert resolve_model("minilm")  # the base the adapter names resolves offline
-    assert time.perf_counter() - start < 90
