@@ -8,7 +8,7 @@ with 6% warmup, and the same base learning rate. BoolQ and ARC are scored by the
 log-likelihood of each option's answer text, GSM8K by exact match of the final number of a
 greedy generation.
 
-    python benchmarks/decoder.py --max-train arc-easy=300 --max-eval arc-easy=300 gsm8k=40 \
+    python benchmarks/decoder.py --max-train arc-easy=300 gsm8k=100 --max-eval arc-easy=300 gsm8k=20 \
         --gsm8k-methods zero-shot taso-r1 --out docs/results-decoder.md     # the committed table
     python benchmarks/decoder.py --tasks boolq --max-train 16 --max-eval 8 --methods zero-shot taso-r1 \
         --results /tmp/smoke.jsonl                                         # smoke run
