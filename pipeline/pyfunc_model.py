@@ -143,9 +143,7 @@ class TasoAdapterModel(PythonModel):
         scores = sft.option_loglik(
             self.model, self.tokenizer, prompts, options, batch_size=batch_size, max_length=self.max_length
         )
-        return [
-            self.labels[max(sft.offered(self.labels, p), key=lambda i: scores[n, i])] for n, p in enumerate(prompts)
-        ]
+        return [self.labels[i] for i in sft.pick(scores, [sft.offered(self.labels, p) for p in prompts])]
 
 
 mlflow.models.set_model(TasoAdapterModel())

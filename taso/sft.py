@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from taso import metrics
+
 log = logging.getLogger(__name__)
 
 IGNORE = -100  # the label of a token that carries no loss (prompt and padding)
@@ -105,15 +107,21 @@ def _answer_span(labels: torch.Tensor) -> int:
     return labels.shape[1] - int(labelled[0]) if labelled.numel() else 1
 
 
+def _answer_window(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of the answer positions plus the one before them, and the labels the first ``n - 1``
+    of those predict (the last position predicts the token after the batch's sequences)."""
+    labels = batch["labels"]
+    span = min(_answer_span(labels) + 1, labels.shape[1])  # +1: the token before the answer predicts its first
+    return _answer_logits(model, batch, span), labels[:, labels.shape[1] - span + 1 :]
+
+
 def answer_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy over the answer tokens of a left-padded batch (labels ``-100`` elsewhere).
 
     Equal to the model's own loss over the same labels, without computing logits for the prompt.
     """
-    labels = batch["labels"]
-    span = min(_answer_span(labels) + 1, labels.shape[1])  # +1: the token before the answer predicts its first
-    logits = _answer_logits(model, batch, span)[:, :-1]
-    target = labels[:, labels.shape[1] - span + 1 :]
+    logits, target = _answer_window(model, batch)
+    logits = logits[:, :-1]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE)
 
 
@@ -122,17 +130,21 @@ def _scored(prompt: list[int], target: list[int], max_length: int) -> dict:
     return {"input_ids": p + t, "attention_mask": [1] * (len(p) + len(t)), "labels": [IGNORE] * len(p) + t}
 
 
-def _target_logp(
-    model: nn.Module, batch: Mapping[str, torch.Tensor], extra: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _target_logp(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-likelihood of each sequence's labelled tokens, and the log-probabilities of the
-    ``extra`` positions after them (for next tokens that are not in the batch)."""
-    labels = batch["labels"]
-    span = min(_answer_span(labels) + 1, labels.shape[1])
-    logp = _answer_logits(model, batch, span).log_softmax(-1)
-    target = labels[:, labels.shape[1] - span + 1 :]
+    token after each sequence."""
+    logits, target = _answer_window(model, batch)
+    logp = logits.log_softmax(-1)
     picked = logp[:, :-1].gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (picked * (target != IGNORE)).sum(-1), logp[:, logp.shape[1] - extra :]
+    return (picked * (target != IGNORE)).sum(-1), logp[:, -1]
+
+
+def pick(scores: torch.Tensor, offered: Sequence[Sequence[int]]) -> list[int]:
+    """Per row of ``[examples, options]`` scores, the best of the options that example offers."""
+    allowed = torch.zeros_like(scores, dtype=torch.bool)
+    for i, idx in enumerate(offered):
+        allowed[i, list(idx)] = True
+    return scores.masked_fill(~allowed, float("-inf")).argmax(-1).tolist()
 
 
 def _common_prefix(seqs: Sequence[list[int]]) -> int:
@@ -170,8 +182,8 @@ def option_loglik(
     for start in range(0, len(seqs), batch_size):
         batch = collate(seqs[start : start + batch_size], tokenizer.pad_token_id)
         if one_pass:
-            prefix, after = _target_logp(model, batch, extra=1)
-            scores.append(prefix.unsqueeze(-1) + after[:, -1, last])
+            prefix, after = _target_logp(model, batch)
+            scores.append(prefix.unsqueeze(-1) + after[:, last])
         else:
             scores.append(_target_logp(model, batch)[0])
     return torch.cat(scores).view(len(prompts), len(options))
@@ -218,18 +230,13 @@ def evaluate(
     """Metrics of a causal LM on instruction examples: by option log-likelihood when the task has
     ``options`` (each example's ``label`` is the index of the right one, and its ``options`` the
     indices it may choose from), else by greedy generation (``label`` is the reference text)."""
-    from taso import metrics
-
     was_training = model.training
     model.eval()
     try:
         prompts = [e["prompt"] for e in examples]
         if options:
             scores = option_loglik(model, tokenizer, prompts, options, batch_size=batch_size, max_length=max_length)
-            offered = torch.zeros_like(scores, dtype=torch.bool)
-            for i, e in enumerate(examples):
-                offered[i, e.get("options", range(len(options)))] = True
-            pred = scores.masked_fill(~offered, float("-inf")).argmax(-1).tolist()
+            pred = pick(scores, [e.get("options", range(len(options))) for e in examples])
         else:
             pred = generate(
                 model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, max_length=max_length
