@@ -12,7 +12,7 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
                   seeds 0 1 2 and all four tasks, plus a random mask with the chosen TASO counts.
                   Writes the table (--out) and the plot of metric against trainable parameters (--plot).
 
-    python benchmarks/glue.py --phase sweep                       # hours on 2 cores; resumable
+    python benchmarks/glue.py --phase sweep --jobs 2              # hours on 2 cores; resumable
     python benchmarks/glue.py --phase report --out docs/results-glue.md --plot docs/results-glue.png
     python benchmarks/glue.py --quick --results /tmp/q.jsonl      # one task, one seed, 3 steps
 
@@ -33,6 +33,8 @@ import statistics
 import sys
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing import get_context
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -56,12 +58,12 @@ PROTOCOL = {"max_length": 128, "batch_size": 16, "epochs": 3, "warmup_ratio": 0.
 SWEEP_TASKS = ("mrpc", "sst2")
 HELD_OUT = {"mrpc": 400, "sst2": 800}  # the sweep's held-out slice of each train split
 SST2_TRAIN = 8000
-LR_GRID = {
+LR_GRID = {  # in the order the sweep runs them: the headline comparison first, full fine-tuning last
     "lora-r1": (3e-4, 1e-3, 3e-3),
-    "lora-r8": (1e-4, 3e-4, 1e-3),
-    "head": (1e-3, 3e-3, 1e-2),
-    "full": (2e-5, 5e-5, 1e-4),
     "taso": (1e-3, 3e-3, 1e-2),
+    "head": (1e-3, 3e-3, 1e-2),
+    "lora-r8": (1e-4, 3e-4, 1e-3),
+    "full": (2e-5, 5e-5, 1e-4),
 }
 TASO_BASE = {"p": 0.25, "rank": 1, "gamma": 0.5, "warmup": 0, "rule": "rows_cols", "calibration": 256}
 TASO_VARIANTS = (  # one knob at a time, at the base's best learning rate
@@ -80,12 +82,17 @@ def setting(method: str, lr: float, **taso) -> dict:
 
 
 def sweep_settings(done: list[dict], tasks, grids=LR_GRID, variants=TASO_VARIANTS) -> list[dict]:
-    """The sweep's settings: every method over its LR grid, then the TASO variants at the base's best LR
-    (known only once the base runs are in ``done``)."""
-    out = [setting(m, lr) for m, grid in grids.items() for lr in grid]
-    base = best(done, "taso", tasks, lambda s: all(s[k] == v for k, v in TASO_BASE.items()))
-    if base:
-        out += [setting("taso", base["lr"], **v) for v in variants]
+    """The sweep's settings in the order to run them; the TASO variants follow TASO's base grid once
+    every base run is in ``done`` (they use the base's best learning rate)."""
+    out = []
+    for method, grid in grids.items():
+        out += [setting(method, lr) for lr in grid]
+        if method == "taso":
+            base = [setting("taso", lr) for lr in grid]
+            ran = {(json.dumps(r["setting"], sort_keys=True), r["task"]) for r in done if r["phase"] == "sweep"}
+            if all((json.dumps(b, sort_keys=True), t) in ran for b in base for t in tasks):
+                lr = best(done, "taso", tasks, lambda s: all(s[k] == v for k, v in TASO_BASE.items()))["lr"]
+                out += [setting("taso", lr, **v) for v in variants]
     return out
 
 
@@ -209,19 +216,68 @@ def load(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
 
 
-def execute(plan, specs, tok, args, protocol, done: list[dict]) -> None:
-    seen = {r["key"] for r in done}
-    for phase, task, s, seed in plan:
-        k = key(phase, task, s, seed, protocol)
-        if k in seen:
-            continue
-        record = {"key": k, "phase": phase, "task": task, "setting": s, "seed": seed, "protocol": protocol}
-        record |= run_one(s, specs[task], phase, seed, tok, args.max_steps)
-        with open(args.results, "a") as f:  # one whole line per finished run
-            f.write(json.dumps(record) + "\n")
-        done.append(record)
-        seen.add(k)
-        print(json.dumps(record), file=sys.stderr, flush=True)
+_TOKENIZER = None
+
+
+def work(s: dict, spec: data.TaskSpec, phase: str, seed: int, max_steps: int | None) -> dict:
+    """One run, in whichever process executes it (the tokenizer is loaded once per process)."""
+    global _TOKENIZER
+    _TOKENIZER = _TOKENIZER or models.load_tokenizer("minilm")
+    return run_one(s, spec, phase, seed, _TOKENIZER, max_steps)
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+class InProcess:
+    """``--jobs 1``: the pool's interface, running each run at once in this process."""
+
+    def __enter__(self) -> InProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+
+def execute(plan, specs, args, protocol, done: list[dict]) -> None:
+    """Run every item of ``plan(done)`` not yet in ``done``, ``args.jobs`` at a time, appending each
+    finished run to ``args.results``; the plan is asked again after each run, so items that depend on
+    earlier results (the TASO variants) join as soon as they are known."""
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    pool = (
+        InProcess()
+        if args.jobs == 1
+        else ProcessPoolExecutor(
+            args.jobs, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)
+        )
+    )
+    running: dict[Future, dict] = {}
+    with pool:
+        while True:
+            busy = {r["key"] for r in done} | {r["key"] for r in running.values()}
+            for phase, task, s, seed in plan(done):
+                k = key(phase, task, s, seed, protocol)
+                if len(running) >= args.jobs:
+                    break
+                if k not in busy:
+                    record = {"key": k, "phase": phase, "task": task, "setting": s, "seed": seed, "protocol": protocol}
+                    running[pool.submit(work, s, specs[task], phase, seed, args.max_steps)] = record
+                    busy.add(k)
+            if not running:
+                return
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                record = running.pop(future) | future.result() | {"jobs": args.jobs, "threads": threads}
+                with open(args.results, "a") as f:  # one whole line per finished run, written by this process only
+                    f.write(json.dumps(record) + "\n")
+                done.append(record)
+                print(json.dumps(record), file=sys.stderr, flush=True)
 
 
 def chosen(done: list[dict], tasks) -> dict[str, dict]:
@@ -302,30 +358,38 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="report phase: the markdown table")
     parser.add_argument("--plot", type=Path, help="report phase: metric against trainable parameters (PNG)")
     parser.add_argument("--quick", action="store_true", help="MRPC only, 64/32 examples, 3 steps, both phases")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each on cpu_count/jobs threads")
     args = parser.parse_args()
 
-    torch.set_num_threads(os.cpu_count() or 1)
     limits = {"sst2": SST2_TRAIN}
     if args.quick:
         args.max_steps, args.seeds, args.tasks, limits = 3, [0], ["mrpc"], {"mrpc": 64}
     protocol = {**PROTOCOL, "max_steps": args.max_steps, "limits": limits}
     specs = glue_specs(args.data, max_train=None, max_eval=64 if args.quick else None)
     specs = {t: dataclasses.replace(s, max_train=limits.get(t)) for t, s in specs.items()}
-    tok = models.load_tokenizer("minilm")
     done = [r for r in load(args.results) if r["protocol"] == protocol]
     sweep_tasks = ["mrpc"] if args.quick else list(SWEEP_TASKS)
 
     # --quick: one learning rate per method and one TASO variant, so that every code path runs.
     grids = {m: g[:1] for m, g in LR_GRID.items()} if args.quick else LR_GRID
     variants = TASO_VARIANTS[1:2] if args.quick else TASO_VARIANTS
+
+    def sweep(done):
+        return [("sweep", t, s, 0) for s in sweep_settings(done, sweep_tasks, grids, variants) for t in sweep_tasks]
+
     if args.phase == "sweep" or args.quick:
-        for _ in range(2):  # the TASO variants need the base sweep's best LR first
-            plan = [("sweep", t, s, 0) for s in sweep_settings(done, sweep_tasks, grids, variants) for t in sweep_tasks]
-            execute(plan, specs, tok, args, protocol, done)
+        execute(sweep, specs, args, protocol, done)
     if args.phase == "report" or args.quick:
+        keys = {r["key"] for r in done}
+        left = [item for item in sweep(done) if key(item[0], item[1], item[2], item[3], protocol) not in keys]
+        if left:
+            sys.exit(
+                f"glue.py: the sweep is not finished ({len(left)} runs left in {args.results}); "
+                "run --phase sweep first, or the report would use settings chosen on part of the grid"
+            )
         settings = chosen(done, sweep_tasks)
-        plan = [("report", t, s, seed) for seed in args.seeds for t in args.tasks for s in settings.values()]
-        execute(plan, specs, tok, args, protocol, done)
+        report_plan = [("report", t, s, seed) for seed in args.seeds for t in args.tasks for s in settings.values()]
+        execute(lambda done: report_plan, specs, args, protocol, done)
         report = [r for r in done if r["phase"] == "report"]
         text = table(report, settings, specs, args.tasks)
         print(text)

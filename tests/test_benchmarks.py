@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,9 +105,14 @@ def test_glue_benchmark_quick_mode_sweeps_reports_and_resumes(tmp_path):
         "--out", str(table),
         "--plot", str(png),
     ]  # fmt: skip
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    early = subprocess.run([*cmd[:2], "--phase", "report", *cmd[3:]], capture_output=True, text=True, timeout=300)
+    assert early.returncode != 0 and "the sweep is not finished" in early.stderr
+    assert not results.exists() and not table.exists()
+
+    first = subprocess.run([*cmd, "--jobs", "2"], capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     runs = [json.loads(line) for line in results.read_text().splitlines()]
+    assert {(r["jobs"], r["threads"]) for r in runs} == {(2, max(1, (os.cpu_count() or 1) // 2))}
     sweep = [r for r in runs if r["phase"] == "sweep"]
     report = [r for r in runs if r["phase"] == "report"]
     # Five methods at one learning rate each, then the TASO variant (rank 4) at TASO's rate.
