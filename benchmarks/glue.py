@@ -11,14 +11,20 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
                   the sweep tasks), trained on the whole train split and scored on the dev set, for
                   seeds 0 1 2 and all four tasks, plus a random mask with the chosen TASO counts.
                   Writes the table (--out) and the plot of metric against trainable parameters (--plot).
+                  Refuses to start before the sweep is finished.
+  --phase status  runs nothing: the sweep's table so far (--out), with each method's current choice.
 
     python benchmarks/glue.py --phase sweep --jobs 2              # hours on 2 cores; resumable
-    python benchmarks/glue.py --phase report --out docs/results-glue.md --plot docs/results-glue.png
+    python benchmarks/glue.py --phase status --out docs/results-glue-sweep.md
+    python benchmarks/glue.py --phase report --jobs 2 --out docs/results-glue.md --plot docs/results-glue.png
     python benchmarks/glue.py --quick --results /tmp/q.jsonl      # one task, one seed, 3 steps
 
 Every finished run is one line of ``--results`` (JSON); a run already there (same phase, task,
 method setting, seed and protocol) is skipped, so the grid carries over several sessions.
-SST-2 uses a fixed seeded subset of 8000 training rows.
+SST-2 uses a fixed seeded subset of 8000 training rows. ``--jobs 2`` runs two single-thread runs at
+once: on 2 cores that is about 1.5x the runs per hour of one two-thread run (an MRPC TASO step takes
+1.03 s on one thread, 0.78 s on two). Each record says its jobs and threads; its step times are
+those of a run sharing the machine, so step-time ratios belong to benchmarks/speed.py.
 """
 
 from __future__ import annotations
@@ -320,6 +326,21 @@ def table(report: list[dict], settings: dict[str, dict], specs: dict[str, data.T
     return "\n".join(lines)
 
 
+def sweep_table(done: list[dict], planned: list[dict], specs, tasks) -> str:
+    """The sweep so far: each planned setting's held-out main metric per task, "…" where a run is
+    still to come, and a mark on each method's current choice."""
+    picks = chosen(done, tasks)
+    head = "| setting | " + " | ".join(f"{t} held-out {specs[t].metrics[0]}" for t in tasks) + " | mean |"
+    lines = [head, "|---|" + "---:|" * (len(tasks) + 1)]
+    for s in planned:
+        got = {r["task"]: r["main"] for r in done if r["phase"] == "sweep" and r["setting"] == s}
+        cells = [f"{100 * got[t]:.1f}" if t in got else "…" for t in tasks]
+        mean = f"{100 * statistics.mean(got.values()):.1f}" if set(tasks) <= set(got) else "…"
+        mark = " **(chosen)**" if picks.get(s["method"]) == s else ""
+        lines.append(f"| {label(s)}{mark} | " + " | ".join(cells) + f" | {mean} |")
+    return "\n".join(lines)
+
+
 def plot(report: list[dict], settings: dict[str, dict], specs, tasks, path: Path) -> None:
     import matplotlib
 
@@ -350,14 +371,14 @@ def plot(report: list[dict], settings: dict[str, dict], specs, tasks, path: Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/glue"))
-    parser.add_argument("--phase", choices=["sweep", "report"], default="sweep")
+    parser.add_argument("--phase", choices=["sweep", "report", "status"], default="sweep")
     parser.add_argument("--tasks", nargs="+", default=["mrpc", "sst2", "cola", "rte"], help="report phase tasks")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="report phase seeds")
     parser.add_argument("--max-steps", type=int, help="cap each run (smoke runs only: breaks the protocol)")
     parser.add_argument("--results", type=Path, default=Path("docs/results-glue.jsonl"))
-    parser.add_argument("--out", type=Path, help="report phase: the markdown table")
+    parser.add_argument("--out", type=Path, help="report or status phase: the markdown table")
     parser.add_argument("--plot", type=Path, help="report phase: metric against trainable parameters (PNG)")
-    parser.add_argument("--quick", action="store_true", help="MRPC only, 64/32 examples, 3 steps, both phases")
+    parser.add_argument("--quick", action="store_true", help="MRPC only, 64/32 examples, 3 steps, sweep and report")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each on cpu_count/jobs threads")
     args = parser.parse_args()
 
@@ -377,9 +398,17 @@ def main() -> None:
     def sweep(done):
         return [("sweep", t, s, 0) for s in sweep_settings(done, sweep_tasks, grids, variants) for t in sweep_tasks]
 
-    if args.phase == "sweep" or args.quick:
+    phases = ("sweep", "report") if args.quick and args.phase != "status" else (args.phase,)
+    if "sweep" in phases:
         execute(sweep, specs, args, protocol, done)
-    if args.phase == "report" or args.quick:
+    if "status" in phases:  # runs nothing: the sweep's table so far
+        planned = list({json.dumps(item[2]): item[2] for item in sweep(done)}.values())
+        text = sweep_table(done, planned, specs, sweep_tasks)
+        print(text)
+        if args.out:
+            with atomic_path(args.out) as tmp:
+                tmp.write_text(text + "\n")
+    if "report" in phases:
         keys = {r["key"] for r in done}
         left = [item for item in sweep(done) if key(item[0], item[1], item[2], item[3], protocol) not in keys]
         if left:

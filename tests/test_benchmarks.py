@@ -130,6 +130,14 @@ def test_glue_benchmark_quick_mode_sweeps_reports_and_resumes(tmp_path):
     assert text.startswith("| method |") and "random (lr" in text and "mrpc (accuracy/f1)" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    status = subprocess.run(
+        [*cmd[:7], "--phase", "status", "--out", str(tmp_path / "sweep.md")], capture_output=True, text=True
+    )
+    assert status.returncode == 0, status.stderr[-3000:]
+    sweep_md = (tmp_path / "sweep.md").read_text()
+    assert sweep_md.startswith("| setting | mrpc held-out accuracy |") and "…" not in sweep_md
+    assert sweep_md.count("**(chosen)**") == 5 and sweep_md.count("| taso (lr") == 2
+
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(results.read_text().splitlines()) == len(runs)  # nothing ran twice
