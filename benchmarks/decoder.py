@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from taso import data, models, sft  # noqa: E402
 from taso.baselines import peft_lora  # noqa: E402
 from taso.importance import score_importance  # noqa: E402
-from taso.io import atomic_path  # noqa: E402
+from taso.io import write_text  # noqa: E402
 from taso.masks import derive_rows_cols  # noqa: E402
 from taso.model import count_trainable, inject  # noqa: E402
 from taso.train import TrainConfig, train  # noqa: E402
@@ -240,8 +240,7 @@ def main() -> None:
     text = table(current, args.tasks, spec_of)
     print(text)
     if args.out:
-        with atomic_path(args.out) as tmp:
-            tmp.write_text(text + "\n")
+        write_text(args.out, text + "\n")
 
 
 if __name__ == "__main__":

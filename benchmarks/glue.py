@@ -54,7 +54,7 @@ from taso import data, models  # noqa: E402
 from taso.baselines import full_finetune, head_only, peft_lora  # noqa: E402
 from taso.evaluate import evaluate  # noqa: E402
 from taso.importance import default_loss, score_importance, warm_up_head  # noqa: E402
-from taso.io import atomic_path  # noqa: E402
+from taso.io import atomic_path, write_text  # noqa: E402
 from taso.masks import derive_mask, random_like  # noqa: E402
 from taso.model import inject  # noqa: E402
 from taso.targets import head_names  # noqa: E402
@@ -406,8 +406,7 @@ def main() -> None:
         text = sweep_table(done, planned, specs, sweep_tasks)
         print(text)
         if args.out:
-            with atomic_path(args.out) as tmp:
-                tmp.write_text(text + "\n")
+            write_text(args.out, text + "\n")
     if "report" in phases:
         keys = {r["key"] for r in done}
         left = [item for item in sweep(done) if key(item[0], item[1], item[2], item[3], protocol) not in keys]
@@ -423,8 +422,7 @@ def main() -> None:
         text = table(report, settings, specs, args.tasks)
         print(text)
         if args.out:
-            with atomic_path(args.out) as tmp:
-                tmp.write_text(text + "\n")
+            write_text(args.out, text + "\n")
         if args.plot:
             plot(report, settings, specs, args.tasks, args.plot)
 

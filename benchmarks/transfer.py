@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from taso import data, models  # noqa: E402
 from taso.evaluate import evaluate  # noqa: E402
 from taso.importance import Importance, score_importance  # noqa: E402
-from taso.io import atomic_path, read_json, write_json  # noqa: E402
+from taso.io import read_json, write_json, write_text  # noqa: E402
 from taso.masks import Mask, cut_to_budget, derive_rows_cols, merge_importance, random_like, union  # noqa: E402
 from taso.model import inject  # noqa: E402
 from taso.train import TrainConfig, train  # noqa: E402
@@ -201,8 +201,7 @@ def main() -> None:
     text = table(results, trained, specs)
     print(text)
     if args.out:
-        with atomic_path(args.out) as tmp:
-            tmp.write_text(text + "\n")
+        write_text(args.out, text + "\n")
 
 
 if __name__ == "__main__":

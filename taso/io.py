@@ -69,10 +69,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
 def write_json(path: str | os.PathLike, obj: object) -> None:
     """Write ``obj`` as indented, key-sorted JSON, atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def write_csv(path: str | os.PathLike, rows: Iterable[Mapping], fieldnames: Sequence[str]) -> None:
@@ -81,8 +86,7 @@ def write_csv(path: str | os.PathLike, rows: Iterable[Mapping], fieldnames: Sequ
     writer = csv.DictWriter(buf, fieldnames=list(fieldnames))
     writer.writeheader()
     writer.writerows(rows)
-    with atomic_path(path) as tmp:
-        tmp.write_text(buf.getvalue())
+    write_text(path, buf.getvalue())
 
 
 def read_json(path: str | os.PathLike) -> dict:
