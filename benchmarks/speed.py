@@ -7,6 +7,7 @@ method, since a process's peak only grows.
 
     python benchmarks/speed.py                 # full run: real MiniLM, batch 16 x 128 tokens
     python benchmarks/speed.py --steps 3 --warmup 1 --no-rss   # smoke run
+    python benchmarks/speed.py --decoder       # SmolLM2: loss over the answer window / over every position
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from taso.model import inject  # noqa: E402
 from taso.targets import find_targets, layer_index  # noqa: E402
 
 BATCH, TOKENS = 16, 128
+DECODER_BATCH, PROMPT, ANSWER = 8, 60, 7  # BoolQ-shaped: a passage-and-question prompt, a short answer + EOS
 
 
 def batches(n: int, seed: int = 0) -> list[dict]:
@@ -205,6 +207,44 @@ def startup_costs() -> dict[str, float]:
     return out
 
 
+def decoder_rows(warmup: int, steps: int) -> list[tuple[str, str, float, float, str]]:
+    """SmolLM2 with a TASO r=1 mask: a training step whose loss runs the LM head over the answer
+    window only (taso.sft.answer_loss) against one that takes the model's own loss (logits at
+    every position), on the same batches."""
+    from taso import sft
+
+    tok = models.load_tokenizer("smollm2")
+    g = torch.Generator().manual_seed(0)
+    data = []
+    for _ in range(4):
+        ids = torch.randint(1000, tok.vocab_size - 1, (DECODER_BATCH, PROMPT + ANSWER), generator=g).tolist()
+        feats = [{"input_ids": x, "attention_mask": [1] * len(x), "labels": [-100] * PROMPT + x[PROMPT:]} for x in ids]
+        data.append(sft.collate(feats, tok.pad_token_id))
+
+    def stepper(loss_fn):
+        model = models.load_model("smollm2", "causal_lm")
+        model = inject(model, derive_rows_cols(score_importance(model, data[:1]), 0.25), r=1, alpha=2.0)
+        model.train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+        def step(batch):
+            loss_fn(model, batch).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return step
+
+    t = interleaved(
+        {"window": stepper(sft.answer_loss), "full": stepper(lambda model, batch: model(**batch).loss)},
+        data,
+        warmup,
+        steps,
+    )
+    w, f = summary(t["window"]), summary(t["full"])
+    name = f"SmolLM2 step: answer-window / full logits ({DECODER_BATCH}x{PROMPT + ANSWER})"
+    return [(name, "< 1", w[0] / f[0], w[0], f"IQR {w[1]:.3f}s"), ("SmolLM2 step: full logits", "", 1.0, f[0], "")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
@@ -212,15 +252,45 @@ def main() -> None:
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
     parser.add_argument("--no-startup", action="store_true", help="skip the start-up cost probes")
     parser.add_argument("--json", help="also write the raw figures here")
+    parser.add_argument("--decoder", action="store_true", help="only the SmolLM2 answer-window comparison")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
         rss_child(args.rss_child, args.steps)
         return
     torch.manual_seed(0)
+    report: dict = {"threads": torch.get_num_threads(), "batch": [BATCH, TOKENS]}
+    if args.decoder:
+        report["batch"] = [DECODER_BATCH, PROMPT + ANSWER]
+        rows = decoder_rows(args.warmup, args.steps)
+    else:
+        rows = encoder_rows(args, report)
+    batch = " x ".join(map(str, report["batch"]))
+    print(
+        f"torch threads: {report['threads']}, batch {batch} tokens, median of {args.steps} steps after {args.warmup} warm-up"
+    )
+    print(f"| {'figure':<52} | {'goal':<24} | {'ratio':>6} | {'median':>9} | spread |")
+    print(f"|{'-' * 54}|{'-' * 26}|{'-' * 8}|{'-' * 11}|--------|")
+    for name, goal, ratio, value, spread in rows:
+        unit = "MB" if spread == "MB" else "s"
+        print(
+            f"| {name:<52} | {goal:<24} | {ratio:>6.3f} | {value:>7.3f} {unit:<1} | {spread if spread != 'MB' else ''} |"
+        )
+    if "startup_s" in report:
+        print("\n| start-up (fresh interpreter, median of 3) | seconds |\n|---|---|")
+        for name, sec in report["startup_s"].items():
+            print(f"| {name} | {sec:.2f} |")
+    report["rows"] = rows
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+def encoder_rows(args, report: dict) -> list[tuple[str, str, float, float, str]]:
+    """MiniLM: TASO against PEFT LoRA and the floor, scoring against plain backward, bf16, peak RSS
+    and start-up costs (the last two also go into ``report``)."""
     data = batches(4)
     rows: list[tuple[str, str, float, float, str]] = []
-    report: dict = {"threads": torch.get_num_threads(), "batch": [BATCH, TOKENS]}
 
     methods = ("floor", "peft_r1", "taso", "taso_top_half")
     t = interleaved({m: make_stepper(m, data) for m in methods}, data, args.warmup, args.steps)
@@ -311,25 +381,7 @@ def main() -> None:
         ]
     if not args.no_startup:
         report["startup_s"] = startup_costs()
-
-    print(
-        f"torch threads: {report['threads']}, batch {BATCH} x {TOKENS} tokens, median of {args.steps} steps after {args.warmup} warm-up"
-    )
-    print(f"| {'figure':<52} | {'goal':<24} | {'ratio':>6} | {'median':>9} | spread |")
-    print(f"|{'-' * 54}|{'-' * 26}|{'-' * 8}|{'-' * 11}|--------|")
-    for name, goal, ratio, value, spread in rows:
-        unit = "MB" if spread == "MB" else "s"
-        print(
-            f"| {name:<52} | {goal:<24} | {ratio:>6.3f} | {value:>7.3f} {unit:<1} | {spread if spread != 'MB' else ''} |"
-        )
-    if "startup_s" in report:
-        print("\n| start-up (fresh interpreter, median of 3) | seconds |\n|---|---|")
-        for name, sec in report["startup_s"].items():
-            print(f"| {name} | {sec:.2f} |")
-    report["rows"] = rows
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    return rows
 
 
 if __name__ == "__main__":
