@@ -4,9 +4,10 @@ One protocol for every method: max length 128 with dynamic padding, batch 16, 3 
 linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
 
   --phase sweep   MRPC and SST-2, seed 0: every method trains on its train split minus a held-out
-                  slice and is scored on that slice, over its learning-rate grid; TASO also over
-                  its knobs (head warm-up, rank at equal budget, gamma, global budget, calibration
-                  size), one at a time from its best base setting.
+                  slice and is scored on that slice, over its learning-rate grid (which grows by
+                  up to two rates past an end that wins, by the same rule for every method); TASO
+                  also over its knobs (head warm-up, rank at equal budget, gamma, global budget,
+                  calibration size), one at a time from its best base setting.
   --phase report  every method with the setting that won the sweep (mean of the main metric over
                   the sweep tasks), trained on the whole train split and scored on the dev set, for
                   seeds 0 1 2 and all four tasks, plus a random mask with the chosen TASO counts.
@@ -33,6 +34,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import random
 import statistics
@@ -71,6 +73,7 @@ LR_GRID = {  # in the order the sweep runs them: the headline comparison first, 
     "lora-r8": (1e-4, 3e-4, 1e-3),
     "full": (2e-5, 5e-5, 1e-4),
 }
+MAX_EXTEND = 2  # rates a method's grid may grow by past a winning end, so no method is cut off by its grid
 TASO_BASE = {"p": 0.25, "rank": 1, "gamma": 0.5, "warmup": 0, "rule": "rows_cols", "calibration": 256}
 TASO_VARIANTS = (  # one knob at a time, at the base's best learning rate
     {"warmup": 200},  # head-only steps before scoring, so gradients are not those of a random head
@@ -87,30 +90,60 @@ def setting(method: str, lr: float, **taso) -> dict:
     return {"method": method, "lr": lr, **({**TASO_BASE, **taso} if method in ("taso", "random") else {})}
 
 
-def sweep_settings(done: list[dict], tasks, grids=LR_GRID, variants=TASO_VARIANTS) -> list[dict]:
-    """The sweep's settings in the order to run them; the TASO variants follow TASO's base grid once
-    every base run is in ``done`` (they use the base's best learning rate)."""
+def sweep_settings(done: list[dict], tasks, grids=LR_GRID, variants=TASO_VARIANTS, extend=MAX_EXTEND) -> list[dict]:
+    """The sweep's settings in the order to run them. A method's learning-rate grid grows past
+    whichever end wins (see :func:`lr_grid`); the TASO variants follow once TASO's grid is settled,
+    at its best rate."""
     out = []
     for method, grid in grids.items():
-        out += [setting(method, lr) for lr in grid]
-        if method == "taso":
-            base = [setting("taso", lr) for lr in grid]
-            ran = {(json.dumps(r["setting"], sort_keys=True), r["task"]) for r in done if r["phase"] == "sweep"}
-            if all((json.dumps(b, sort_keys=True), t) in ran for b in base for t in tasks):
-                lr = best(done, "taso", tasks, lambda s: all(s[k] == v for k, v in TASO_BASE.items()))["lr"]
-                out += [setting("taso", lr, **v) for v in variants]
+        lrs, settled = lr_grid(done, method, grid, tasks, extend)
+        out += [setting(method, lr) for lr in lrs]
+        if method == "taso" and settled:
+            base = [setting("taso", x) for x in lrs]
+            lr = best(done, "taso", tasks, lambda s, base=base: s in base)["lr"]
+            out += [setting("taso", lr, **v) for v in variants]
     return out
 
 
-def best(done: list[dict], method: str, tasks, where=lambda s: True) -> dict | None:
-    """The setting of ``method`` with the highest mean main metric over the sweep ``tasks`` (settings
-    with a run on every one of them only)."""
+def lr_grid(done: list[dict], method: str, grid, tasks, extend: int) -> tuple[list[float], bool]:
+    """``method``'s learning rates so far, and whether they are settled: every rate has run on every
+    task and the best is inside the grid (or the grid has grown by ``extend`` points already). A best
+    rate at an end adds the next rate on the 1-3-10 ladder past it, the same rule for every method."""
+    lrs = list(grid)
+    for grown in range(extend + 1):
+        scores = means(done, tasks, lambda s: s in [setting(method, lr) for lr in lrs])
+        if len(scores) < len(lrs):
+            return lrs, False
+        top = json.loads(max(scores, key=scores.get))["lr"]
+        if grown == extend or top not in (lrs[0], lrs[-1]) or len(lrs) == 1:
+            return lrs, True
+        if top == lrs[-1]:
+            lrs.append(ladder(top, +1))
+        else:
+            lrs.insert(0, ladder(top, -1))
+    raise AssertionError("unreachable")
+
+
+def ladder(lr: float, step: int) -> float:
+    """The learning rate ``step`` rungs from ``lr`` on the ladder 1e-5, 3e-5, 1e-4, 3e-4, ..."""
+    rung = round(2 * math.log10(lr)) + step
+    return float(f"{(3 if rung % 2 else 1) * 10 ** (rung // 2):.0e}")
+
+
+def means(done: list[dict], tasks, where) -> dict[str, float]:
+    """The mean main metric over ``tasks`` of each sweep setting ``where`` accepts that has run on
+    every task, keyed by the setting as sorted JSON."""
     scores: dict[str, dict[str, float]] = {}
     for r in done:
-        if r["phase"] == "sweep" and r["setting"]["method"] == method and where(r["setting"]):
+        if r["phase"] == "sweep" and where(r["setting"]):
             scores.setdefault(json.dumps(r["setting"], sort_keys=True), {})[r["task"]] = r["main"]
-    complete = {k: list(v.values()) for k, v in scores.items() if set(tasks) <= set(v)}
-    return json.loads(max(complete, key=lambda k: statistics.mean(complete[k]))) if complete else None
+    return {k: statistics.mean(v[t] for t in tasks) for k, v in scores.items() if set(tasks) <= set(v)}
+
+
+def best(done: list[dict], method: str, tasks, where=lambda s: True) -> dict | None:
+    """The sweep setting of ``method`` with the highest mean main metric over ``tasks``."""
+    scores = means(done, tasks, lambda s: s["method"] == method and where(s))
+    return json.loads(max(scores, key=scores.get)) if scores else None
 
 
 def split_rows(spec: data.TaskSpec, phase: str) -> tuple[list[dict], list[dict]]:
@@ -394,9 +427,12 @@ def main() -> None:
     # --quick: one learning rate per method and one TASO variant, so that every code path runs.
     grids = {m: g[:1] for m, g in LR_GRID.items()} if args.quick else LR_GRID
     variants = TASO_VARIANTS[1:2] if args.quick else TASO_VARIANTS
+    extend = 0 if args.quick else MAX_EXTEND
 
     def sweep(done):
-        return [("sweep", t, s, 0) for s in sweep_settings(done, sweep_tasks, grids, variants) for t in sweep_tasks]
+        return [
+            ("sweep", t, s, 0) for s in sweep_settings(done, sweep_tasks, grids, variants, extend) for t in sweep_tasks
+        ]
 
     phases = ("sweep", "report") if args.quick and args.phase != "status" else (args.phase,)
     if "sweep" in phases:

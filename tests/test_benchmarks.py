@@ -142,3 +142,41 @@ def test_glue_benchmark_quick_mode_sweeps_reports_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(results.read_text().splitlines()) == len(runs)  # nothing ran twice
     assert table.read_text() == text
+
+
+def test_glue_sweep_grows_a_winning_edge_of_a_grid_and_holds_the_taso_variants_until_settled(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    glue = pytest.importorskip("glue")
+    tasks = ["mrpc", "sst2"]
+
+    def runs(method, scores, **knobs):
+        return [
+            {"phase": "sweep", "task": t, "setting": glue.setting(method, lr, **knobs), "main": v}
+            for lr, v in scores.items()
+            for t in tasks
+        ]
+
+    def taso_plan(done):
+        return [(s["lr"], s["rank"], s["warmup"]) for s in glue.sweep_settings(done, tasks) if s["method"] == "taso"]
+
+    grid = glue.LR_GRID["taso"]
+    assert taso_plan([]) == [(lr, 1, 0) for lr in grid]
+    done = runs("taso", {grid[0]: 0.5, grid[1]: 0.6})
+    assert taso_plan(done) == [(lr, 1, 0) for lr in grid]  # the top rate has not run: nothing grows yet
+    done += runs("taso", {grid[2]: 0.7})
+    up = glue.ladder(grid[2], +1)
+    assert up > grid[2] and taso_plan(done) == [(lr, 1, 0) for lr in (*grid, up)]  # best at the top end
+    done += runs("taso", {up: 0.65})  # now the best is inside: the variants follow at its rate
+    plan = taso_plan(done)
+    assert plan[:4] == [(lr, 1, 0) for lr in (*grid, up)]
+    assert len(plan) == 4 + len(glue.TASO_VARIANTS) and {lr for lr, *_ in plan[4:]} == {grid[2]}
+    assert (grid[2], 4, 0) in plan and (grid[2], 1, 200) in plan
+    # The grid grows by MAX_EXTEND rates at most, whatever keeps winning.
+    lora = glue.LR_GRID["lora-r1"]
+    done = runs("lora-r1", {lr: 1 - i / 10 for i, lr in enumerate(lora)})
+    for grown in range(1, glue.MAX_EXTEND + 1):
+        lrs, settled = glue.lr_grid(done, "lora-r1", lora, tasks, glue.MAX_EXTEND)
+        assert not settled and len(lrs) == len(lora) + grown and lrs[0] < min(lora)
+        done += runs("lora-r1", {lrs[0]: 1 + grown / 10})
+    lrs, settled = glue.lr_grid(done, "lora-r1", lora, tasks, glue.MAX_EXTEND)
+    assert settled and len(lrs) == len(lora) + glue.MAX_EXTEND
