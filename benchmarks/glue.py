@@ -31,12 +31,14 @@ those of a run sharing the machine, so step-time ratios belong to benchmarks/spe
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import random
+import signal
 import statistics
 import sys
 import threading
@@ -114,8 +116,9 @@ def lr_grid(done: list[dict], method: str, grid, tasks, extend: int) -> tuple[li
         scores = means(done, tasks, lambda s: s in [setting(method, lr) for lr in lrs])
         if len(scores) < len(lrs):
             return lrs, False
-        top = json.loads(max(scores, key=scores.get))["lr"]
-        if grown == extend or top not in (lrs[0], lrs[-1]) or len(lrs) == 1:
+        top = json.loads(max(sorted(scores), key=scores.get))["lr"]
+        tied = list(scores.values()).count(max(scores.values())) > 1  # an end that only ties does not grow the grid
+        if grown == extend or tied or top not in (lrs[0], lrs[-1]) or len(lrs) == 1:
             return lrs, True
         if top == lrs[-1]:
             lrs.append(ladder(top, +1))
@@ -143,7 +146,9 @@ def means(done: list[dict], tasks, where) -> dict[str, float]:
 def best(done: list[dict], method: str, tasks, where=lambda s: True) -> dict | None:
     """The sweep setting of ``method`` with the highest mean main metric over ``tasks``."""
     scores = means(done, tasks, lambda s: s["method"] == method and where(s))
-    return json.loads(max(scores, key=scores.get)) if scores else None
+    return (
+        json.loads(max(sorted(scores), key=scores.get)) if scores else None
+    )  # sorted: ties break the same way every time
 
 
 def split_rows(spec: data.TaskSpec, phase: str) -> tuple[list[dict], list[dict]]:
@@ -244,6 +249,7 @@ def run_one(s: dict, spec: data.TaskSpec, phase: str, seed: int, tok, max_steps:
         "train_seconds": round(result.seconds, 1),
         "median_step_seconds": round(statistics.median(steps), 4) if steps else None,
         "peak_rss_mb": round(rss.peak / 2**20),
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -252,7 +258,24 @@ def key(phase: str, task: str, s: dict, seed: int, protocol: dict) -> str:
 
 
 def load(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+    """The finished runs in ``path``; a line a killed writer left torn is skipped (its run is redone)."""
+    runs = []
+    for n, line in enumerate(path.read_text().splitlines() if path.is_file() else [], 1):
+        try:
+            runs.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(
+                f"glue.py: {path}:{n} is not a whole JSON line (a run cut off while written); ignoring it",
+                file=sys.stderr,
+            )
+    return runs
+
+
+def append(path: Path, record: dict) -> None:
+    """One whole line per finished run (only the parent process writes); a torn last line is closed first."""
+    with open(path, "ab+") as f:
+        torn = f.seek(0, os.SEEK_END) > 0 and f.seek(-1, os.SEEK_END) >= 0 and f.read(1) != b"\n"
+        f.write((b"\n" if torn else b"") + (json.dumps(record) + "\n").encode())
 
 
 _TOKENIZER = None
@@ -267,6 +290,8 @@ def work(s: dict, spec: data.TaskSpec, phase: str, seed: int, max_steps: int | N
 
 def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
+    if sys.platform == "linux":  # die with the parent, so a killed sweep leaves no orphan training on
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 class InProcess:
@@ -280,26 +305,36 @@ class InProcess:
 
     def submit(self, fn, *args) -> Future:
         future: Future = Future()
-        future.set_result(fn(*args))
+        try:
+            future.set_result(fn(*args))
+        except Exception as exc:  # as a pool would: the caller sees it through the future
+            future.set_exception(exc)
         return future
 
 
 def execute(plan, specs, args, protocol, done: list[dict]) -> None:
-    """Run every item of ``plan(done)`` not yet in ``done``, ``args.jobs`` at a time, appending each
-    finished run to ``args.results``; the plan is asked again after each run, so items that depend on
-    earlier results (the TASO variants) join as soon as they are known."""
+    """Run every item of ``plan(done)`` not yet in ``done``, ``args.jobs`` at a time (each in a fresh
+    process, so peak RSS is its own), appending each finished run to ``args.results``; the plan is
+    asked again after each run, so items that depend on earlier results (the TASO variants) join as
+    soon as they are known. A run that fails does not stop the others; the call ends with an error
+    naming it, and a later call retries it."""
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    pool = (
-        InProcess()
-        if args.jobs == 1
-        else ProcessPoolExecutor(
-            args.jobs, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)
+    if args.jobs == 1:
+        _worker_init(threads)
+        pool = InProcess()
+    else:
+        pool = ProcessPoolExecutor(
+            args.jobs,
+            mp_context=get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(threads,),
+            max_tasks_per_child=1,
         )
-    )
     running: dict[Future, dict] = {}
+    failed: dict[str, str] = {}
     with pool:
         while True:
-            busy = {r["key"] for r in done} | {r["key"] for r in running.values()}
+            busy = {r["key"] for r in done} | {r["key"] for r in running.values()} | set(failed)
             for phase, task, s, seed in plan(done):
                 k = key(phase, task, s, seed, protocol)
                 if len(running) >= args.jobs:
@@ -309,20 +344,33 @@ def execute(plan, specs, args, protocol, done: list[dict]) -> None:
                     running[pool.submit(work, s, specs[task], phase, seed, args.max_steps)] = record
                     busy.add(k)
             if not running:
-                return
+                break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                record = running.pop(future) | future.result() | {"jobs": args.jobs, "threads": threads}
-                with open(args.results, "a") as f:  # one whole line per finished run, written by this process only
-                    f.write(json.dumps(record) + "\n")
+                record = running.pop(future)
+                try:
+                    record |= future.result() | {"jobs": args.jobs}
+                except Exception as exc:
+                    failed[record["key"]] = (
+                        f"{record['task']}, {label(record['setting'])}, seed {record['seed']}: {exc!r}"
+                    )
+                    print(f"glue.py: run failed: {failed[record['key']]}", file=sys.stderr, flush=True)
+                    continue
+                append(args.results, record)
                 done.append(record)
                 print(json.dumps(record), file=sys.stderr, flush=True)
+    if failed:
+        sys.exit(
+            f"glue.py: {len(failed)} run(s) failed, not written (a later call retries them):\n"
+            + "\n".join(failed.values())
+        )
 
 
-def chosen(done: list[dict], tasks) -> dict[str, dict]:
-    """Each method's winning sweep setting (TASO's over its base and variants), and a random mask
-    with the chosen TASO setting's counts."""
-    out = {m: best(done, m, tasks) for m in LR_GRID}
+def chosen(done: list[dict], tasks, planned: list[dict]) -> dict[str, dict]:
+    """Each method's winning setting among the ``planned`` sweep settings (TASO's over its base and
+    variants; runs of settings the sweep no longer plans do not count), and a random mask with the
+    chosen TASO setting's counts."""
+    out = {m: best(done, m, tasks, lambda s: s in planned) for m in LR_GRID}
     if out["taso"]:
         out["random"] = {**out["taso"], "method": "random"}
     return {m: s for m, s in out.items() if s}
@@ -362,7 +410,7 @@ def table(report: list[dict], settings: dict[str, dict], specs: dict[str, data.T
 def sweep_table(done: list[dict], planned: list[dict], specs, tasks) -> str:
     """The sweep so far: each planned setting's held-out main metric per task, "…" where a run is
     still to come, and a mark on each method's current choice."""
-    picks = chosen(done, tasks)
+    picks = chosen(done, tasks, planned)
     head = "| setting | " + " | ".join(f"{t} held-out {specs[t].metrics[0]}" for t in tasks) + " | mean |"
     lines = [head, "|---|" + "---:|" * (len(tasks) + 1)]
     for s in planned:
@@ -434,12 +482,14 @@ def main() -> None:
             ("sweep", t, s, 0) for s in sweep_settings(done, sweep_tasks, grids, variants, extend) for t in sweep_tasks
         ]
 
+    def planned(done):  # the sweep's settings, once each
+        return list({json.dumps(item[2], sort_keys=True): item[2] for item in sweep(done)}.values())
+
     phases = ("sweep", "report") if args.quick and args.phase != "status" else (args.phase,)
     if "sweep" in phases:
         execute(sweep, specs, args, protocol, done)
     if "status" in phases:  # runs nothing: the sweep's table so far
-        planned = list({json.dumps(item[2]): item[2] for item in sweep(done)}.values())
-        text = sweep_table(done, planned, specs, sweep_tasks)
+        text = sweep_table(done, planned(done), specs, sweep_tasks)
         print(text)
         if args.out:
             write_text(args.out, text + "\n")
@@ -451,7 +501,7 @@ def main() -> None:
                 f"glue.py: the sweep is not finished ({len(left)} runs left in {args.results}); "
                 "run --phase sweep first, or the report would use settings chosen on part of the grid"
             )
-        settings = chosen(done, sweep_tasks)
+        settings = chosen(done, sweep_tasks, planned(done))
         report_plan = [("report", t, s, seed) for seed in args.seeds for t in args.tasks for s in settings.values()]
         execute(lambda done: report_plan, specs, args, protocol, done)
         report = [r for r in done if r["phase"] == "report"]

@@ -127,11 +127,12 @@ def scoring_stepper(model, targets, autocast: bool = False) -> Callable[[dict], 
 
 
 def interleaved(steppers: dict[str, Callable[[dict], None]], data, warmup: int, steps: int) -> dict[str, list[float]]:
-    """Time one step of each method in turn, ``warmup + steps`` rounds; keep the last ``steps``."""
+    """Time one step of each method in turn, ``warmup + steps`` rounds, the order reversed every other
+    round (so neither method always runs on a cache the other warmed); keep the last ``steps``."""
     times: dict[str, list[float]] = {k: [] for k in steppers}
     for i in range(warmup + steps):
         batch = data[i % len(data)]
-        for name, step in steppers.items():
+        for name, step in list(steppers.items())[:: -1 if i % 2 else 1]:
             start = time.perf_counter()
             step(batch)
             if i >= warmup:
@@ -235,7 +236,10 @@ def decoder_rows(warmup: int, steps: int) -> list[tuple[str, str, float, float, 
         return step
 
     t = interleaved(
-        {"window": stepper(sft.answer_loss), "full": stepper(lambda model, batch: model(**batch).loss)},
+        {
+            "window": stepper(sft.answer_loss),
+            "full": stepper(lambda model, batch: model(**batch, use_cache=False).loss),
+        },
         data,
         warmup,
         steps,
