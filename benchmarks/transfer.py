@@ -16,6 +16,10 @@ seeds. Importance is scored once per task (seed 0) on its calibration sample.
 
 Results go to the JSON file as they come (``--results``, with the settings they share), so
 an interrupted run resumes where it stopped; a file made with other settings is refused.
+
+This script is the small-budget version (one epoch over a sample, the pipeline's defaults) that
+made docs/transfer.json. The full grid runs at the GLUE protocol with the TASO setting chosen by
+the GLUE sweep: ``python benchmarks/glue.py --phase transfer`` (docs/transfer.md).
 """
 
 from __future__ import annotations
