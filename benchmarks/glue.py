@@ -28,9 +28,10 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
 Every finished run is one line of ``--results`` (JSON); a run already there (same phase, task,
 method setting, seed and protocol) is skipped, so the grid carries over several sessions.
 SST-2 uses a fixed seeded subset of 8000 training rows. ``--jobs 2`` runs two single-thread runs at
-once: on 2 cores that is about 1.5x the runs per hour of one two-thread run (an MRPC TASO step takes
-1.03 s on one thread, 0.78 s on two). Each record says its jobs and threads; its step times are
-those of a run sharing the machine, so step-time ratios belong to benchmarks/speed.py.
+once, for a modest gain on 2 cores: an MRPC LoRA r=1 step takes 0.71 s on two threads alone and
+1.32 s on one thread beside another run, so about 1.1x the runs per hour (more on SST-2's short
+sentences). Each record says its jobs and threads; its step times are those of a run sharing the
+machine, so step-time ratios belong to benchmarks/speed.py.
 """
 
 from __future__ import annotations
