@@ -28,10 +28,9 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
 Every finished run is one line of ``--results`` (JSON); a run already there (same phase, task,
 method setting, seed and protocol) is skipped, so the grid carries over several sessions.
 SST-2 uses a fixed seeded subset of 8000 training rows. ``--jobs 2`` runs two single-thread runs at
-once, for a modest gain on 2 cores: an MRPC LoRA r=1 step takes 0.71 s on two threads alone and
-1.32 s on one thread beside another run, so about 1.1x the runs per hour (more on SST-2's short
-sentences). Each record says its jobs and threads; its step times are those of a run sharing the
-machine, so step-time ratios belong to benchmarks/speed.py.
+once; on 2 cores the gain over one two-thread run is small (about 1.1x on MRPC in one ad-hoc
+timing), since the two runs share memory bandwidth. Each record says its jobs and threads; its
+step times are those of a run sharing the machine, so step-time ratios belong to benchmarks/speed.py.
 """
 
 from __future__ import annotations
@@ -104,28 +103,26 @@ def sweep_settings(done: list[dict], tasks, grids=LR_GRID, variants=TASO_VARIANT
     at its best rate."""
     out = []
     for method, grid in grids.items():
-        lrs, settled = lr_grid(done, method, grid, tasks, extend)
+        lrs, top = lr_grid(done, method, grid, tasks, extend)
         out += [setting(method, lr) for lr in lrs]
-        if method == "taso" and settled:
-            base = [setting("taso", x) for x in lrs]
-            lr = best(done, "taso", tasks, lambda s, base=base: s in base)["lr"]
-            out += [setting("taso", lr, **v) for v in variants]
+        if method == "taso" and top is not None:
+            out += [setting("taso", top, **v) for v in variants]
     return out
 
 
-def lr_grid(done: list[dict], method: str, grid, tasks, extend: int) -> tuple[list[float], bool]:
-    """``method``'s learning rates so far, and whether they are settled: every rate has run on every
+def lr_grid(done: list[dict], method: str, grid, tasks, extend: int) -> tuple[list[float], float | None]:
+    """``method``'s learning rates so far, and the best of them once they are settled (else None): every rate has run on every
     task and the best is inside the grid (or the grid has grown by ``extend`` points already). A best
     rate at an end adds the next rate on the 1-3-10 ladder past it, the same rule for every method."""
     lrs = list(grid)
     for grown in range(extend + 1):
         scores = means(done, tasks, lambda s: s in [setting(method, lr) for lr in lrs])
         if len(scores) < len(lrs):
-            return lrs, False
+            return lrs, None
         top = json.loads(max(sorted(scores), key=scores.get))["lr"]
         tied = list(scores.values()).count(max(scores.values())) > 1  # an end that only ties does not grow the grid
         if grown == extend or tied or top not in (lrs[0], lrs[-1]) or len(lrs) == 1:
-            return lrs, True
+            return lrs, top
         if top == lrs[-1]:
             lrs.append(ladder(top, +1))
         else:
@@ -448,6 +445,11 @@ def sweep_table(done: list[dict], planned: list[dict], specs, tasks) -> str:
     picks = chosen(done, tasks, planned)
     head = "| setting | " + " | ".join(f"{t} held-out {specs[t].metrics[0]}" for t in tasks) + " | mean |"
     lines = [head, "|---|" + "---:|" * (len(tasks) + 1)]
+    majority = []
+    for t in tasks:
+        labels = [r["label"] for r in split_rows(specs[t], "sweep")[1]]
+        majority.append(f"{100 * max(map(labels.count, set(labels))) / len(labels):.1f}")
+    lines.append("| majority class (reference) | " + " | ".join(majority) + " | |")
     for s in planned:
         got = {r["task"]: r["main"] for r in done if r["phase"] == "sweep" and r["setting"] == s}
         cells = [f"{100 * got[t]:.1f}" if t in got else "…" for t in tasks]
@@ -569,7 +571,7 @@ def main() -> None:
             write_text(args.out, text + "\n")
     if "report" in phases or "transfer" in phases:
         keys = {r["key"] for r in done}
-        left = [item for item in sweep(done) if key(item[0], item[1], item[2], item[3], protocol) not in keys]
+        left = [item for item in sweep(done) if key(*item, protocol) not in keys]
         if left:
             sys.exit(
                 f"glue.py: the sweep is not finished ({len(left)} runs left in {args.results}); "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -155,6 +156,8 @@ def test_glue_benchmark_quick_mode_sweeps_reports_and_resumes(tmp_path):
     assert status.returncode == 0, status.stderr[-3000:]
     sweep_md = (tmp_path / "sweep.md").read_text()
     assert sweep_md.startswith("| setting | mrpc held-out accuracy |") and "…" not in sweep_md
+    majority = re.search(r"\| majority class \(reference\) \| (\d+\.\d) \| \|", sweep_md)
+    assert majority and 50.0 <= float(majority[1]) <= 100.0
     assert sweep_md.count("**(chosen)**") == 5 and sweep_md.count("| taso (lr") == 2
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -231,11 +234,11 @@ def test_glue_sweep_grows_a_winning_edge_of_a_grid_and_holds_the_taso_variants_u
     lora = glue.LR_GRID["lora-r1"]
     done = runs("lora-r1", {lr: 1 - i / 10 for i, lr in enumerate(lora)})
     for grown in range(1, glue.MAX_EXTEND + 1):
-        lrs, settled = glue.lr_grid(done, "lora-r1", lora, tasks, glue.MAX_EXTEND)
-        assert not settled and len(lrs) == len(lora) + grown and lrs[0] < min(lora)
+        lrs, top = glue.lr_grid(done, "lora-r1", lora, tasks, glue.MAX_EXTEND)
+        assert top is None and len(lrs) == len(lora) + grown and lrs[0] < min(lora)
         done += runs("lora-r1", {lrs[0]: 1 + grown / 10})
-    lrs, settled = glue.lr_grid(done, "lora-r1", lora, tasks, glue.MAX_EXTEND)
-    assert settled and len(lrs) == len(lora) + glue.MAX_EXTEND
+    lrs, top = glue.lr_grid(done, "lora-r1", lora, tasks, glue.MAX_EXTEND)
+    assert top == lrs[0] and len(lrs) == len(lora) + glue.MAX_EXTEND
 
 
 def test_glue_results_survive_a_torn_line_and_a_failed_run(tmp_path, monkeypatch, capsys):
