@@ -7,6 +7,8 @@ dropout is off unless a test asks for it, so numeric comparisons can be exact.
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 # No hub, no dataset downloads: everything in the unit tests is built locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -166,3 +168,31 @@ def tiny_model(tmp_path_factory):
     from test_stages import tiny_bert_folder
 
     return tiny_bert_folder(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory) -> Path:
+    """An initialised empty sqlite store, made once per session: creating the tables takes seconds."""
+    import mlflow
+
+    template = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{template}", f"sqlite:///{template}").search_registered_models()
+    return template
+
+
+@pytest.fixture
+def store(tmp_path, _mlflow_template, monkeypatch) -> str:
+    """A fresh sqlite store in ``tmp_path`` that MLflow and ``pipeline.tracking`` both point at,
+    outside any DVC experiment."""
+    import mlflow
+
+    db = tmp_path / "mlflow.db"
+    shutil.copy(_mlflow_template, db)
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()

@@ -78,28 +78,6 @@ def adapter(tmp_path_factory) -> dict:
     return {"root": root, "base": base, "model": model, "mask": mask, "meta": meta}
 
 
-def _template_db(factory) -> Path:
-    """An initialised empty store, made once per session (creating the tables takes seconds) and copied per test."""
-    template = factory.getbasetemp() / "mlflow-template" / "mlflow.db"
-    if not template.exists():
-        template.parent.mkdir(parents=True, exist_ok=True)
-        mlflow.MlflowClient(f"sqlite:///{template}", f"sqlite:///{template}").search_registered_models()
-    return template
-
-
-@pytest.fixture
-def store(tmp_path, tmp_path_factory, monkeypatch) -> str:
-    """A fresh sqlite store in ``tmp_path`` that MLflow and ``pipeline.tracking`` both point at."""
-    db = tmp_path / "mlflow.db"
-    shutil.copy(_template_db(tmp_path_factory), db)
-    uri = f"sqlite:///{db}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    tracking.configure(tmp_path)
-    yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
-
-
 def _register(adapter, name=NAME, **tags) -> str:
     a = adapter
     return registry.register_adapter(
@@ -297,8 +275,6 @@ def test_pull_mask_and_all(store, adapter, tmp_path):
 
 
 def test_pull_finds_folders_registered_under_any_name(store, adapter, tmp_path):
-    import shutil
-
     shutil.copytree(adapter["root"] / "adapter", tmp_path / "peft-out")
     shutil.copytree(adapter["root"] / "mask", tmp_path / "core-region")
     registry.register_adapter(

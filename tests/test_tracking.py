@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -10,30 +9,6 @@ import mlflow
 import pytest
 
 from pipeline import tracking
-
-
-def _template_db(factory) -> Path:
-    """An initialised empty store, made once per session (creating the tables takes seconds) and copied per test."""
-    template = factory.getbasetemp() / "mlflow-template" / "mlflow.db"
-    if not template.exists():
-        template.parent.mkdir(parents=True, exist_ok=True)
-        mlflow.MlflowClient(f"sqlite:///{template}", f"sqlite:///{template}").search_registered_models()
-    return template
-
-
-@pytest.fixture
-def store(tmp_path, tmp_path_factory, monkeypatch) -> str:
-    """A fresh sqlite store in ``tmp_path`` that MLflow and ``pipeline.tracking`` both point at."""
-    db = tmp_path / "mlflow.db"
-    shutil.copy(_template_db(tmp_path_factory), db)
-    uri = f"sqlite:///{db}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
 
 
 def _git_repo(path: Path) -> str:
