@@ -7,7 +7,8 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
                   slice and is scored on that slice, over its learning-rate grid (which grows by
                   up to two rates past an end that wins, by the same rule for every method); TASO
                   also over its knobs (head warm-up, rank at equal budget, gamma, global budget,
-                  calibration size), one at a time from its best base setting.
+                  calibration size), one at a time from its best base setting, then the knobs
+                  that beat the base together (within LoRA r=1's budget).
   --phase report  every method with the setting that won the sweep (mean of the main metric over
                   the sweep tasks), trained on the whole train split and scored on the dev set, for
                   seeds 0 1 2 and all four tasks, plus a random mask with the chosen TASO counts.
@@ -106,8 +107,30 @@ def sweep_settings(done: list[dict], tasks, grids=LR_GRID, variants=TASO_VARIANT
         lrs, top = lr_grid(done, method, grid, tasks, extend)
         out += [setting(method, lr) for lr in lrs]
         if method == "taso" and top is not None:
-            out += [setting("taso", top, **v) for v in variants]
+            tried = [setting("taso", top, **v) for v in variants]
+            out += tried
+            both = combined(done, tasks, setting("taso", top), tried)
+            out += [both] if both else []
     return out
+
+
+def combined(done: list[dict], tasks, base: dict, variants: list[dict]) -> dict | None:
+    """One setting with the knobs of every variant that beat ``base``, the largest gain first: a knob
+    a better variant has set already is skipped, and so is one that would take the adapter past
+    LoRA r=1's budget (p × rank > 1). None until every variant has run on every task, or when
+    fewer than two knobs combine (the setting would be one already run)."""
+    scores = means(done, tasks, lambda s: s == base or s in variants)
+    if as_key(base) not in scores or any(as_key(v) not in scores for v in variants):
+        return None
+    gain = {as_key(v): scores[as_key(v)] - scores[as_key(base)] for v in variants}
+    gains = sorted((v for v in variants if gain[as_key(v)] > 0), key=lambda v: -gain[as_key(v)])
+    out, knobs = dict(base), set()
+    for v in gains:
+        (knob,) = (k for k in v if v[k] != base[k])
+        trial = {**out, knob: v[knob]}
+        if knob not in knobs and trial["p"] * trial["rank"] <= 1:
+            out, knobs = trial, knobs | {knob}
+    return out if len(knobs) > 1 else None
 
 
 def lr_grid(done: list[dict], method: str, grid, tasks, extend: int) -> tuple[list[float], float | None]:
@@ -136,13 +159,18 @@ def ladder(lr: float, step: int) -> float:
     return float(f"{(3 if rung % 2 else 1) * 10 ** (rung // 2):.0e}")
 
 
+def as_key(s: dict) -> str:
+    """A setting as sorted JSON: the same setting gives the same string however its keys were ordered."""
+    return json.dumps(s, sort_keys=True)
+
+
 def means(done: list[dict], tasks, where) -> dict[str, float]:
     """The mean main metric over ``tasks`` of each sweep setting ``where`` accepts that has run on
     every task, keyed by the setting as sorted JSON."""
     scores: dict[str, dict[str, float]] = {}
     for r in done:
         if r["phase"] == "sweep" and where(r["setting"]):
-            scores.setdefault(json.dumps(r["setting"], sort_keys=True), {})[r["task"]] = r["main"]
+            scores.setdefault(as_key(r["setting"]), {})[r["task"]] = r["main"]
     return {k: statistics.mean(v[t] for t in tasks) for k, v in scores.items() if set(tasks) <= set(v)}
 
 
@@ -557,7 +585,7 @@ def main() -> None:
         ]
 
     def planned(done):  # the sweep's settings, once each
-        return list({json.dumps(item[2], sort_keys=True): item[2] for item in sweep(done)}.values())
+        return list({as_key(item[2]): item[2] for item in sweep(done)}.values())
 
     phases = (args.phase,)
     if args.quick and args.phase != "status":  # a quick run sweeps, then reports (or transfers)

@@ -241,6 +241,35 @@ def test_glue_sweep_grows_a_winning_edge_of_a_grid_and_holds_the_taso_variants_u
     assert top == lrs[0] and len(lrs) == len(lora) + glue.MAX_EXTEND
 
 
+def test_glue_sweep_combines_the_knobs_that_beat_the_base_within_lora_r1_budget(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    glue = pytest.importorskip("glue")
+    tasks = ["mrpc", "sst2"]
+    base = glue.setting("taso", 1e-3)
+    variants = [glue.setting("taso", 1e-3, **v) for v in ({"rank": 4}, {"p": 0.5}, {"warmup": 200}, {"gamma": 0.0})]
+
+    def runs(scores):
+        return [{"phase": "sweep", "task": t, "setting": s, "main": v} for s, v in scores for t in tasks]
+
+    done = runs([(base, 0.70), (variants[0], 0.75), (variants[1], 0.74), (variants[2], 0.72)])
+    assert glue.combined(done, tasks, base, variants) is None  # gamma 0 has not run yet
+    done += runs([(variants[3], 0.69)])
+    both = glue.combined(done, tasks, base, variants)
+    # rank 4 gains most; p 0.5 with it would be twice LoRA r=1's budget, so warm-up joins instead; gamma lost.
+    assert both == {**base, "rank": 4, "warmup": 200}
+    # With only one knob beating the base the combination is that variant, already run: nothing new.
+    done = runs([(base, 0.70), (variants[0], 0.75), (variants[1], 0.70), (variants[2], 0.60), (variants[3], 0.69)])
+    assert glue.combined(done, tasks, base, variants) is None
+    # The sweep plans the combination after the variants, at the same rate.
+    grid = glue.LR_GRID["taso"]
+    done = runs([(glue.setting("taso", lr), v) for lr, v in zip(grid, (0.7, 0.6, 0.5))])
+    tried = [glue.setting("taso", grid[0], **v) for v in glue.TASO_VARIANTS]
+    done += runs([(s, 0.8 - i / 100) for i, s in enumerate(tried)])
+    done += runs([(glue.setting("taso", glue.ladder(grid[0], -1)), 0.6)])
+    plan = [s for s in glue.sweep_settings(done, tasks) if s["method"] == "taso"]
+    assert plan[-1] not in tried and plan[-1]["lr"] == grid[0] and plan[-2] == tried[-1]
+
+
 def test_glue_results_survive_a_torn_line_and_a_failed_run(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     glue = pytest.importorskip("glue")
