@@ -132,22 +132,22 @@ class CalibrateParams(_Strict):
 
 class ScoreParams(_Strict):
     batch_size: PositiveInt = 16
-    head_warmup_steps: Annotated[int, Field(ge=0)] = 0
+    head_warmup_steps: Annotated[int, Field(ge=0)] = 200
     head_warmup_lr: Annotated[float, Field(gt=0)] = 1e-3
     keep_full: bool = False
     precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class MaskParams(_Strict):
-    rule: Literal["rows_cols", "elementwise", "global"] = "rows_cols"
+    rule: Literal["rows_cols", "elementwise", "global"] = "global"
     p: Fraction = 0.25
 
 
 class TrainParams(_Strict):
-    rank: PositiveInt = 1
-    alpha: Annotated[float, Field(gt=0)] = 2.0
+    rank: PositiveInt = 4
+    alpha: Annotated[float, Field(gt=0)] = 8.0
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    lr: Annotated[float, Field(gt=0)] = 3e-3
+    lr: Annotated[float, Field(gt=0)] = 1e-3
     gamma: Annotated[float, Field(ge=0)] = 0.5
     head_lr: Annotated[float, Field(gt=0)] | None = None
     epochs: PositiveInt = 1

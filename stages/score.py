@@ -20,7 +20,7 @@ from stages.calibrate import read_calibration
 from taso import data, models
 from taso.importance import score_importance, warm_up_head
 from taso.io import atomic_path, digest_file
-from taso.targets import find_targets
+from taso.targets import find_targets, head_names
 
 
 def run(task: str, root: Path = Path(".")) -> Path:
@@ -41,7 +41,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
         model = models.load_model(params.model.base, spec.task_type, num_labels=spec.num_labels, seed=seed)
         calib = data.encode(read_calibration(paths.calibration), tok, spec.max_length)
         warmed = 0
-        if params.score.head_warmup_steps:
+        if params.score.head_warmup_steps and head_names(model):  # a causal LM has no new head to warm up
             train = data.encode(data.read_rows(spec, "train", seed=seed), tok, spec.max_length)
             batches = data.iterate(train, params.score.batch_size, tok.pad_token_id, seed=seed, shuffle=True)
             warmed = warm_up_head(model, batches, params.score.head_warmup_steps, lr=params.score.head_warmup_lr)

@@ -153,7 +153,9 @@ def test_mlflow_runs_and_registry(project):
         r for r in runs if r.data.tags["taso.stage"] == "train" and r.data.tags["taso.task"] == "sentiment"
     )
     assert train_run.data.tags["taso.input.mask"] and train_run.data.tags["taso.output.adapter"]
-    assert train_run.data.params["train.rank"] == "1"
+    assert train_run.data.params["train.rank"] == str(
+        yaml.safe_load((repo / "params.yaml").read_text())["train"]["rank"]
+    )
     assert len(client.get_metric_history(train_run.info.run_id, "train_loss")) >= 1
     for task in TASKS:
         version = client.get_model_version_by_alias(f"taso-{task}", "champion")
