@@ -203,7 +203,7 @@ def test_compose_stage_writes_the_union_with_its_lineage(two_tasks):
 
 def test_weighted_composition_merges_importance(two_tasks):
     from stages import compose as stage
-    from taso.masks import merge_importance
+    from taso.masks import derive_mask, merge_importance
 
     tasks = ("entailment", "topic")
     imps = [Importance.load(two_tasks / "artifacts" / "importance" / t / "importance.safetensors") for t in tasks]
@@ -211,7 +211,8 @@ def test_weighted_composition_merges_importance(two_tasks):
     for weights in ([1.0, 1.0], [4.0, 1.0]):
         set_params(two_tasks, compositions={"w": {"op": "weighted", "of": list(tasks), "weights": weights, "p": 0.5}})
         composed = Mask.load(stage.run("w", two_tasks))
-        assert composed.digest == derive_rows_cols(merge_importance(imps, weights), 0.5).digest
+        rule = load_params(two_tasks / "params.yaml").mask.rule  # the project's rule, at the composition's p
+        assert composed.digest == derive_mask(merge_importance(imps, weights), rule, 0.5).digest
         assert [e["digest"] for e in json.loads(composed.meta["inputs"])] == [i.digest for i in imps]
         digests[tuple(weights)] = composed.digest
     assert len(set(digests.values())) == 2  # the weights matter
