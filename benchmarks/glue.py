@@ -428,8 +428,8 @@ def execute(plan, specs, args, protocol, done: list[dict]) -> None:
 
 def chosen(done: list[dict], tasks, planned: list[dict]) -> dict[str, dict]:
     """Each method's winning setting among the ``planned`` sweep settings (TASO's over its base,
-    variants and their combination; runs of settings the sweep no longer plans do not count), and a random mask with the
-    chosen TASO setting's counts."""
+    variants and their combination; runs of settings the sweep no longer plans do not count), and
+    a random mask with the chosen TASO setting's counts."""
     out = {m: best(done, m, tasks, lambda s: s in planned) for m in LR_GRID}
     if out["taso"]:
         out["random"] = {**out["taso"], "method": "random"}
