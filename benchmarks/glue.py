@@ -24,6 +24,7 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
     python benchmarks/glue.py --phase status --out docs/results-glue-sweep.md
     python benchmarks/glue.py --phase report --jobs 2 --out docs/results-glue.md --plot docs/results-glue.png
     python benchmarks/glue.py --phase transfer --jobs 2 --out docs/transfer-glue.md
+    python benchmarks/glue.py --phase report --no-run --out docs/results-glue.md   # the table so far
     python benchmarks/glue.py --quick --results /tmp/q.jsonl      # one task, one seed, 3 steps
 
 Every finished run is one line of ``--results`` (JSON); a run already there (same phase, task,
@@ -443,14 +444,16 @@ def label(s: dict) -> str:
     return f"{s['method']} (lr {s['lr']:g})"
 
 
-def cell(values: list[float]) -> str:
+def cell(values: list[float], seeds: int = 0) -> str:
+    """Mean ± std in percent; a cell that holds fewer than ``seeds`` runs says how many it holds."""
     if not values:
         return "—"
     spread = f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
-    return f"{100 * statistics.mean(values):.1f}{spread}"
+    short = f" (n={len(values)})" if len(values) < seeds else ""
+    return f"{100 * statistics.mean(values):.1f}{spread}{short}"
 
 
-def table(report: list[dict], settings: dict[str, dict], specs: dict[str, data.TaskSpec], tasks) -> str:
+def table(report: list[dict], settings: dict[str, dict], specs: dict[str, data.TaskSpec], tasks, seeds: int) -> str:
     head = "| method | trainable (adapter + head) | " + " | ".join(f"{t} ({'/'.join(specs[t].metrics)})" for t in tasks)
     lines = [head + " |", "|---|---:|" + "---:|" * len(tasks)]
     for s in settings.values():
@@ -461,7 +464,7 @@ def table(report: list[dict], settings: dict[str, dict], specs: dict[str, data.T
         cells = []
         for task in tasks:
             mine = [r for r in runs if r["task"] == task]
-            cells.append(" / ".join(cell([r[m] for r in mine]) for m in specs[task].metrics))
+            cells.append(" / ".join(cell([r[m] for r in mine], seeds) for m in specs[task].metrics))
         budget = f"{t['adapter']:,} + {t['head']:,}" + (f" + {t['backbone']:,}" if t["backbone"] else "")
         lines.append(f"| {label(s)} | {budget} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -502,7 +505,7 @@ def condition(s: dict) -> str:
     return names.get(s["method"]) or f"mask of {s['source']}"
 
 
-def transfer_table(report: list[dict], taso: dict, specs, tasks) -> str:
+def transfer_table(report: list[dict], taso: dict, specs, tasks, seeds: int) -> str:
     """Task B's main dev metric (mean ± std over seeds) for each mask it trained with."""
     got: dict[str, dict[str, list[float]]] = {}
     for b in tasks:
@@ -517,7 +520,7 @@ def transfer_table(report: list[dict], taso: dict, specs, tasks) -> str:
     lines = ["| mask \\ task B | " + " | ".join(f"{b} ({specs[b].metrics[0]})" for b in tasks) + " |"]
     lines.append("|---|" + "---:|" * len(tasks))
     for name in (n for n in order if n in got):
-        lines.append(f"| {name} | " + " | ".join(cell(got[name].get(b, [])) for b in tasks) + " |")
+        lines.append(f"| {name} | " + " | ".join(cell(got[name].get(b, []), seeds) for b in tasks) + " |")
     return "\n".join(lines)
 
 
@@ -541,7 +544,10 @@ def plot(report: list[dict], settings: dict[str, dict], specs, tasks, path: Path
         ax.set_title(f"{task} ({specs[task].metrics[0]})")
         ax.set_xlabel("trainable parameters")
     axes[0][0].set_ylabel("dev metric (%)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    # The legend goes on the last panel, with the handles of the fullest one (a partial report may
+    # have no runs of the last task yet).
+    handles, names = max((ax.get_legend_handles_labels() for ax in axes[0]), key=lambda hl: len(hl[0]))
+    axes[0][-1].legend(handles, names, fontsize=7, loc="lower right")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
@@ -560,6 +566,11 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="report phase: metric against trainable parameters (PNG)")
     parser.add_argument(
         "--quick", action="store_true", help="MRPC (and RTE for transfer) only, 64/32 examples, 3 steps, sweep first"
+    )
+    parser.add_argument(
+        "--no-run",
+        action="store_true",
+        help="report/transfer: write the table (and plot) from the runs recorded so far, run nothing",
     )
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each on cpu_count/jobs threads")
     args = parser.parse_args()
@@ -608,9 +619,10 @@ def main() -> None:
         settings = chosen(done, sweep_tasks, planned(done))
     if "report" in phases:
         report_plan = [("report", t, s, seed) for seed in args.seeds for t in args.tasks for s in settings.values()]
-        execute(lambda done: report_plan, specs, args, protocol, done)
+        if not args.no_run:
+            execute(lambda done: report_plan, specs, args, protocol, done)
         report = [r for r in done if r["phase"] == "report"]
-        text = table(report, settings, specs, args.tasks)
+        text = table(report, settings, specs, args.tasks, len(args.seeds))
         print(text)
         if args.out:
             write_text(args.out, text + "\n")
@@ -624,8 +636,9 @@ def main() -> None:
             for b in args.tasks
             for s in transfer_settings(taso, b, args.tasks)
         ]
-        execute(lambda done: plan, specs, args, protocol, done)
-        text = transfer_table([r for r in done if r["phase"] == "report"], taso, specs, args.tasks)
+        if not args.no_run:
+            execute(lambda done: plan, specs, args, protocol, done)
+        text = transfer_table([r for r in done if r["phase"] == "report"], taso, specs, args.tasks, len(args.seeds))
         print(text)
         if args.out:
             write_text(args.out, text + "\n")

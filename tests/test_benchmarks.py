@@ -171,6 +171,17 @@ def test_glue_benchmark_quick_mode_sweeps_reports_and_resumes(tmp_path):
     (tmp_path / "glue" / "rte" / "train.tsv").write_text(rte_tsv(80, 2))
     (tmp_path / "glue" / "rte" / "dev.tsv").write_text(rte_tsv(40, 3))
     transfer_md = tmp_path / "transfer.md"
+    # --no-run writes the table from what is recorded (MRPC's own and random runs) and trains nothing.
+    peek = subprocess.run(
+        [*cmd[:7], "--phase", "transfer", "--no-run", "--out", str(transfer_md)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert peek.returncode == 0, peek.stderr[-3000:]
+    assert len(results.read_text().splitlines()) == len(runs)
+    own = transfer_md.read_text().splitlines()[2].split(" | ")
+    assert own[0] == "| own mask" and own[1][0].isdigit() and own[2] == "— |"
     moved = subprocess.run(
         [*cmd[:7], "--phase", "transfer", "--jobs", "2", "--out", str(transfer_md)],
         capture_output=True,
@@ -322,3 +333,19 @@ def test_glue_union_mask_keeps_the_own_counts_from_the_other_tasks_rows(tmp_path
         assert set(m.rows.tolist()) <= set().union(*(set(b.modules[name].rows.tolist()) for b in borrowed))
         assert set(m.cols.tolist()) <= set().union(*(set(b.modules[name].cols.tolist()) for b in borrowed))
     assert any(not torch.equal(b.modules[n].rows, own.modules[n].rows) for b in borrowed for n in own.modules)
+
+
+def test_glue_report_table_says_which_cells_hold_fewer_seeds_than_asked(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    glue = pytest.importorskip("glue")
+    spec = argparse.Namespace(metrics=("accuracy", "f1"))
+    lora, taso = glue.setting("lora-r1", 1e-3), glue.setting("taso", 1e-3)
+    trainable = {"adapter": 10, "head": 2, "backbone": 0}
+
+    def run(s, seed, acc):
+        return {"setting": s, "task": "mrpc", "seed": seed, "accuracy": acc, "f1": acc, "trainable": trainable}
+
+    report = [run(lora, 0, 0.80), run(lora, 1, 0.84), run(lora, 2, 0.82), run(taso, 0, 0.79)]
+    rows = glue.table(report, {"lora-r1": lora, "taso": taso}, {"mrpc": spec}, ["mrpc"], seeds=3).splitlines()
+    assert rows[2].endswith("| 82.0 ± 2.0 / 82.0 ± 2.0 |")  # all three seeds: no count
+    assert rows[3].endswith("| 79.0 (n=1) / 79.0 (n=1) |")
