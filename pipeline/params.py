@@ -157,7 +157,7 @@ class TrainParams(_Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
     group_by_length: bool = False
-    checkpoint_every: PositiveInt = 100
+    checkpoint_every: PositiveInt = 50
     precision: Literal["fp32", "bf16"] = "fp32"
 
     def config(self, seed: int) -> TrainConfig:

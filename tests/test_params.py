@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.params import ParamsError, load_params
+from pipeline.params import Params, ParamsError, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,3 +124,18 @@ def test_a_decoder_task_builds_its_spec(tmp_path, raw):
     spec = load_params(write(tmp_path, raw)).spec("boolq")
     assert spec.options == ["the correct answer is true", "the correct answer is false"]
     assert spec.answer("true") == "the correct answer is true"
+
+
+def test_code_defaults_are_the_committed_defaults(raw):
+    # A key left out of params.yaml (an older repo, a trimmed copy) must run as the committed file
+    # says, so the defaults in pipeline/params.py and params.yaml cannot drift apart.
+    defaults = Params.model_construct().model_dump()  # no tasks: construct skips validation
+    drift = {
+        f"{section}.{key}": (defaults[section][key], value)
+        for section, values in raw.items()
+        if isinstance(values, dict) and section not in ("tasks", "compositions")
+        for key, value in values.items()
+        if defaults[section][key] != value
+    }
+    assert not drift, f"params.yaml and pipeline/params.py disagree (code, yaml): {drift}"
+    assert defaults["seed"] == raw["seed"]
