@@ -454,7 +454,9 @@ def cell(values: list[float], seeds: int = 0) -> str:
 
 
 def table(report: list[dict], settings: dict[str, dict], specs: dict[str, data.TaskSpec], tasks, seeds: int) -> str:
-    head = "| method | trainable (adapter + head) | " + " | ".join(f"{t} ({'/'.join(specs[t].metrics)})" for t in tasks)
+    head = "| method | trainable (adapter + head [+ backbone]) | " + " | ".join(
+        f"{t} ({'/'.join(specs[t].metrics)})" for t in tasks
+    )
     lines = [head + " |", "|---|---:|" + "---:|" * len(tasks)]
     for s in settings.values():
         runs = [r for r in report if r["setting"] == s]
