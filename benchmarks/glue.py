@@ -12,7 +12,8 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
   --phase report  every method with the setting that won the sweep (mean of the main metric over
                   the sweep tasks), trained on the whole train split and scored on the dev set, for
                   seeds 0 1 2 and all four tasks, plus a random mask with the chosen TASO counts.
-                  Writes the table (--out) and the plot of metric against trainable parameters (--plot).
+                  Writes the table and TASO's differences to each method paired by seed (--out), and
+                  the plot of metric against trainable parameters (--plot).
                   Refuses to start before the sweep is finished.
   --phase transfer  do core regions transfer across tasks? Each task B trains at the chosen TASO
                   setting with its own mask, each other task's, the others' union cut to its own
@@ -444,13 +445,13 @@ def label(s: dict) -> str:
     return f"{s['method']} (lr {s['lr']:g})"
 
 
-def cell(values: list[float], seeds: int = 0) -> str:
+def cell(values: list[float], seeds: int = 0, signed: bool = False) -> str:
     """Mean ± std in percent; a cell that holds fewer than ``seeds`` runs says how many it holds."""
     if not values:
         return "—"
     spread = f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
     short = f" (n={len(values)})" if len(values) < seeds else ""
-    return f"{100 * statistics.mean(values):.1f}{spread}{short}"
+    return f"{100 * statistics.mean(values):{'+' if signed else ''}.1f}{spread}{short}"
 
 
 def table(report: list[dict], settings: dict[str, dict], specs: dict[str, data.TaskSpec], tasks, seeds: int) -> str:
@@ -469,6 +470,25 @@ def table(report: list[dict], settings: dict[str, dict], specs: dict[str, data.T
             cells.append(" / ".join(cell([r[m] for r in mine], seeds) for m in specs[task].metrics))
         budget = f"{t['adapter']:,} + {t['head']:,}" + (f" + {t['backbone']:,}" if t["backbone"] else "")
         lines.append(f"| {label(s)} | {budget} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired(report: list[dict], settings: dict[str, dict], specs, tasks, seeds: int, ref: str = "taso") -> str:
+    """``ref``'s main dev metric minus each other method's, paired by seed (the same seed shares the
+    data order and head initialisation), as mean ± std of the differences in points: a mean smaller
+    than its spread is a difference the seeds do not settle."""
+    head = f"| {ref} minus | " + " | ".join(f"{t} ({specs[t].metrics[0]})" for t in tasks) + " |"
+    lines = [head, "|---|" + "---:|" * len(tasks)]
+    mine = {(r["task"], r["seed"]): r["main"] for r in report if r["setting"] == settings[ref]}
+    for name, s in settings.items():
+        if name == ref:
+            continue
+        other = {(r["task"], r["seed"]): r["main"] for r in report if r["setting"] == s}
+        cells = []
+        for t in tasks:
+            diffs = [mine[k] - other[k] for k in sorted(mine.keys() & other.keys()) if k[0] == t]
+            cells.append(cell(diffs, seeds, signed=True))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -625,6 +645,8 @@ def main() -> None:
             execute(lambda done: report_plan, specs, args, protocol, done)
         report = [r for r in done if r["phase"] == "report"]
         text = table(report, settings, specs, args.tasks, len(args.seeds))
+        if "taso" in settings:
+            text += "\n\n" + paired(report, settings, specs, args.tasks, len(args.seeds))
         print(text)
         if args.out:
             write_text(args.out, text + "\n")

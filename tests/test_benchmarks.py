@@ -349,3 +349,24 @@ def test_glue_report_table_says_which_cells_hold_fewer_seeds_than_asked(monkeypa
     rows = glue.table(report, {"lora-r1": lora, "taso": taso}, {"mrpc": spec}, ["mrpc"], seeds=3).splitlines()
     assert rows[2].endswith("| 82.0 ± 2.0 / 82.0 ± 2.0 |")  # all three seeds: no count
     assert rows[3].endswith("| 79.0 (n=1) / 79.0 (n=1) |")
+
+
+def test_glue_paired_differences_match_seeds_and_show_their_spread(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    glue = pytest.importorskip("glue")
+    specs = {t: argparse.Namespace(metrics=("accuracy",)) for t in ("mrpc", "rte")}
+    lora, taso, head = (glue.setting(m, 1e-3) for m in ("lora-r1", "taso", "head"))
+
+    def run(s, task, seed, main):
+        return {"setting": s, "task": task, "seed": seed, "main": main}
+
+    report = [run(lora, "mrpc", seed, acc) for seed, acc in enumerate((0.80, 0.84, 0.82))]
+    # TASO's seed 2 is missing and its seed 3 has no LoRA partner: only seeds 0 and 1 pair up.
+    report += [run(taso, "mrpc", 0, 0.81), run(taso, "mrpc", 1, 0.82), run(taso, "mrpc", 3, 0.99)]
+    report += [run(taso, "rte", 0, 0.55), run(head, "rte", 0, 0.50)]
+    settings = {"taso": taso, "lora-r1": lora, "head": head}
+    rows = glue.paired(report, settings, specs, ["mrpc", "rte"], seeds=3).splitlines()
+    assert rows[0].startswith("| taso minus |") and len(rows) == 4
+    # +1 and -2 points: mean -0.5, std 2.1; two of three seeds; RTE has no LoRA run to pair with.
+    assert rows[2] == "| lora-r1 | -0.5 ± 2.1 (n=2) | — |"
+    assert rows[3] == "| head | — | +5.0 (n=1) |"  # a gain carries its sign
