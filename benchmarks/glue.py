@@ -12,8 +12,9 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
   --phase report  every method with the setting that won the sweep (mean of the main metric over
                   the sweep tasks), trained on the whole train split and scored on the dev set, for
                   seeds 0 1 2 and all four tasks, plus a random mask with the chosen TASO counts.
-                  Writes the table and TASO's differences to each method paired by seed (--out), and
-                  the plot of metric against trainable parameters (--plot).
+                  Writes the table and TASO's differences to each method paired by seed, marked †
+                  where their 95% t-interval excludes zero (--out), and the plot of metric against
+                  trainable parameters (--plot).
                   Refuses to start before the sweep is finished.
   --phase transfer  do core regions transfer across tasks? Each task B trains at the chosen TASO
                   setting with its own mask, each other task's, the others' union cut to its own
@@ -473,10 +474,25 @@ def table(report: list[dict], settings: dict[str, dict], specs: dict[str, data.T
     return "\n".join(lines)
 
 
+# Two-sided 95% quantiles of Student's t by degrees of freedom (seeds - 1); past the table the last
+# one is used, which only widens the interval, so a mark is never given too easily.
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+BEYOND = "†"
+
+
+def beyond_spread(diffs: list[float]) -> bool:
+    """Whether the paired 95% t-interval of ``diffs`` excludes zero: a gap the seeds settle."""
+    if len(diffs) < 2:
+        return False
+    half = T95[min(len(diffs) - 1, len(T95)) - 1] * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return abs(statistics.mean(diffs)) > half
+
+
 def paired(report: list[dict], settings: dict[str, dict], specs, tasks, seeds: int, ref: str = "taso") -> str:
     """``ref``'s main dev metric minus each other method's, paired by seed (the same seed shares the
-    data order and head initialisation), as mean ± std of the differences in points: a mean smaller
-    than its spread is a difference the seeds do not settle."""
+    data order and head initialisation), as mean ± std of the differences in points. A cell marked †
+    (``BEYOND``) has a paired 95% t-interval that excludes zero; every other gap is within the seed
+    spread."""
     head = f"| {ref} minus | " + " | ".join(f"{t} ({specs[t].metrics[0]})" for t in tasks) + " |"
     lines = [head, "|---|" + "---:|" * len(tasks)]
     mine = {(r["task"], r["seed"]): r["main"] for r in report if r["setting"] == settings[ref]}
@@ -487,9 +503,10 @@ def paired(report: list[dict], settings: dict[str, dict], specs, tasks, seeds: i
         cells = []
         for t in tasks:
             diffs = [mine[k] - other[k] for k in sorted(mine.keys() & other.keys()) if k[0] == t]
-            cells.append(cell(diffs, seeds, signed=True))
+            cells.append(cell(diffs, seeds, signed=True) + (f" {BEYOND}" if beyond_spread(diffs) else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    note = f"{BEYOND} the paired 95% t-interval over seeds excludes zero; unmarked gaps are within the seed spread."
+    return "\n".join(lines) + "\n\n" + note
 
 
 def sweep_table(done: list[dict], planned: list[dict], specs, tasks) -> str:

@@ -366,7 +366,30 @@ def test_glue_paired_differences_match_seeds_and_show_their_spread(monkeypatch):
     report += [run(taso, "rte", 0, 0.55), run(head, "rte", 0, 0.50)]
     settings = {"taso": taso, "lora-r1": lora, "head": head}
     rows = glue.paired(report, settings, specs, ["mrpc", "rte"], seeds=3).splitlines()
-    assert rows[0].startswith("| taso minus |") and len(rows) == 4
+    assert rows[0].startswith("| taso minus |") and len(rows) == 6 and rows[5].startswith(glue.BEYOND)
     # +1 and -2 points: mean -0.5, std 2.1; two of three seeds; RTE has no LoRA run to pair with.
     assert rows[2] == "| lora-r1 | -0.5 ± 2.1 (n=2) | — |"
-    assert rows[3] == "| head | — | +5.0 (n=1) |"  # a gain carries its sign
+    assert rows[3] == "| head | — | +5.0 (n=1) |"  # a gain carries its sign; one seed settles nothing
+
+
+def test_glue_marks_only_the_gaps_whose_paired_interval_excludes_zero(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    glue = pytest.importorskip("glue")
+    # Three seeds, t(2) = 4.303: half-width 4.303 * std / sqrt(3) = 2.48 std.
+    assert glue.beyond_spread([0.05, 0.06, 0.055])  # mean 5.5 points, std 0.5: interval [4.3, 6.7]
+    assert not glue.beyond_spread([0.01, 0.02, 0.03])  # mean 2, std 1: interval [-0.5, 4.5]
+    assert not glue.beyond_spread([-0.04, 0.05, 0.06])  # mostly positive, but the spread swallows it
+    assert glue.beyond_spread([-0.03, -0.03, -0.03])  # the same loss on every seed
+    assert not glue.beyond_spread([0.2])  # one seed has no spread to judge
+    # Many seeds use the last tabulated quantile (df 10), never a smaller one.
+    diffs = [0.01, 0.03] * 10  # mean 2, std 1.03 points, n 20: half-width 0.51 at df 10
+    assert glue.beyond_spread(diffs)
+    specs = {"mrpc": argparse.Namespace(metrics=("accuracy",))}
+    lora, taso = glue.setting("lora-r1", 1e-3), glue.setting("taso", 1e-3)
+    report = [
+        {"setting": s, "task": "mrpc", "seed": seed, "main": acc}
+        for s, accs in ((lora, (0.80, 0.81, 0.82)), (taso, (0.75, 0.755, 0.765)))
+        for seed, acc in enumerate(accs)
+    ]
+    rows = glue.paired(report, {"taso": taso, "lora-r1": lora}, specs, ["mrpc"], seeds=3).splitlines()
+    assert rows[2] == f"| lora-r1 | -5.3 ± 0.3 {glue.BEYOND} |"
