@@ -13,8 +13,9 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
                   the sweep tasks), trained on the whole train split and scored on the dev set, for
                   seeds 0 1 2 and all four tasks, plus a random mask with the chosen TASO counts.
                   Writes the table and TASO's differences to each method paired by seed, marked †
-                  where their 95% t-interval excludes zero (--out), and the plot of metric against
-                  trainable parameters (--plot).
+                  where their 95% t-interval excludes zero, and each method's step time and peak
+                  RSS against LoRA r=1's (--out), and the plot of metric against trainable
+                  parameters (--plot).
                   Refuses to start before the sweep is finished.
   --phase transfer  do core regions transfer across tasks? Each task B trains at the chosen TASO
                   setting with its own mask, each other task's, the others' union cut to its own
@@ -509,6 +510,23 @@ def paired(report: list[dict], settings: dict[str, dict], specs, tasks, seeds: i
     return "\n".join(lines) + "\n\n" + note
 
 
+def cost(report: list[dict], settings: dict[str, dict], tasks, ref: str = "lora-r1") -> str:
+    """Each method's median step time as a multiple of ``ref``'s (paired by seed, median over seeds)
+    and its median peak RSS, per task. Runs share the cores, so the figures are indicative only."""
+    lines = ["| method: step time × " + ref + ", peak RSS MB | " + " | ".join(tasks) + " |"]
+    lines.append("|---|" + "---:|" * len(tasks))
+    base = {(r["task"], r["seed"]): r["median_step_seconds"] for r in report if r["setting"] == settings[ref]}
+    for name, s in settings.items():
+        cells = []
+        for t in tasks:
+            runs = [r for r in report if r["setting"] == s and r["task"] == t]
+            ratios = [r["median_step_seconds"] / base[t, r["seed"]] for r in runs if (t, r["seed"]) in base]
+            rss = [r["peak_rss_mb"] for r in runs]
+            cells.append(f"{statistics.median(ratios):.2f}× / {statistics.median(rss):,.0f}" if ratios else "—")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def sweep_table(done: list[dict], planned: list[dict], specs, tasks) -> str:
     """The sweep so far: each planned setting's held-out main metric per task, "…" where a run is
     still to come, and a mark on each method's current choice."""
@@ -664,6 +682,8 @@ def main() -> None:
         text = table(report, settings, specs, args.tasks, len(args.seeds))
         if "taso" in settings:
             text += "\n\n" + paired(report, settings, specs, args.tasks, len(args.seeds))
+        if "lora-r1" in settings:
+            text += "\n\n" + cost(report, settings, args.tasks)
         print(text)
         if args.out:
             write_text(args.out, text + "\n")

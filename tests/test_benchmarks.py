@@ -381,9 +381,11 @@ def test_glue_marks_only_the_gaps_whose_paired_interval_excludes_zero(monkeypatc
     assert not glue.beyond_spread([-0.04, 0.05, 0.06])  # mostly positive, but the spread swallows it
     assert glue.beyond_spread([-0.03, -0.03, -0.03])  # the same loss on every seed
     assert not glue.beyond_spread([0.2])  # one seed has no spread to judge
-    # Many seeds use the last tabulated quantile (df 10), never a smaller one.
-    diffs = [0.01, 0.03] * 10  # mean 2, std 1.03 points, n 20: half-width 0.51 at df 10
-    assert glue.beyond_spread(diffs)
+    # Past the table the df-10 quantile (2.228) stands in, never a smaller one: at n 20 a t statistic
+    # of 2.15 would pass df 19's 2.093 or the normal 1.96, but is not marked.
+    diffs = [-0.005068, 0.014932] * 10  # mean 0.49 points, std 1.03: t = 0.4932 / 0.2294 = 2.15
+    assert not glue.beyond_spread(diffs)
+    assert glue.beyond_spread([d + 0.0006 for d in diffs])  # t = 2.41: marked
     specs = {"mrpc": argparse.Namespace(metrics=("accuracy",))}
     lora, taso = glue.setting("lora-r1", 1e-3), glue.setting("taso", 1e-3)
     report = [
@@ -393,3 +395,19 @@ def test_glue_marks_only_the_gaps_whose_paired_interval_excludes_zero(monkeypatc
     ]
     rows = glue.paired(report, {"taso": taso, "lora-r1": lora}, specs, ["mrpc"], seeds=3).splitlines()
     assert rows[2] == f"| lora-r1 | -5.3 ± 0.3 {glue.BEYOND} |"
+
+
+def test_glue_cost_pairs_step_times_by_seed_and_takes_medians(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    glue = pytest.importorskip("glue")
+    lora, taso = glue.setting("lora-r1", 1e-3), glue.setting("taso", 1e-3)
+
+    def run(s, seed, step, rss):
+        return {"setting": s, "task": "mrpc", "seed": seed, "median_step_seconds": step, "peak_rss_mb": rss}
+
+    # LoRA's seed 1 was slow (a busy machine): pairing by seed keeps that out of TASO's ratio.
+    report = [run(lora, 0, 1.0, 1800), run(lora, 1, 2.0, 1850), run(lora, 2, 1.0, 1820)]
+    report += [run(taso, 0, 1.1, 1400), run(taso, 1, 2.2, 1450), run(taso, 2, 1.05, 1410)]
+    rows = glue.cost(report, {"lora-r1": lora, "taso": taso}, ["mrpc", "rte"]).splitlines()
+    assert rows[2] == "| lora-r1 | 1.00× / 1,820 | — |"
+    assert rows[3] == "| taso | 1.10× / 1,410 | — |"  # ratios 1.10, 1.10, 1.05
