@@ -489,25 +489,34 @@ def beyond_spread(diffs: list[float]) -> bool:
     return abs(statistics.mean(diffs)) > half
 
 
+def gap(mine: dict[int, float], other: dict[int, float], seeds: int) -> str:
+    """``mine`` minus ``other`` (main metric by seed), paired by seed, as mean ± std of the differences
+    in points; marked † (``BEYOND``) where the paired 95% t-interval excludes zero."""
+    diffs = [mine[k] - other[k] for k in sorted(mine.keys() & other.keys())]
+    return cell(diffs, seeds, signed=True) + (f" {BEYOND}" if beyond_spread(diffs) else "")
+
+
+def by_seed(runs: list[dict], task: str) -> dict[int, float]:
+    """``task``'s main metric in ``runs``, by seed."""
+    return {r["seed"]: r["main"] for r in runs if r["task"] == task}
+
+
+SPREAD_NOTE = f"{BEYOND} the paired 95% t-interval over seeds excludes zero; unmarked gaps are within the seed spread."
+
+
 def paired(report: list[dict], settings: dict[str, dict], specs, tasks, seeds: int, ref: str = "taso") -> str:
     """``ref``'s main dev metric minus each other method's, paired by seed (the same seed shares the
-    data order and head initialisation), as mean ± std of the differences in points. A cell marked †
-    (``BEYOND``) has a paired 95% t-interval that excludes zero; every other gap is within the seed
-    spread."""
+    data order and head initialisation); see ``gap``."""
     head = f"| {ref} minus | " + " | ".join(f"{t} ({specs[t].metrics[0]})" for t in tasks) + " |"
     lines = [head, "|---|" + "---:|" * len(tasks)]
-    mine = {(r["task"], r["seed"]): r["main"] for r in report if r["setting"] == settings[ref]}
+    mine = [r for r in report if r["setting"] == settings[ref]]
     for name, s in settings.items():
         if name == ref:
             continue
-        other = {(r["task"], r["seed"]): r["main"] for r in report if r["setting"] == s}
-        cells = []
-        for t in tasks:
-            diffs = [mine[k] - other[k] for k in sorted(mine.keys() & other.keys()) if k[0] == t]
-            cells.append(cell(diffs, seeds, signed=True) + (f" {BEYOND}" if beyond_spread(diffs) else ""))
+        other = [r for r in report if r["setting"] == s]
+        cells = [gap(by_seed(mine, t), by_seed(other, t), seeds) for t in tasks]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    note = f"{BEYOND} the paired 95% t-interval over seeds excludes zero; unmarked gaps are within the seed spread."
-    return "\n".join(lines) + "\n\n" + note
+    return "\n".join(lines) + "\n\n" + SPREAD_NOTE
 
 
 def cost(report: list[dict], settings: dict[str, dict], tasks, ref: str = "lora-r1") -> str:
@@ -563,22 +572,31 @@ def condition(s: dict) -> str:
 
 
 def transfer_table(report: list[dict], taso: dict, specs, tasks, seeds: int) -> str:
-    """Task B's main dev metric (mean ± std over seeds) for each mask it trained with."""
-    got: dict[str, dict[str, list[float]]] = {}
+    """Task B's main dev metric (mean ± std over seeds) for each mask it trained with; then each
+    borrowed mask's metric minus B's own, paired by seed (see ``gap``)."""
+    got: dict[str, dict[str, dict[int, float]]] = {}
     for b in tasks:
         for s in transfer_settings(taso, b, tasks):
-            got.setdefault(condition(s), {})[b] = [r["main"] for r in report if r["task"] == b and r["setting"] == s]
+            got.setdefault(condition(s), {})[b] = by_seed([r for r in report if r["setting"] == s], b)
     order = [
         "own mask",
         *(f"mask of {a}" for a in tasks),
         "union of the others, cut to own counts",
         "random, own counts",
     ]
-    lines = ["| mask \\ task B | " + " | ".join(f"{b} ({specs[b].metrics[0]})" for b in tasks) + " |"]
-    lines.append("|---|" + "---:|" * len(tasks))
-    for name in (n for n in order if n in got):
-        lines.append(f"| {name} | " + " | ".join(cell(got[name].get(b, []), seeds) for b in tasks) + " |")
-    return "\n".join(lines)
+    names = [n for n in order if n in got]
+    head = " | ".join(f"{b} ({specs[b].metrics[0]})" for b in tasks) + " |"
+    lines = ["| mask \\ task B | " + head, "|---|" + "---:|" * len(tasks)]
+    for name in names:
+        lines.append(
+            f"| {name} | " + " | ".join(cell(list(got[name].get(b, {}).values()), seeds) for b in tasks) + " |"
+        )
+    own = got.get("own mask", {})
+    diffs = ["| mask minus own mask | " + head, "|---|" + "---:|" * len(tasks)]
+    for name in names[1:]:
+        cells = [gap(got[name][b], own.get(b, {}), seeds) if b in got[name] else "—" for b in tasks]
+        diffs.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + "\n".join(diffs) + "\n\n" + SPREAD_NOTE
 
 
 def plot(report: list[dict], settings: dict[str, dict], specs, tasks, path: Path) -> None:

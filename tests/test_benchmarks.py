@@ -199,15 +199,18 @@ def test_glue_benchmark_quick_mode_sweeps_reports_and_resumes(tmp_path):
     ]
     cross = next(r for r in new if r["task"] == "mrpc")
     assert cross["trainable"] == by["taso"]["trainable"]  # rows_cols at one p: every task's mask has the same counts
-    rows = transfer_md.read_text().splitlines()
-    assert rows[0] == "| mask \\ task B | mrpc (accuracy) | rte (accuracy) |"
-    assert [r.split(" | ")[0] for r in rows[2:]] == [
+    means, gaps, note = (t.splitlines() for t in transfer_md.read_text().strip().split("\n\n"))
+    assert means[0] == "| mask \\ task B | mrpc (accuracy) | rte (accuracy) |"
+    assert [r.split(" | ")[0] for r in means[2:]] == [
         "| own mask",
         "| mask of mrpc",
         "| mask of rte",
         "| random, own counts",
     ]
-    assert rows[3].split(" | ")[1] == "—" and rows[4].split(" | ")[2] == "— |"  # no task borrows its own mask
+    assert means[3].split(" | ")[1] == "—" and means[4].split(" | ")[2] == "— |"  # no task borrows its own mask
+    # One seed: each borrowed mask's gap to the own mask is a signed single difference, never marked.
+    assert [r.split(" | ")[0] for r in gaps[2:]] == ["| mask of mrpc", "| mask of rte", "| random, own counts"]
+    assert gaps[2].split(" | ")[2][0] in "+-" and "†" not in "".join(gaps) and note[0].startswith("†")
 
 
 def test_glue_sweep_grows_a_winning_edge_of_a_grid_and_holds_the_taso_variants_until_settled(monkeypatch):
@@ -395,6 +398,29 @@ def test_glue_marks_only_the_gaps_whose_paired_interval_excludes_zero(monkeypatc
     ]
     rows = glue.paired(report, {"taso": taso, "lora-r1": lora}, specs, ["mrpc"], seeds=3).splitlines()
     assert rows[2] == f"| lora-r1 | -5.3 ± 0.3 {glue.BEYOND} |"
+
+
+def test_glue_transfer_table_pairs_each_borrowed_mask_with_the_own_mask_by_seed(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    glue = pytest.importorskip("glue")
+    specs = {t: argparse.Namespace(metrics=("accuracy",)) for t in ("mrpc", "rte")}
+    taso = glue.setting("taso", 1e-3, p=0.25, rank=1)
+    borrowed = {**taso, "method": "transfer", "source": "rte"}
+
+    def runs(s, task, accs):
+        return [{"setting": s, "task": task, "seed": seed, "main": a} for seed, a in accs.items()]
+
+    # MRPC's own mask ran on three seeds, RTE's mask on MRPC on seeds 0 and 2 only: the gap pairs
+    # those two seeds and says it holds fewer than asked.
+    report = runs(taso, "mrpc", {0: 0.80, 1: 0.70, 2: 0.82}) + runs(borrowed, "mrpc", {0: 0.76, 2: 0.78})
+    report += runs(taso, "rte", {0: 0.55, 1: 0.56, 2: 0.57})
+    means, gaps, _ = (
+        t.splitlines() for t in glue.transfer_table(report, taso, specs, ["mrpc", "rte"], 3).split("\n\n")
+    )
+    assert means[2] == "| own mask | 77.3 ± 6.4 | 56.0 ± 1.0 |"
+    assert means[4] == "| mask of rte | 77.0 ± 1.4 (n=2) | — |"
+    assert gaps[3] == f"| mask of rte | -4.0 ± 0.0 (n=2) {glue.BEYOND} | — |"
+    assert gaps[2] == "| mask of mrpc | — | — |"  # RTE never trained on MRPC's mask
 
 
 def test_glue_cost_pairs_step_times_by_seed_and_takes_medians(monkeypatch):
