@@ -197,6 +197,12 @@ def split_rows(spec: data.TaskSpec, phase: str) -> tuple[list[dict], list[dict]]
     return shuffled[held:], shuffled[:held]
 
 
+def majority_share(spec: data.TaskSpec, phase: str) -> float:
+    """The accuracy of always predicting the commonest label on the phase's eval rows: chance."""
+    labels = [r["label"] for r in split_rows(spec, phase)[1]]
+    return max(map(labels.count, set(labels))) / len(labels)
+
+
 def trainable(model: torch.nn.Module) -> dict[str, int]:
     """Trainable parameters: adapter (LoRA factors), head, and the rest of the backbone (full fine-tuning)."""
     heads = tuple(head_names(model.get_base_model() if hasattr(model, "get_base_model") else model))
@@ -456,7 +462,11 @@ def cell(values: list[float], seeds: int = 0, signed: bool = False) -> str:
     return f"{100 * statistics.mean(values):{'+' if signed else ''}.1f}{spread}{short}"
 
 
-def table(report: list[dict], settings: dict[str, dict], specs: dict[str, data.TaskSpec], tasks, seeds: int) -> str:
+def table(
+    report: list[dict], settings: dict[str, dict], specs: dict[str, data.TaskSpec], tasks, seeds: int, chance=None
+) -> str:
+    """Each method's dev metrics (mean ± std over seeds) and trainable parameters; ``chance`` (task ->
+    majority-class accuracy) adds a reference row, so a metric near chance reads as such."""
     head = "| method | trainable (adapter + head [+ backbone]) | " + " | ".join(
         f"{t} ({'/'.join(specs[t].metrics)})" for t in tasks
     )
@@ -472,6 +482,10 @@ def table(report: list[dict], settings: dict[str, dict], specs: dict[str, data.T
             cells.append(" / ".join(cell([r[m] for r in mine], seeds) for m in specs[task].metrics))
         budget = f"{t['adapter']:,} + {t['head']:,}" + (f" + {t['backbone']:,}" if t["backbone"] else "")
         lines.append(f"| {label(s)} | {budget} | " + " | ".join(cells) + " |")
+    if chance:
+        lines.append(
+            "| majority class (reference, accuracy) | — | " + " | ".join(cell([chance[t]]) for t in tasks) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -479,6 +493,7 @@ def table(report: list[dict], settings: dict[str, dict], specs: dict[str, data.T
 # one is used, which only widens the interval, so a mark is never given too easily.
 T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 BEYOND = "†"
+SPREAD_NOTE = f"{BEYOND} the paired 95% t-interval over seeds excludes zero; unmarked gaps are within the seed spread."
 
 
 def beyond_spread(diffs: list[float]) -> bool:
@@ -499,9 +514,6 @@ def gap(mine: dict[int, float], other: dict[int, float], seeds: int) -> str:
 def by_seed(runs: list[dict], task: str) -> dict[int, float]:
     """``task``'s main metric in ``runs``, by seed."""
     return {r["seed"]: r["main"] for r in runs if r["task"] == task}
-
-
-SPREAD_NOTE = f"{BEYOND} the paired 95% t-interval over seeds excludes zero; unmarked gaps are within the seed spread."
 
 
 def paired(report: list[dict], settings: dict[str, dict], specs, tasks, seeds: int, ref: str = "taso") -> str:
@@ -542,10 +554,7 @@ def sweep_table(done: list[dict], planned: list[dict], specs, tasks) -> str:
     picks = chosen(done, tasks, planned)
     head = "| setting | " + " | ".join(f"{t} held-out {specs[t].metrics[0]}" for t in tasks) + " | mean |"
     lines = [head, "|---|" + "---:|" * (len(tasks) + 1)]
-    majority = []
-    for t in tasks:
-        labels = [r["label"] for r in split_rows(specs[t], "sweep")[1]]
-        majority.append(f"{100 * max(map(labels.count, set(labels))) / len(labels):.1f}")
+    majority = [f"{100 * majority_share(specs[t], 'sweep'):.1f}" for t in tasks]
     lines.append("| majority class (reference) | " + " | ".join(majority) + " | |")
     for s in planned:
         got = {r["task"]: r["main"] for r in done if r["phase"] == "sweep" and r["setting"] == s}
@@ -697,7 +706,8 @@ def main() -> None:
         if not args.no_run:
             execute(lambda done: report_plan, specs, args, protocol, done)
         report = [r for r in done if r["phase"] == "report"]
-        text = table(report, settings, specs, args.tasks, len(args.seeds))
+        chance = {t: majority_share(specs[t], "report") for t in args.tasks}
+        text = table(report, settings, specs, args.tasks, len(args.seeds), chance)
         if "taso" in settings:
             text += "\n\n" + paired(report, settings, specs, args.tasks, len(args.seeds))
         if "lora-r1" in settings:

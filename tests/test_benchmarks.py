@@ -145,6 +145,9 @@ def test_glue_benchmark_quick_mode_sweeps_reports_and_resumes(tmp_path):
     assert all({"accuracy", "f1"} <= set(r) for r in report)
     text = table.read_text()
     assert text.startswith("| method |") and "random (lr" in text and "mrpc (accuracy/f1)" in text
+    dev = [line.split("\t")[0] for line in (tmp_path / "glue" / "mrpc" / "dev.tsv").read_text().splitlines()[1:]]
+    chance = 100 * max(map(dev.count, set(dev))) / len(dev)
+    assert f"| majority class (reference, accuracy) | — | {chance:.1f} |" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     status = subprocess.run(
@@ -349,9 +352,11 @@ def test_glue_report_table_says_which_cells_hold_fewer_seeds_than_asked(monkeypa
         return {"setting": s, "task": "mrpc", "seed": seed, "accuracy": acc, "f1": acc, "trainable": trainable}
 
     report = [run(lora, 0, 0.80), run(lora, 1, 0.84), run(lora, 2, 0.82), run(taso, 0, 0.79)]
-    rows = glue.table(report, {"lora-r1": lora, "taso": taso}, {"mrpc": spec}, ["mrpc"], seeds=3).splitlines()
+    settings = {"lora-r1": lora, "taso": taso}
+    rows = glue.table(report, settings, {"mrpc": spec}, ["mrpc"], seeds=3, chance={"mrpc": 0.684}).splitlines()
     assert rows[2].endswith("| 82.0 ± 2.0 / 82.0 ± 2.0 |")  # all three seeds: no count
     assert rows[3].endswith("| 79.0 (n=1) / 79.0 (n=1) |")
+    assert rows[4] == "| majority class (reference, accuracy) | — | 68.4 |"  # a one-figure reference, no count
 
 
 def test_glue_paired_differences_match_seeds_and_show_their_spread(monkeypatch):
