@@ -459,7 +459,9 @@ def cell(values: list[float], seeds: int = 0, signed: bool = False) -> str:
         return "—"
     spread = f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
     short = f" (n={len(values)})" if len(values) < seeds else ""
-    return f"{100 * statistics.mean(values):{'+' if signed else ''}.1f}{spread}{short}"
+    # Rounding first and adding 0.0 turns a -0.0 into 0.0, so a gap under 0.05 points reads "+0.0".
+    mean = round(100 * statistics.mean(values), 1) + 0.0
+    return f"{mean:{'+' if signed else ''}.1f}{spread}{short}"
 
 
 def table(

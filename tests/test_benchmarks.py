@@ -378,6 +378,7 @@ def test_glue_paired_differences_match_seeds_and_show_their_spread(monkeypatch):
     # +1 and -2 points: mean -0.5, std 2.1; two of three seeds; RTE has no LoRA run to pair with.
     assert rows[2] == "| lora-r1 | -0.5 ± 2.1 (n=2) | — |"
     assert rows[3] == "| head | — | +5.0 (n=1) |"  # a gain carries its sign; one seed settles nothing
+    assert glue.cell([-0.0004, 0.0001], signed=True) == "+0.0 ± 0.0"  # no "-0.0" for a gap that rounds to zero
 
 
 def test_glue_marks_only_the_gaps_whose_paired_interval_excludes_zero(monkeypatch):
