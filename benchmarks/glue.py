@@ -556,7 +556,7 @@ def sweep_table(done: list[dict], planned: list[dict], specs, tasks) -> str:
     picks = chosen(done, tasks, planned)
     head = "| setting | " + " | ".join(f"{t} held-out {specs[t].metrics[0]}" for t in tasks) + " | mean |"
     lines = [head, "|---|" + "---:|" * (len(tasks) + 1)]
-    majority = [f"{100 * majority_share(specs[t], 'sweep'):.1f}" for t in tasks]
+    majority = [cell([majority_share(specs[t], "sweep")]) for t in tasks]
     lines.append("| majority class (reference) | " + " | ".join(majority) + " | |")
     for s in planned:
         got = {r["task"]: r["main"] for r in done if r["phase"] == "sweep" and r["setting"] == s}
