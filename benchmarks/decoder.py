@@ -33,7 +33,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from taso import data, models, sft  # noqa: E402
+from taso import causal_lm, data, pretrained  # noqa: E402
 from taso.baselines import peft_lora  # noqa: E402
 from taso.importance import score_importance  # noqa: E402
 from taso.io import write_text  # noqa: E402
@@ -98,7 +98,7 @@ def specs(root: Path, max_train: dict[str, int], max_eval: dict[str, int]) -> di
 def prepare(method: str, spec: data.TaskSpec, tok, train_feats: list[dict], args, seed: int):
     """The model for ``method``: the base, a PEFT LoRA, or a TASO masked LoRA (scored here)."""
     kind, rank, p = METHODS[method]
-    model = models.load_model(args.model, "causal_lm", seed=seed)
+    model = pretrained.load_model(args.model, "causal_lm", seed=seed)
     if kind == "lora":
         return peft_lora(model, r=rank, alpha=ALPHA * rank, targets=TARGETS, seed=seed), {}
     if kind == "taso":
@@ -123,7 +123,7 @@ def run_one(task: str, method: str, spec: data.TaskSpec, tok, args, seed: int) -
         result = train(model, train_feats, cfg, pad_id=tok.pad_token_id, progress=False)
         out |= {"steps": result.steps, "train_seconds": round(result.seconds, 1)}
     start = time.perf_counter()
-    scores = sft.evaluate(
+    scores = causal_lm.evaluate(
         model,
         tok,
         rows["eval"],
@@ -192,7 +192,7 @@ def per_task(items: list[str], defaults: dict[str, int]) -> dict[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets"))
-    parser.add_argument("--model", default=models.SMOLLM2)
+    parser.add_argument("--model", default=pretrained.SMOLLM2)
     parser.add_argument("--tasks", nargs="+", default=["boolq", "arc-easy", "gsm8k"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--gsm8k-methods", nargs="+", default=["zero-shot", "lora-r1", "taso-r1"])
@@ -219,7 +219,7 @@ def main() -> None:
 
     torch.set_num_threads(os.cpu_count() or 1)
     spec_of = specs(args.data, args.max_train, args.max_eval)
-    tok = models.load_tokenizer(args.model)
+    tok = pretrained.load_tokenizer(args.model)
     done = load(args.results)
     for task in args.tasks:
         methods = [m for m in args.methods if task != "gsm8k" or m in args.gsm8k_methods]

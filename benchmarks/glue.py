@@ -64,7 +64,7 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 from transfer import glue_specs  # noqa: E402
 
-from taso import data, models  # noqa: E402
+from taso import data, pretrained  # noqa: E402
 from taso.baselines import full_finetune, head_only, peft_lora  # noqa: E402
 from taso.evaluate import evaluate  # noqa: E402
 from taso.importance import Importance, default_loss, score_importance, warm_up_head  # noqa: E402
@@ -234,7 +234,7 @@ class PeakRSS:
 
 
 def build(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int, sources=None, phase="report"):
-    model = models.load_model("minilm", num_labels=spec.num_labels, seed=seed)
+    model = pretrained.load_model("minilm", num_labels=spec.num_labels, seed=seed)
     m = s["method"]
     if m.startswith("lora-"):
         rank = int(m.split("-r")[1])
@@ -251,7 +251,7 @@ def build(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int,
 def importance_for(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int) -> Importance:
     """TASO's importance for a task, scored on a calibration sample by a model of its own (as the
     pipeline's score stage does), so a head warm-up shapes the gradients but not the training."""
-    scorer = models.load_model("minilm", num_labels=spec.num_labels, seed=seed)
+    scorer = pretrained.load_model("minilm", num_labels=spec.num_labels, seed=seed)
     if s["warmup"]:
         batches = data.iterate(train_feats, PROTOCOL["batch_size"], tok.pad_token_id, seed=seed, shuffle=True)
         warm_up_head(scorer, batches, s["warmup"])
@@ -354,7 +354,7 @@ _TOKENIZER = None
 def work(s: dict, spec: data.TaskSpec, phase: str, seed: int, max_steps: int | None, sources: dict) -> dict:
     """One run, in whichever process executes it (the tokenizer is loaded once per process)."""
     global _TOKENIZER
-    _TOKENIZER = _TOKENIZER or models.load_tokenizer("minilm")
+    _TOKENIZER = _TOKENIZER or pretrained.load_tokenizer("minilm")
     return run_one(s, spec, phase, seed, _TOKENIZER, max_steps, sources)
 
 

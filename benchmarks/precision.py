@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import transfer  # noqa: E402  (the same GLUE specs, scoring and training as the transfer experiment)
 
-from taso import models  # noqa: E402
+from taso import pretrained  # noqa: E402
 from taso.masks import derive_rows_cols  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
 
     specs = transfer.glue_specs(args.data, args.max_train, args.max_eval)
-    tok = models.load_tokenizer("minilm")
+    tok = pretrained.load_tokenizer("minilm")
     wanted = transfer.settings(args)
     results = transfer.load_runs(args.results, wanted)
     cache: dict = {}

@@ -27,7 +27,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from taso import models  # noqa: E402
+from taso import pretrained  # noqa: E402
 from taso.baselines import head_only, peft_lora  # noqa: E402
 from taso.importance import score_importance  # noqa: E402
 from taso.masks import Mask, ModuleMask, derive_rows_cols  # noqa: E402
@@ -52,7 +52,7 @@ def batches(n: int, seed: int = 0) -> list[dict]:
 
 
 def fresh_model():
-    return models.load_model("minilm", num_labels=2, seed=0)
+    return pretrained.load_model("minilm", num_labels=2, seed=0)
 
 
 def default_mask(model, data) -> Mask:
@@ -195,7 +195,7 @@ def startup_costs() -> dict[str, float]:
         "import mlflow": "import mlflow",
         "import pipeline.cli (taso --help)": "import pipeline.cli",
         "import stages.train (all its imports)": "import stages.train",
-        "load MiniLM + tokenizer": "from taso import models; models.load_model('minilm'); models.load_tokenizer('minilm')",
+        "load MiniLM + tokenizer": "from taso import pretrained; pretrained.load_model('minilm'); pretrained.load_tokenizer('minilm')",
     }
     out = {}
     for name, code in probes.items():
@@ -210,20 +210,20 @@ def startup_costs() -> dict[str, float]:
 
 def decoder_rows(warmup: int, steps: int) -> list[tuple[str, str, float, float, str]]:
     """SmolLM2 with a TASO r=1 mask: a training step whose loss runs the LM head over the answer
-    window only (taso.sft.answer_loss) against one that takes the model's own loss (logits at
+    window only (taso.causal_lm.answer_loss) against one that takes the model's own loss (logits at
     every position), on the same batches."""
-    from taso import sft
+    from taso import causal_lm
 
-    tok = models.load_tokenizer("smollm2")
+    tok = pretrained.load_tokenizer("smollm2")
     g = torch.Generator().manual_seed(0)
     data = []
     for _ in range(4):
         ids = torch.randint(1000, tok.vocab_size - 1, (DECODER_BATCH, PROMPT + ANSWER), generator=g).tolist()
         feats = [{"input_ids": x, "attention_mask": [1] * len(x), "labels": [-100] * PROMPT + x[PROMPT:]} for x in ids]
-        data.append(sft.collate(feats, tok.pad_token_id))
+        data.append(causal_lm.collate(feats, tok.pad_token_id))
 
     def stepper(loss_fn):
-        model = models.load_model("smollm2", "causal_lm")
+        model = pretrained.load_model("smollm2", "causal_lm")
         model = inject(model, derive_rows_cols(score_importance(model, data[:1]), 0.25), r=1, alpha=2.0)
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -237,7 +237,7 @@ def decoder_rows(warmup: int, steps: int) -> list[tuple[str, str, float, float, 
 
     t = interleaved(
         {
-            "window": stepper(sft.answer_loss),
+            "window": stepper(causal_lm.answer_loss),
             "full": stepper(lambda model, batch: model(**batch, use_cache=False).loss),
         },
         data,

@@ -37,7 +37,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from taso import data, models  # noqa: E402
+from taso import data, pretrained  # noqa: E402
 from taso.evaluate import evaluate  # noqa: E402
 from taso.importance import Importance, score_importance  # noqa: E402
 from taso.io import read_json, write_json, write_text  # noqa: E402
@@ -86,7 +86,7 @@ def glue_specs(root: Path, max_train: int, max_eval: int) -> dict[str, data.Task
 
 def score(spec: data.TaskSpec, tok, bf16: bool = False) -> Importance:
     features = data.encode(data.read_rows(spec, "train", seed=0)[:CALIBRATION], tok, spec.max_length)
-    model = models.load_model("minilm", num_labels=spec.num_labels, seed=0)
+    model = pretrained.load_model("minilm", num_labels=spec.num_labels, seed=0)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         return score_importance(model, data.iterate(features, 16, tok.pad_token_id))
 
@@ -97,7 +97,7 @@ def run_one(spec: data.TaskSpec, mask: Mask, seed: int, tok, cache: dict, lr: fl
             split: data.encode(data.read_rows(spec, split, seed=0), tok, spec.max_length) for split in ("train", "eval")
         }
     feats = cache[spec.name]
-    model = models.load_model("minilm", num_labels=spec.num_labels, seed=seed)
+    model = pretrained.load_model("minilm", num_labels=spec.num_labels, seed=seed)
     inject(model, mask, r=RANK, alpha=ALPHA, seed=seed)
     start = time.perf_counter()
     train(model, feats["train"], TrainConfig(lr=lr, seed=seed, bf16=bf16), pad_id=tok.pad_token_id, progress=False)
@@ -186,7 +186,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     specs = {t: s for t, s in glue_specs(args.data, args.max_train, args.max_eval).items() if t in args.tasks}
-    tok = models.load_tokenizer("minilm")
+    tok = pretrained.load_tokenizer("minilm")
     wanted = settings(args)
     results = load_runs(args.results, wanted)
     imps = {t: score(specs[t], tok) for t in args.tasks}

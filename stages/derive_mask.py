@@ -10,7 +10,7 @@ from pipeline.meta import code_version, write_meta
 from pipeline.params import load_params
 from pipeline.paths import TaskPaths
 from stages._args import stage_main
-from taso import models
+from taso import pretrained
 from taso.io import ArtifactError, atomic_path
 from taso.masks import Mask, mask_stats, shape_mismatch
 from taso.targets import find_targets
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def target_shapes(base: str, task_type: str, num_labels: int, targets) -> dict[str, tuple[int, int]]:
     """``(d_out, d_in)`` of every target module of the base model (what a mask from elsewhere must fit)."""
-    model = models.load_model(base, task_type, num_labels=num_labels)
+    model = pretrained.load_model(base, task_type, num_labels=num_labels)
     return {n: (m.out_features, m.in_features) for n, m in find_targets(model, targets).items()}
 
 
@@ -44,7 +44,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
         inputs = {"mask_source": mask.meta["source_digest"]}
     with tracking.stage_run(root, stage="derive-mask", task=task, params=used, inputs=inputs) as mlrun:
         mask = mask.with_meta(
-            base_model=str(models.fingerprint(params.model.base)),
+            base_model=str(pretrained.fingerprint(params.model.base)),
             task=task,
             budget=mask.trainable_params(params.train.rank),
             code_version=code_version(root),

@@ -13,7 +13,7 @@ from pipeline import registry, tracking
 from pipeline.params import load_params
 from pipeline.paths import TaskPaths
 from stages._args import stage_main
-from taso import data, models, sft
+from taso import causal_lm, data, pretrained
 from taso.evaluate import evaluate
 from taso.io import digest_file, read_json, write_json
 from taso.masks import Mask
@@ -24,7 +24,7 @@ def load_adapter(base: str, adapter_dir: Path, task_type: str, num_labels: int, 
     """The base model with a PEFT adapter folder loaded through the real ``peft`` library."""
     from peft import PeftModel
 
-    model = models.load_model(base, task_type, num_labels=num_labels, seed=seed)
+    model = pretrained.load_model(base, task_type, num_labels=num_labels, seed=seed)
     return PeftModel.from_pretrained(model, str(adapter_dir))
 
 
@@ -43,14 +43,14 @@ def run(task: str, root: Path = Path(".")) -> Path:
     check_adapter_mask(paths.adapter, mask)
     inputs = {"adapter": digest_file(paths.adapter / "adapter_model.safetensors"), "mask": mask.digest}
     with tracking.stage_run(root, stage="evaluate", task=task, params=used, inputs=inputs) as mlrun:
-        tok = models.load_tokenizer(params.model.base)
+        tok = pretrained.load_tokenizer(params.model.base)
         model = load_adapter(params.model.base, paths.adapter, spec.task_type, spec.num_labels, params.seed)
         rows = data.read_rows(spec, "eval", seed=params.seed)
         causal = spec.task_type == "causal_lm"
         features = None if causal else data.encode(rows, tok, spec.max_length)
         start = time.perf_counter()
         if causal:  # option log-likelihoods or greedy generation
-            scores = sft.evaluate(
+            scores = causal_lm.evaluate(
                 model,
                 tok,
                 rows,

@@ -17,7 +17,7 @@ from pipeline.paths import TaskPaths
 from pipeline.plots import importance_heatmap, placeholder
 from stages._args import stage_main
 from stages.calibrate import read_calibration
-from taso import data, models
+from taso import data, pretrained
 from taso.importance import score_importance, warm_up_head
 from taso.io import atomic_path, digest_file
 from taso.targets import find_targets, head_names
@@ -37,8 +37,8 @@ def run(task: str, root: Path = Path(".")) -> Path:
     }
     inputs = {"calibration": digest_file(paths.calibration / "calibration.jsonl")}
     with tracking.stage_run(root, stage="score", task=task, params=used, inputs=inputs) as mlrun:
-        tok = models.load_tokenizer(params.model.base)
-        model = models.load_model(params.model.base, spec.task_type, num_labels=spec.num_labels, seed=seed)
+        tok = pretrained.load_tokenizer(params.model.base)
+        model = pretrained.load_model(params.model.base, spec.task_type, num_labels=spec.num_labels, seed=seed)
         calib = data.encode(read_calibration(paths.calibration), tok, spec.max_length)
         warmed = 0
         if params.score.head_warmup_steps and head_names(model):  # a causal LM has no new head to warm up
@@ -57,7 +57,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
             )
         heat = imp.full.pop(heat_module) if not params.score.keep_full else imp.full[heat_module]
         imp.full = imp.full or None
-        fp = models.fingerprint(params.model.base)
+        fp = pretrained.fingerprint(params.model.base)
         imp.meta.update(base_model=str(fp), task=task, head_warmup_steps=str(warmed))
         with atomic_path(paths.importance) as tmp:
             tmp.mkdir()

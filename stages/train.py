@@ -15,7 +15,7 @@ from pipeline.meta import write_meta
 from pipeline.params import load_params
 from pipeline.paths import TaskPaths
 from stages._args import stage_main
-from taso import data, models
+from taso import data, pretrained
 from taso.importance import Importance
 from taso.io import atomic_path, digest_file, write_csv, write_json
 from taso.masks import Mask, check_importance, mask_stats
@@ -44,13 +44,13 @@ def run(task: str, root: Path = Path(".")) -> Path:
     run_key = hashlib.sha256(json.dumps([used, mask.digest], sort_keys=True).encode()).hexdigest()[:16]
     checkpoint = paths.checkpoints / f"{run_key}.pt"
     with tracking.stage_run(root, stage="train", task=task, params=used, inputs=inputs) as mlrun:
-        tok = models.load_tokenizer(params.model.base)
-        model = models.load_model(params.model.base, spec.task_type, num_labels=spec.num_labels, seed=seed)
+        tok = pretrained.load_tokenizer(params.model.base)
+        model = pretrained.load_model(params.model.base, spec.task_type, num_labels=spec.num_labels, seed=seed)
         inject(model, mask, r=tp.rank, alpha=tp.alpha, dropout=tp.dropout, seed=seed)
         features = data.encode(data.read_rows(spec, "train", seed=seed), tok, spec.max_length)
         result = train(model, features, tp.config(seed), pad_id=tok.pad_token_id, checkpoint=checkpoint)
         counts = count_trainable(model)
-        fp = models.fingerprint(params.model.base)
+        fp = pretrained.fingerprint(params.model.base)
         adapter_meta = {
             "base_model": params.model.base,
             "base_fingerprint": str(fp),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from taso import demo, sft
+from taso import causal_lm, demo
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def _instruction(spec: TaskSpec, row: dict, i: int, origin: str) -> dict:
             raise DataError(
                 f"{origin}: row {i}, column {spec.label_field!r}: unknown answer {raw!r}; expected one of {list(spec.labels)}"
             )
-        offered = sft.offered(spec.labels, prompt)
+        offered = causal_lm.offered(spec.labels, prompt)
         return {**ex, "target": spec.answer(raw), "label": spec.labels.index(raw), "options": offered}
     return {**ex, "target": spec.answer(raw), "label": raw}
 
@@ -256,10 +256,10 @@ def _example(spec: TaskSpec, row: dict, i: int, origin: str) -> dict:
 def encode(examples: Sequence[dict], tokenizer, max_length: int) -> list[dict]:
     """Tokenize examples (no padding); log how many were truncated to ``max_length``.
 
-    Instruction examples (``causal_lm``) get token labels on their answer only (:func:`taso.sft.encode`).
+    Instruction examples (``causal_lm``) get token labels on their answer only (:func:`taso.causal_lm.encode`).
     """
     if examples and "prompt" in examples[0]:
-        return sft.encode(examples, tokenizer, max_length)
+        return causal_lm.encode(examples, tokenizer, max_length)
     texts = [e["text"] for e in examples]
     pairs = [e["text_pair"] for e in examples] if examples and "text_pair" in examples[0] else None
     full = tokenizer(texts, pairs, truncation=False)
@@ -276,7 +276,7 @@ def encode(examples: Sequence[dict], tokenizer, max_length: int) -> list[dict]:
 def collate(features: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Pad a batch to its own longest example (dynamic padding); instruction batches pad on the left."""
     if isinstance(features[0].get("labels"), list):
-        return sft.collate(features, pad_id)
+        return causal_lm.collate(features, pad_id)
     longest = max(len(f["input_ids"]) for f in features)
     batch = {}
     for key in ("input_ids", "token_type_ids", "attention_mask"):

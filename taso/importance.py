@@ -24,11 +24,11 @@ LossFn = Callable[[nn.Module, Mapping[str, torch.Tensor]], torch.Tensor]
 def default_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """The model's own training loss (transformers models return it when given labels).
 
-    Token labels (a causal LM's instruction batch) take :func:`taso.sft.answer_loss`: the same
+    Token labels (a causal LM's instruction batch) take :func:`taso.causal_lm.answer_loss`: the same
     loss, with the LM head run over the answer positions only.
     """
     if batch["labels"].dim() == 2:
-        from taso.sft import answer_loss
+        from taso.causal_lm import answer_loss
 
         return answer_loss(model, batch)
     return model(**batch).loss

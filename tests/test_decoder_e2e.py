@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import yaml
+from test_causal_lm import TEMPLATE, parity_rows, sum_rows, tiny_lm_folder
 from test_pipeline_e2e import ROOT, copy_project, sh
 from test_reliability_process import dvc_env
-from test_sft import TEMPLATE, parity_rows, sum_rows, tiny_lm_folder
 
 pytestmark = pytest.mark.slow
 
@@ -87,19 +87,19 @@ def test_the_registered_decoder_adapter_answers_through_pyfunc(project, monkeypa
     import mlflow
     from peft import PeftModel
 
-    from taso import models, sft
+    from taso import causal_lm, pretrained
 
     repo, _, _, model_dir = project
     monkeypatch.setattr(sys, "path", list(sys.path))  # loading a model prepends its code folder
     uri = f"sqlite:///{repo / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    tok = models.load_tokenizer(str(model_dir))
+    tok = pretrained.load_tokenizer(str(model_dir))
     prompts = [r["instruction"] for r in parity_rows(6, seed=2)]
     peft = PeftModel.from_pretrained(
-        models.load_model(str(model_dir), "causal_lm"), str(repo / "artifacts" / "parity" / "adapter")
+        pretrained.load_model(str(model_dir), "causal_lm"), str(repo / "artifacts" / "parity" / "adapter")
     ).eval()
-    scores = sft.option_loglik(peft, tok, prompts, [TEMPLATE.format(v) for v in ("true", "false")])
+    scores = causal_lm.option_loglik(peft, tok, prompts, [TEMPLATE.format(v) for v in ("true", "false")])
     expected = [("true", "false")[i] for i in scores.argmax(-1).tolist()]
     chooser = mlflow.pyfunc.load_model("models:/taso-parity@champion")
     assert chooser.predict(prompts) == expected
@@ -108,9 +108,9 @@ def test_the_registered_decoder_adapter_answers_through_pyfunc(project, monkeypa
     generator = mlflow.pyfunc.load_model("models:/taso-sums@champion")
     questions = [r["question"] for r in sum_rows(3, seed=5)]
     peft = PeftModel.from_pretrained(
-        models.load_model(str(model_dir), "causal_lm"), str(repo / "artifacts" / "sums" / "adapter")
+        pretrained.load_model(str(model_dir), "causal_lm"), str(repo / "artifacts" / "sums" / "adapter")
     ).eval()
-    assert generator.predict(questions, params={"max_new_tokens": 5}) == sft.generate(
+    assert generator.predict(questions, params={"max_new_tokens": 5}) == causal_lm.generate(
         peft, tok, questions, max_new_tokens=5
     )
     assert all(isinstance(t, str) for t in generator.predict(questions[:1]))  # the default max_new_tokens

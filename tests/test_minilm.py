@@ -18,7 +18,7 @@ def test_minilm_end_to_end(tmp_path):
     from taso.importance import score_importance
     from taso.masks import derive_rows_cols
     from taso.model import count_trainable, export_peft, inject, masked_layers
-    from taso.models import load_model, load_tokenizer, resolve_model
+    from taso.pretrained import load_model, load_tokenizer, resolve_model
     from taso.train import TrainConfig, train
 
     spec = TaskSpec(

@@ -176,7 +176,7 @@ def test_pull_champion_loads_in_peft(project, tmp_path):
     import torch
     from peft import PeftModel
 
-    from taso.models import load_model
+    from taso.pretrained import load_model
 
     dest = tmp_path / "champion"
     sh(["taso", "registry", "pull", "models:/taso-sentiment@champion", "--dest", str(dest)], repo, env)

@@ -147,7 +147,7 @@ def test_bad_label_stops_calibrate_naming_file_column_and_row(project, tmp_path)
 
 
 def test_tiny_tokenizer_knows_the_demo_words(tiny_model):
-    from taso.models import load_tokenizer
+    from taso.pretrained import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model))
     ids = tok("anna bought a red lamp in paris on monday.")["input_ids"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from taso import data, sft
+from taso import causal_lm, data
 from taso.data import DataError, TaskSpec
 from taso.importance import score_importance
 from taso.masks import derive_rows_cols
@@ -93,10 +93,10 @@ def tiny_lm_folder(path: Path, *, chat: bool = False, seed: int = 0) -> Path:
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "chat"])
 def lm(request, tmp_path_factory):
     """(model, tokenizer) of a tiny Llama, with and without a chat template."""
-    from taso import models
+    from taso import pretrained
 
     folder = tiny_lm_folder(tmp_path_factory.mktemp("lm") / "tiny-llama", chat=request.param)
-    return models.load_model(str(folder), "causal_lm").eval(), models.load_tokenizer(str(folder))
+    return pretrained.load_model(str(folder), "causal_lm").eval(), pretrained.load_tokenizer(str(folder))
 
 
 @pytest.fixture
@@ -157,13 +157,13 @@ def test_an_answer_outside_the_options_names_row_and_column(parity_dir):
 
 def test_a_prompt_that_lists_options_limits_the_choice():
     labels = ["answer1", "answer2", "answer3", "answer4"]
-    assert sft.offered(labels, "Answer1: x Answer2: y Answer3: z\n\nAnswer format: answer1/answer2/answer3") == [
+    assert causal_lm.offered(labels, "Answer1: x Answer2: y Answer3: z\n\nAnswer format: answer1/answer2/answer3") == [
         0,
         1,
         2,
     ]
-    assert sft.offered(labels, "pick one") == [0, 1, 2, 3]
-    assert sft.offered(["0", "1"], "I have 1 apple") == [0, 1]  # one stray mention is not a list of options
+    assert causal_lm.offered(labels, "pick one") == [0, 1, 2, 3]
+    assert causal_lm.offered(["0", "1"], "I have 1 apple") == [0, 1]  # one stray mention is not a list of options
 
 
 # --- encoding and loss -------------------------------------------------------------------------
@@ -173,8 +173,10 @@ def test_loss_falls_on_the_answer_and_eos_only(lm, parity_dir):
     _, tok = lm
     rows = data.read_rows(parity_spec(parity_dir), "train")[:4]
     for row, f in zip(rows, data.encode(rows, tok, 64)):
-        n_prompt = sum(label == sft.IGNORE for label in f["labels"])
-        prompt_ids = tok(sft.prompt_text(tok, row["prompt"]), add_special_tokens=not tok.chat_template)["input_ids"]
+        n_prompt = sum(label == causal_lm.IGNORE for label in f["labels"])
+        prompt_ids = tok(causal_lm.prompt_text(tok, row["prompt"]), add_special_tokens=not tok.chat_template)[
+            "input_ids"
+        ]
         assert f["input_ids"][:n_prompt] == prompt_ids
         answer = f["labels"][n_prompt:]
         assert answer == f["input_ids"][n_prompt:] and answer[-1] == tok.eos_token_id
@@ -188,7 +190,7 @@ def test_a_long_prompt_loses_its_start_and_keeps_the_answer(lm):
     ex = {"prompt": " ".join(["is"] * 50) + " 4 even ?", "target": "the correct answer is true", "label": 0}
     [f] = data.encode([ex], tok, 20)
     assert len(f["input_ids"]) == 20
-    assert tok.decode([t for t in f["labels"] if t != sft.IGNORE][:-1]) == ex["target"]
+    assert tok.decode([t for t in f["labels"] if t != causal_lm.IGNORE][:-1]) == ex["target"]
     text = tok.decode(f["input_ids"])
     assert "4 even ?" in text and text.endswith(ex["target"] + " </s>") and text.count("is") < 50
 
@@ -200,7 +202,7 @@ def test_answer_loss_equals_the_models_own_loss_and_gradient(lm, parity_dir):
     batch = data.collate(data.encode(rows, tok, 64), tok.pad_token_id)
     assert (batch["input_ids"][:, 0] == tok.pad_token_id).any(), "left padding should show in this batch"
     grads = []
-    for loss_fn in (sft.answer_loss, lambda m, b: m(**b).loss):
+    for loss_fn in (causal_lm.answer_loss, lambda m, b: m(**b).loss):
         model.zero_grad()
         loss = loss_fn(model, batch)
         loss.backward()
@@ -214,8 +216,8 @@ def test_left_padding_leaves_each_sequence_its_own_scores(lm):
     model, tok = lm
     prompts = ["is 4 even ?", "is 13 even ?\n\nAnswer format : true / false , is 13 even ?"]
     options = [TEMPLATE.format("true"), TEMPLATE.format("false")]
-    together = sft.option_loglik(model, tok, prompts, options)
-    alone = torch.cat([sft.option_loglik(model, tok, [p], options) for p in prompts])
+    together = causal_lm.option_loglik(model, tok, prompts, options)
+    alone = torch.cat([causal_lm.option_loglik(model, tok, [p], options) for p in prompts])
     torch.testing.assert_close(together, alone)
 
 
@@ -223,13 +225,13 @@ def test_one_pass_over_shared_prefix_options_equals_scoring_each_option(lm):
     model, tok = lm
     prompts = ["is 4 even ?", "is 7 even ? answer1 answer2 answer3"]
     options = [TEMPLATE.format(v) for v in ("answer1", "answer2", "answer3")]  # differ in the last token only
-    one_pass = sft.option_loglik(model, tok, prompts, options, batch_size=1)
-    each = torch.cat([sft.option_loglik(model, tok, prompts, [o]) for o in options], dim=1)
+    one_pass = causal_lm.option_loglik(model, tok, prompts, options, batch_size=1)
+    each = torch.cat([causal_lm.option_loglik(model, tok, prompts, [o]) for o in options], dim=1)
     torch.testing.assert_close(one_pass, each)
     # The scores are log-likelihoods: the model's own loss times the answer length.
-    seq = tok(sft.prompt_text(tok, prompts[0]), add_special_tokens=not tok.chat_template)["input_ids"]
+    seq = tok(causal_lm.prompt_text(tok, prompts[0]), add_special_tokens=not tok.chat_template)["input_ids"]
     target = tok(options[0], add_special_tokens=False)["input_ids"]
-    labels = [sft.IGNORE] * len(seq) + target
+    labels = [causal_lm.IGNORE] * len(seq) + target
     batch = {"input_ids": torch.tensor([seq + target]), "labels": torch.tensor([labels])}
     with torch.no_grad():
         loss = model(**batch).loss
@@ -239,8 +241,8 @@ def test_one_pass_over_shared_prefix_options_equals_scoring_each_option(lm):
 def test_batched_greedy_generation_matches_one_prompt_at_a_time(lm):
     model, tok = lm
     prompts = ["what is 3 plus 4 ?", "is 12 even ? answer format : true / false", "what is 9 plus 9 ?"]
-    batched = sft.generate(model, tok, prompts, max_new_tokens=6, batch_size=3)
-    assert batched == [sft.generate(model, tok, [p], max_new_tokens=6)[0] for p in prompts]
+    batched = causal_lm.generate(model, tok, prompts, max_new_tokens=6, batch_size=3)
+    assert batched == [causal_lm.generate(model, tok, [p], max_new_tokens=6)[0] for p in prompts]
     assert all(isinstance(t, str) for t in batched)
 
 
@@ -260,40 +262,44 @@ def test_scoring_instruction_batches_targets_the_blocks_not_the_lm_head(lm, pari
 def test_masked_training_learns_the_task_and_exports_to_peft(lm, parity_dir, tmp_path):
     from peft import PeftModel
 
-    from taso import models
+    from taso import pretrained
 
     model, tok = lm
     folder = Path(tok.name_or_path)
     spec = parity_spec(parity_dir)
     train_rows = data.read_rows(spec, "train")
     feats = data.encode(train_rows, tok, 64)
-    student = models.load_model(str(folder), "causal_lm")
+    student = pretrained.load_model(str(folder), "causal_lm")
     mask = derive_rows_cols(score_importance(student, data.iterate(feats, 8, tok.pad_token_id)), 0.5)
     inject(student, mask, r=2, alpha=4.0)
-    before = sft.evaluate(student, tok, train_rows, ["accuracy"], options=spec.options)["accuracy"]
+    before = causal_lm.evaluate(student, tok, train_rows, ["accuracy"], options=spec.options)["accuracy"]
     result = train(
         student, feats, TrainConfig(lr=3e-2, epochs=6, batch_size=8), pad_id=tok.pad_token_id, progress=False
     )
     assert result.history[-1]["loss"] < result.history[0]["loss"] / 2
-    after = sft.evaluate(student, tok, train_rows, ["accuracy"], options=spec.options)
+    after = causal_lm.evaluate(student, tok, train_rows, ["accuracy"], options=spec.options)
     assert after["accuracy"] > before and after["n_examples"] == 64
 
     export_peft(student, tmp_path / "adapter", base_model=str(folder), task_type="CAUSAL_LM")
-    loaded = PeftModel.from_pretrained(models.load_model(str(folder), "causal_lm"), str(tmp_path / "adapter")).eval()
+    loaded = PeftModel.from_pretrained(
+        pretrained.load_model(str(folder), "causal_lm"), str(tmp_path / "adapter")
+    ).eval()
     student.eval()
     batch = data.collate(feats[:8], tok.pad_token_id)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, student(**inputs).logits, atol=1e-5, rtol=1e-5)
     prompts = [r["prompt"] for r in train_rows[:4]]
-    assert sft.generate(loaded, tok, prompts, max_new_tokens=6) == sft.generate(student, tok, prompts, max_new_tokens=6)
+    assert causal_lm.generate(loaded, tok, prompts, max_new_tokens=6) == causal_lm.generate(
+        student, tok, prompts, max_new_tokens=6
+    )
 
 
 def test_generation_tasks_are_scored_by_the_final_number(lm):
     model, tok = lm
     rows = [{"prompt": r["question"], "target": r["answer"], "label": r["answer"]} for r in sum_rows(4)]
-    scores = sft.evaluate(model, tok, rows, ["exact_match"], max_new_tokens=4)
-    generated = sft.generate(model, tok, [r["prompt"] for r in rows], max_new_tokens=4)
+    scores = causal_lm.evaluate(model, tok, rows, ["exact_match"], max_new_tokens=4)
+    generated = causal_lm.generate(model, tok, [r["prompt"] for r in rows], max_new_tokens=4)
     from taso.metrics import exact_match
 
     assert scores == {"exact_match": exact_match(generated, [r["label"] for r in rows]), "n_examples": 4}

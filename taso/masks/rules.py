@@ -1,0 +1,105 @@
+"""Rules that derive a mask from an importance map: pure functions, deterministic under ties.
+
+Also the random mask with another mask's counts, the "does importance matter?" baseline.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from taso.importance import Importance
+from taso.masks.mask import Mask, ModuleMask
+
+RULES = ("rows_cols", "elementwise", "global")
+
+
+def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    # Stable sort so that ties break by index and derivation is deterministic.
+    return torch.argsort(scores, descending=True, stable=True)[:k]
+
+
+def derive_rows_cols(imp: Importance, p: float) -> Mask:
+    """Per matrix, keep the top ``ceil(p·d_out)`` rows and ``ceil(p·d_in)`` columns by importance mass."""
+    _check_fraction("p", p)
+    modules = {}
+    for n in imp.rows:
+        d_out, d_in = imp.shapes[n]
+        modules[n] = ModuleMask(
+            _top(imp.rows[n], math.ceil(p * d_out)), _top(imp.cols[n], math.ceil(p * d_in)), (d_out, d_in)
+        )
+    return Mask(modules, {"rule": "rows_cols", "p": str(p)})
+
+
+def derive_elementwise(imp: Importance, q: float) -> Mask:
+    """Keep the top ``ceil(q·d_out·d_in)`` entries of each matrix, then the rows and columns they touch.
+
+    Needs the full importance maps (score with ``keep_full=True``).
+    """
+    _check_fraction("q", q)
+    if not imp.full or set(imp.full) != set(imp.rows):
+        raise ValueError(
+            "the elementwise rule needs full importance maps of every module: score with keep_full=True (score.keep_full)"
+        )
+    modules = {}
+    for n, full in imp.full.items():
+        d_out, d_in = full.shape
+        flat = _top(full.flatten(), math.ceil(q * full.numel()))
+        modules[n] = ModuleMask(flat // d_in, flat % d_in, (d_out, d_in))
+    return Mask(modules, {"rule": "elementwise", "p": str(q)})
+
+
+def derive_global(imp: Importance, p: float) -> Mask:
+    """Rank rows (and columns) across all matrices, after scaling each matrix's scores to mean 1.
+
+    The total budget equals that of :func:`derive_rows_cols` at the same ``p``, but layers
+    whose importance is more concentrated get more of it. A module left with rows but no
+    columns (or the reverse) cannot hold an update and is emptied.
+    """
+    _check_fraction("p", p)
+    names = list(imp.rows)
+
+    def pick(marginals: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        normed = [marginals[n] / marginals[n].mean().clamp_min(1e-30) for n in names]
+        owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(normed)])
+        local = torch.cat([torch.arange(len(s)) for s in normed])
+        budget = sum(math.ceil(p * len(s)) for s in normed)
+        chosen = _top(torch.cat(normed), budget)
+        return {n: local[chosen[owner[chosen] == i]] for i, n in enumerate(names)}
+
+    rows, cols = pick(imp.rows), pick(imp.cols)
+    modules = {}
+    for n in names:
+        r, c = rows[n], cols[n]
+        if r.numel() == 0 or c.numel() == 0:
+            r, c = r[:0], c[:0]
+        modules[n] = ModuleMask(r, c, imp.shapes[n])
+    return Mask(modules, {"rule": "global", "p": str(p)})
+
+
+def derive_mask(imp: Importance, rule: str, p: float) -> Mask:
+    """Derive a mask by rule name: ``rows_cols``, ``elementwise`` or ``global``."""
+    fns = {"rows_cols": derive_rows_cols, "elementwise": derive_elementwise, "global": derive_global}
+    if rule not in fns:
+        raise ValueError(f"unknown mask rule {rule!r}; choose one of {', '.join(RULES)}")
+    return fns[rule](imp, p).with_meta(importance_digest=imp.digest)
+
+
+def _check_fraction(name: str, p: float) -> None:
+    if not 0 < p <= 1:
+        raise ValueError(f"{name} must be in (0, 1], got {p}")
+
+
+def random_like(mask: Mask, seed: int = 0) -> Mask:
+    """A random mask with the same per-module row and column counts (the "does importance matter?" baseline)."""
+    g = torch.Generator().manual_seed(seed)
+    modules = {
+        n: ModuleMask(
+            torch.randperm(m.shape[0], generator=g)[: m.rows.numel()],
+            torch.randperm(m.shape[1], generator=g)[: m.cols.numel()],
+            m.shape,
+        )
+        for n, m in mask.modules.items()
+    }
+    return Mask(modules, {"rule": "random", "seed": str(seed), "like": mask.digest})
