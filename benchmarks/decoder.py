@@ -34,11 +34,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 
 from taso import causal_lm, data, pretrained  # noqa: E402
-from taso.baselines import peft_lora  # noqa: E402
 from taso.importance import score_importance  # noqa: E402
 from taso.io import write_text  # noqa: E402
 from taso.masks import derive_rows_cols  # noqa: E402
-from taso.model import count_trainable, inject  # noqa: E402
+from taso.methods import MethodConfig  # noqa: E402
+from taso.methods import build as build_method  # noqa: E402
 from taso.train import TrainConfig, train  # noqa: E402
 
 ALPHA = 2.0  # LoRA scale alpha/r = 2 at r=1, as the pipeline's default
@@ -96,31 +96,30 @@ def specs(root: Path, max_train: dict[str, int], max_eval: dict[str, int]) -> di
 
 
 def prepare(method: str, spec: data.TaskSpec, tok, train_feats: list[dict], args, seed: int):
-    """The model for ``method``: the base, a PEFT LoRA, or a TASO masked LoRA (scored here)."""
+    """The model for ``method`` and the taso method that prepared it: the base (zero-shot, no method),
+    a PEFT LoRA, or a TASO masked LoRA (scored here)."""
     kind, rank, p = METHODS[method]
     model = pretrained.load_model(args.model, "causal_lm", seed=seed)
-    if kind == "lora":
-        return peft_lora(model, r=rank, alpha=ALPHA * rank, targets=TARGETS, seed=seed), {}
-    if kind == "taso":
-        start = time.perf_counter()
-        calib = train_feats[: args.calibration]
-        imp = score_importance(model, data.iterate(calib, args.batch_size, tok.pad_token_id), targets=TARGETS)
-        mask = derive_rows_cols(imp, p)
-        inject(model, mask, r=rank, alpha=ALPHA * rank, seed=seed)
-        return model, {"score_seconds": round(time.perf_counter() - start, 1)}
-    return model, {}
+    if kind == "none":
+        return model, None, {}
+    adapter = build_method(kind, MethodConfig(rank=rank, alpha=ALPHA * rank, targets=TARGETS, seed=seed))
+    if adapter.needs != "mask":
+        return adapter.prepare(model), adapter, {}
+    start = time.perf_counter()
+    calib = train_feats[: args.calibration]
+    imp = score_importance(model, data.iterate(calib, args.batch_size, tok.pad_token_id), targets=TARGETS)
+    model = adapter.prepare(model, derive_rows_cols(imp, p))
+    return model, adapter, {"score_seconds": round(time.perf_counter() - start, 1)}
 
 
 def run_one(task: str, method: str, spec: data.TaskSpec, tok, args, seed: int) -> dict:
     rows = {split: data.read_rows(spec, split, seed=0) for split in ("train", "eval")}
     train_feats = data.encode(rows["train"], tok, spec.max_length)
-    model, extra = prepare(method, spec, tok, train_feats, args, seed)
-    out: dict = {
-        "trainable": count_trainable(model) if METHODS[method][0] != "none" else {"adapter": 0, "head": 0, "total": 0}
-    }
-    if METHODS[method][0] != "none":
+    model, adapter, extra = prepare(method, spec, tok, train_feats, args, seed)
+    out: dict = {"trainable": adapter.count_trainable(model) if adapter else {"adapter": 0, "head": 0, "total": 0}}
+    if adapter:
         cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, seed=seed, log_every=10)
-        result = train(model, train_feats, cfg, pad_id=tok.pad_token_id, progress=False)
+        result = train(model, train_feats, cfg, method=adapter, pad_id=tok.pad_token_id, progress=False)
         out |= {"steps": result.steps, "train_seconds": round(result.seconds, 1)}
     start = time.perf_counter()
     scores = causal_lm.evaluate(

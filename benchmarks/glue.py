@@ -65,13 +65,12 @@ import torch  # noqa: E402
 from transfer import glue_specs  # noqa: E402
 
 from taso import data, pretrained  # noqa: E402
-from taso.baselines import full_finetune, head_only, peft_lora  # noqa: E402
 from taso.evaluate import evaluate  # noqa: E402
 from taso.importance import Importance, default_loss, score_importance, warm_up_head  # noqa: E402
 from taso.io import atomic_path, write_text  # noqa: E402
-from taso.masks import Mask, cut_to_budget, derive_mask, merge_importance, random_like, union  # noqa: E402
-from taso.model import inject  # noqa: E402
-from taso.targets import head_names  # noqa: E402
+from taso.masks import Mask, cut_to_budget, derive_mask, merge_importance, union  # noqa: E402
+from taso.methods import MethodConfig  # noqa: E402
+from taso.methods import build as build_method  # noqa: E402
 from taso.train import TrainConfig, train  # noqa: E402
 
 PROTOCOL = {"max_length": 128, "batch_size": 16, "epochs": 3, "warmup_ratio": 0.06, "alpha_per_rank": 2.0}
@@ -85,6 +84,9 @@ LR_GRID = {  # in the order the sweep runs them: the headline comparison first, 
     "lora-r8": (1e-4, 3e-4, 1e-3),
     "full": (2e-5, 5e-5, 1e-4),
 }
+# A setting's method as taso.methods names it; the other TASO-family settings (transfer, union)
+# train TASO's masked LoRA on another task's mask, and lora-r<k> is PEFT LoRA at rank k.
+METHOD_OF = {"head": "head", "full": "full", "taso": "taso", "random": "random"}
 MAX_EXTEND = 2  # rates a method's grid may grow by past a winning end, so no method is cut off by its grid
 TASO_BASE = {"p": 0.25, "rank": 1, "gamma": 0.5, "warmup": 0, "rule": "rows_cols", "calibration": 256}
 TASO_VARIANTS = (  # one knob at a time, at the base's best learning rate
@@ -203,17 +205,6 @@ def majority_share(spec: data.TaskSpec, phase: str) -> float:
     return max(map(labels.count, set(labels))) / len(labels)
 
 
-def trainable(model: torch.nn.Module) -> dict[str, int]:
-    """Trainable parameters: adapter (LoRA factors), head, and the rest of the backbone (full fine-tuning)."""
-    heads = tuple(head_names(model.get_base_model() if hasattr(model, "get_base_model") else model))
-    out = {"adapter": 0, "head": 0, "backbone": 0}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            part = "adapter" if "lora_" in name else "head" if any(f"{h}." in name for h in heads) else "backbone"
-            out[part] += p.numel()
-    return out
-
-
 class PeakRSS:
     """The largest resident set size seen while the block runs (sampled every 50 ms)."""
 
@@ -234,18 +225,14 @@ class PeakRSS:
 
 
 def build(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int, sources=None, phase="report"):
+    """The model to train for setting ``s`` and the method (from taso.methods) that prepared it."""
     model = pretrained.load_model("minilm", num_labels=spec.num_labels, seed=seed)
-    m = s["method"]
-    if m.startswith("lora-"):
-        rank = int(m.split("-r")[1])
-        return peft_lora(model, r=rank, alpha=PROTOCOL["alpha_per_rank"] * rank, seed=seed)
-    if m == "head":
-        return head_only(model)
-    if m == "full":
-        return full_finetune(model)
-    mask = mask_for(s, spec, train_feats, tok, seed, sources or {}, phase)
-    rank = s["rank"]
-    return inject(model, mask, r=rank, alpha=PROTOCOL["alpha_per_rank"] * rank, seed=seed)
+    name, rank = METHOD_OF.get(s["method"], "taso"), s.get("rank", 1)
+    if s["method"].startswith("lora-"):
+        name, rank = "lora", int(s["method"].split("-r")[1])
+    method = build_method(name, MethodConfig(rank=rank, alpha=PROTOCOL["alpha_per_rank"] * rank, seed=seed))
+    mask = method.region(mask_for(s, spec, train_feats, tok, seed, sources or {}, phase)) if method.needs else None
+    return method.prepare(model, mask), method
 
 
 def importance_for(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int) -> Importance:
@@ -274,10 +261,8 @@ def mask_for(s: dict, spec: data.TaskSpec, train_feats, tok, seed: int, sources:
         return importance_for(s, sources[name], feats, tok, seed)
 
     m = s["method"]
-    if m == "taso":
+    if m in ("taso", "random"):  # the random method draws its rows and columns from these counts itself
         return own()[1]
-    if m == "random":
-        return random_like(own()[1], seed=1000 + seed)
     if m == "transfer":
         return derive_mask(other(s["source"]), s["rule"], s["p"])
     if m == "union":
@@ -291,7 +276,7 @@ def run_one(s: dict, spec: data.TaskSpec, phase: str, seed: int, tok, max_steps:
     train_rows, eval_rows = split_rows(spec, phase)
     train_feats = data.encode(train_rows, tok, PROTOCOL["max_length"])
     eval_feats = data.encode(eval_rows, tok, PROTOCOL["max_length"])
-    model = build(s, spec, train_feats, tok, seed, sources, phase)
+    model, method = build(s, spec, train_feats, tok, seed, sources, phase)
     cfg = TrainConfig(
         lr=s["lr"],
         gamma=s.get("gamma", 0.5),
@@ -308,13 +293,15 @@ def run_one(s: dict, spec: data.TaskSpec, phase: str, seed: int, tok, max_steps:
         return default_loss(model, batch)
 
     with PeakRSS() as rss:
-        result = train(model, train_feats, cfg, pad_id=tok.pad_token_id, loss_fn=timed_loss, progress=False)
+        result = train(
+            model, train_feats, cfg, method=method, pad_id=tok.pad_token_id, loss_fn=timed_loss, progress=False
+        )
     scores = evaluate(model, eval_feats, spec.metrics, pad_id=tok.pad_token_id)
     steps = [b - a for a, b in zip(stamps, stamps[1:])]
     return {
         **scores,
         "main": scores[spec.metrics[0]],
-        "trainable": trainable(model),
+        "trainable": {k: v for k, v in method.count_trainable(model).items() if k != "total"},
         "steps": result.steps,
         "train_seconds": round(result.seconds, 1),
         "median_step_seconds": round(statistics.median(steps), 4) if steps else None,

@@ -42,7 +42,7 @@ from taso.evaluate import evaluate  # noqa: E402
 from taso.importance import Importance, score_importance  # noqa: E402
 from taso.io import read_json, write_json, write_text  # noqa: E402
 from taso.masks import Mask, cut_to_budget, derive_rows_cols, merge_importance, random_like, union  # noqa: E402
-from taso.model import inject  # noqa: E402
+from taso.methods import MethodConfig, Taso  # noqa: E402
 from taso.train import TrainConfig, train  # noqa: E402
 
 P, RANK, ALPHA, LR = 0.25, 1, 2.0, 3e-3  # params.yaml defaults
@@ -98,9 +98,11 @@ def run_one(spec: data.TaskSpec, mask: Mask, seed: int, tok, cache: dict, lr: fl
         }
     feats = cache[spec.name]
     model = pretrained.load_model("minilm", num_labels=spec.num_labels, seed=seed)
-    inject(model, mask, r=RANK, alpha=ALPHA, seed=seed)
+    method = Taso(MethodConfig(rank=RANK, alpha=ALPHA, seed=seed))
+    model = method.prepare(model, mask)
     start = time.perf_counter()
-    train(model, feats["train"], TrainConfig(lr=lr, seed=seed, bf16=bf16), pad_id=tok.pad_token_id, progress=False)
+    cfg = TrainConfig(lr=lr, seed=seed, bf16=bf16)
+    train(model, feats["train"], cfg, method=method, pad_id=tok.pad_token_id, progress=False)
     result = evaluate(model, feats["eval"], spec.metrics, pad_id=tok.pad_token_id)
     return {**result, "seconds": round(time.perf_counter() - start, 1)}
 

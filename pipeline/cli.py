@@ -12,8 +12,6 @@ from pathlib import Path
 
 import click
 
-import stages  # noqa: F401  (sets the offline switches before anything imports transformers or mlflow)
-
 task_option = click.option("--task", required=True, help="Task name, a key of params.yaml `tasks`.")
 root_option = click.option(
     "--root",
@@ -68,14 +66,16 @@ def _stage_command(name: str, module: str, summary: str) -> None:
     def command(task: str, root: Path) -> None:
         import importlib
 
-        out = importlib.import_module(f"stages.{module}").run(task, root)
+        out = importlib.import_module(f"pipeline.steps.{module}").run(task, root)
         click.echo(f"{name}@{task}: wrote {out}")
 
 
 _stage_command("calibrate", "calibrate", "Pick the task's calibration examples (seeded).")
 _stage_command("score", "score", "Score the importance |W ⊙ ∂L/∂W| of every target weight.")
-_stage_command("derive-mask", "derive_mask", "Derive the task's mask (kept rows × columns) from its importance.")
-_stage_command("train", "train", "Train a masked LoRA on the task and register it as a candidate.")
+_stage_command(
+    "derive-mask", "derive_mask", "Derive the mask the task trains on (kept rows × columns) from its importance."
+)
+_stage_command("train", "train", "Train the task's adapter (train.method) and register it as a candidate.")
 _stage_command("evaluate", "evaluate", "Evaluate the adapter; promote it to champion if it beats the current one.")
 
 
@@ -90,7 +90,7 @@ def compose_stage(name: str, root: Path) -> None:
     Example:
       taso compose --name demo-union
     """
-    from stages import compose
+    from pipeline.steps import compose
 
     click.echo(f"compose@{name}: wrote {compose.run(name, root)}")
 
@@ -105,7 +105,7 @@ def analyze_stage(root: Path) -> None:
     Example:
       taso analyze
     """
-    from stages import analyze
+    from pipeline.steps import analyze
 
     click.echo(f"analyze: wrote {analyze.run(root)}")
 

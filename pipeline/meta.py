@@ -52,3 +52,17 @@ def write_meta(
     }
     write_json(Path(folder) / "meta.json", meta)
     return meta
+
+
+def write_skipped(folder: Path, *, stage: str, task: str, root: Path, reason: str, **extra) -> Path:
+    """The outs of a stage with nothing to do for this run: ``folder`` holding only a ``meta.json`` that says why.
+
+    DVC expects every declared out, so a stage the training method does not need still writes
+    its folder, and anyone who opens it reads the reason instead of finding it empty.
+    """
+    from taso.io import atomic_path
+
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        write_meta(tmp, stage=stage, task=task, root=root, params={}, inputs={}, skipped=reason, **extra)
+    return Path(folder)

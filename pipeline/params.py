@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from taso.data import TaskSpec
+from taso.methods import METHODS, Method, MethodConfig
 from taso.train import TrainConfig
 
 Fraction = Annotated[float, Field(gt=0, le=1)]
@@ -144,6 +145,7 @@ class MaskParams(_Strict):
 
 
 class TrainParams(_Strict):
+    method: str = "taso"
     rank: PositiveInt = 4
     alpha: Annotated[float, Field(gt=0)] = 8.0
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
@@ -159,6 +161,20 @@ class TrainParams(_Strict):
     group_by_length: bool = False
     checkpoint_every: PositiveInt = 50
     precision: Literal["fp32", "bf16"] = "fp32"
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r}; choose one of {', '.join(METHODS)}")
+        return v
+
+    def method_class(self) -> type[Method]:
+        """The class ``method`` names in taso's method registry."""
+        return METHODS[self.method]
+
+    def method_config(self, seed: int, targets) -> MethodConfig:
+        return MethodConfig(rank=self.rank, alpha=self.alpha, dropout=self.dropout, targets=targets, seed=seed)
 
     def config(self, seed: int) -> TrainConfig:
         return TrainConfig(
@@ -235,6 +251,15 @@ class Params(_Strict):
                         f"compositions.{name}.of: task {ref!r} reuses a mask ({self.tasks[ref].mask_source}); "
                         "compose that mask's source instead"
                     )
+        if self.train.method_class().needs is None:
+            # A method without a core region trains no mask, so nothing may ask it for one.
+            for task, t in self.tasks.items():
+                if t.mask_source != "own":
+                    raise ValueError(
+                        f"tasks.{task}.mask_source: train.method {self.train.method} trains without a mask, so it "
+                        f"cannot use {t.mask_source}; set mask_source: own, or choose a method that trains on a core "
+                        f"region ({', '.join(n for n, m in METHODS.items() if m.needs == 'mask')})"
+                    )
         for task, t in self.tasks.items():
             if t.mask_source.startswith("composition:"):
                 comp = t.mask_source.split(":", 1)[1]
@@ -242,6 +267,28 @@ class Params(_Strict):
                     known = ", ".join(self.compositions) or "none"
                     raise ValueError(f"tasks.{task}.mask_source: no composition {comp!r} (compositions: {known})")
         return self
+
+    def method(self) -> Method:
+        """The training method params name, built from its config."""
+        return self.train.method_class()(self.train.method_config(self.seed, self.model.targets))
+
+    def uses_mask(self) -> bool:
+        """Whether the training method trains on a core region (and so the mask stages have work)."""
+        return self.train.method_class().needs == "mask"
+
+    def scores(self, task: str) -> bool:
+        """Whether ``task`` needs its own importance: a method with a region, and the task's own mask."""
+        return self.uses_mask() and self.task(task).mask_source == "own"
+
+    def without_region(self) -> str:
+        """What the ``meta.json`` of a mask stage says when the training method needs no mask."""
+        return f"not needed: train.method is {self.train.method}, which trains without a core region"
+
+    def why_not_scored(self, task: str) -> str:
+        """Why ``task`` has no importance of its own (for the ``meta.json`` of the stages it skips)."""
+        if not self.uses_mask():
+            return self.without_region()
+        return f"not scored: tasks.{task}.mask_source is {self.task(task).mask_source}"
 
     def task(self, name: str) -> TaskParams:
         if name not in self.tasks:

@@ -111,7 +111,7 @@ def register_adapter(
     *,
     name: str,
     adapter_dir: Path,
-    mask_dir: Path,
+    mask_dir: Path | None,
     meta: dict,
     tags: dict[str, str],
     run_id: str | None = None,
@@ -124,7 +124,8 @@ def register_adapter(
     Args:
         name: the registered model (see :func:`model_name`).
         adapter_dir: a PEFT adapter folder (``adapter_config.json`` + weights).
-        mask_dir: the mask folder (``mask.safetensors`` + ``mask.json``).
+        mask_dir: the mask folder (``mask.safetensors`` + ``mask.json``), or None for a method
+            that trains without a core region (the version then has no mask to pull).
         meta: written to the model's ``meta.json``; the pyfunc model reads ``base_model``,
             ``task_type``, ``labels`` and ``max_length`` from it.
         tags: version tags (values become strings).
@@ -134,10 +135,10 @@ def register_adapter(
     Returns:
         The new version number, as a string.
     """
-    adapter_dir, mask_dir = Path(adapter_dir), Path(mask_dir)
+    adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir}: not a PEFT adapter folder (no adapter_config.json)")
-    if not (mask_dir / "mask.safetensors").is_file():
+    if mask_dir is not None and not (Path(mask_dir) / "mask.safetensors").is_file():
         raise FileNotFoundError(f"{mask_dir}: not a mask folder (no mask.safetensors)")
     if not meta.get("base_model") or meta.get("task_type") not in TASK_TYPES:
         raise ValueError(
@@ -148,16 +149,17 @@ def register_adapter(
         meta_file.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
         # MLflow stores each artifact under its folder's own name; pull() and users look for
         # artifacts/adapter and artifacts/mask whatever the folders were called here.
-        staged = {what: Path(tmp) / what for what in ("adapter", "mask")}
-        shutil.copytree(adapter_dir, staged["adapter"])
-        shutil.copytree(mask_dir, staged["mask"])
+        sources = {"adapter": adapter_dir} | ({"mask": Path(mask_dir)} if mask_dir is not None else {})
+        staged = {what: Path(tmp) / what for what in sources}
+        for what, folder in sources.items():
+            shutil.copytree(folder, staged[what])
         with _in_run(run_id, name), warnings.catch_warnings():
             # No input example either, for the same reason as no input schema (see _signature).
             warnings.filterwarnings("ignore", message=".*input example was not provided")
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(PYFUNC_FILE),
-                artifacts={"adapter": str(staged["adapter"]), "mask": str(staged["mask"]), "meta": str(meta_file)},
+                artifacts={**{what: str(folder) for what, folder in staged.items()}, "meta": str(meta_file)},
                 code_paths=[_taso_code(Path(tmp))],
                 pip_requirements=requirements(meta),
                 signature=_signature(),
@@ -421,6 +423,12 @@ def pull(uri: str, dest: Path, *, what: str = "adapter") -> Path:
     if what not in WHAT:
         raise ValueError(f"what must be one of {', '.join(WHAT)}, not {what!r}")
     mv = resolve(uri)
+    if what == "mask" and "mask_digest" not in mv.tags:
+        method = mv.tags.get("method", "unknown")
+        raise RegistryError(
+            f"{uri}: version {mv.version} of {mv.name} was trained by method {method!r}, which has no mask; "
+            "name a version trained on a core region (method taso or random) as the mask source"
+        )
     sub = {"adapter": "artifacts/adapter", "mask": "artifacts/mask", "meta": "artifacts/meta.json", "all": "artifacts"}[
         what
     ]
@@ -434,7 +442,7 @@ def pull(uri: str, dest: Path, *, what: str = "adapter") -> Path:
         if got.is_file():  # meta.json alone: still hand back a folder
             (tmp / "folder").mkdir()
             got = Path(shutil.move(str(got), tmp / "folder" / got.name)).parent
-        if what == "all":  # both halves are here: refuse a pair that does not belong together
+        if what == "all" and (got / "mask").is_dir():  # both halves are here: refuse a pair that does not belong
             _check_pair(got, uri)
         if dest.is_dir() and not dest.is_symlink():
             shutil.rmtree(dest)
@@ -446,9 +454,9 @@ def pull(uri: str, dest: Path, *, what: str = "adapter") -> Path:
 
 def _check_pair(folder: Path, uri: str) -> None:
     """Refuse a pulled adapter whose recorded mask digest is not that of the mask beside it."""
+    from taso.export import adapter_mask_digest
     from taso.io import ArtifactError
     from taso.masks import Mask
-    from taso.model import adapter_mask_digest
 
     recorded = adapter_mask_digest(folder / "adapter")
     if recorded is None:  # registered by hand, without lineage: nothing to compare

@@ -1,14 +1,4 @@
-"""One thin module per DVC stage: parse arguments, call taso/ and pipeline/, write exactly the declared outs."""
+"""One thin module per DVC stage: parse arguments, call :mod:`pipeline.steps`, exit with a clear status.
 
-import os
-
-# No hub, no telemetry: models and data are local, and runs must not phone home. Set before
-# any stage imports transformers, datasets or mlflow, which read these at import time.
-for _k, _v in {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(_k, _v)
+Importing ``pipeline`` (which every stage does first) sets the offline switches.
+"""

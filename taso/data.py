@@ -7,6 +7,7 @@ are called is in :class:`TaskSpec`, so a bad spec fails here, naming the file an
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -251,6 +252,22 @@ def _example(spec: TaskSpec, row: dict, i: int, origin: str) -> dict:
                     f"{origin}: row {i}, column {spec.label_field!r}: class id {raw} out of range 0..{spec.num_labels - 1}"
                 )
     return ex
+
+
+def calibration_sample(rows: Sequence[dict], n: int, seed: int) -> list[dict]:
+    """``n`` of ``rows`` (all of them when fewer), drawn with ``seed``, in their original order."""
+    chosen = sorted(random.Random(seed).sample(range(len(rows)), min(n, len(rows))))
+    return [rows[i] for i in chosen]
+
+
+def to_jsonl(rows: Sequence[dict]) -> str:
+    """``rows`` as JSON lines, keys sorted, so the same rows always give the same bytes."""
+    return "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows)
+
+
+def read_jsonl(path) -> list[dict]:
+    """The rows of a JSON-lines file written by :func:`to_jsonl`."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
 def encode(examples: Sequence[dict], tokenizer, max_length: int) -> list[dict]:

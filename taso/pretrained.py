@@ -22,6 +22,8 @@ DEFAULT_MODEL = "minilm"
 # it is dequantized once to fp32 safetensors under CACHE (about 30 s, 540 MB) and read from there.
 SMOLLM2 = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# What an adapter's config names as its base, so PEFT's AutoPeftModel finds the built-ins when online.
+HUB_IDS = {DEFAULT_MODEL: "sentence-transformers/all-MiniLM-L6-v2", SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct"}
 CACHE = Path(os.environ.get("TASO_CACHE", "~/.cache/taso")).expanduser()
 
 
@@ -166,3 +168,16 @@ def load_tokenizer(ref: str):
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def hub_id(ref: str) -> str:
+    """The hub id a built-in model reference stands for (anything else as it is)."""
+    return HUB_IDS.get(ref, ref)
+
+
+def load_with_adapter(ref: str, adapter_dir, task_type: str = "classification", *, num_labels: int = 2, seed: int = 0):
+    """The base model with a PEFT adapter folder loaded through the real ``peft`` library, as a user would."""
+    from peft import PeftModel
+
+    model = load_model(ref, task_type, num_labels=num_labels, seed=seed)
+    return PeftModel.from_pretrained(model, str(adapter_dir))

@@ -1,7 +1,9 @@
 """The training loop: plain torch, seeded, resumable, and strict about non-finite losses.
 
 Written so that DDP can wrap the model later: the loop only calls ``loss_fn(model, batch)``,
-``backward`` and the optimizer. Batch order is a pure function of ``(seed, epoch)`` and every
+``backward`` and the optimizer. Everything method-specific (parameter groups, optimizer,
+schedule, per-step hooks, extra checkpoint state) comes from a :class:`~taso.methods.base.Method`,
+so the loop never asks which method it runs. Batch order is a pure function of ``(seed, epoch)`` and every
 RNG that matters is checkpointed, so an interrupted run resumed from its checkpoint reaches
 the same final weights as an uninterrupted one.
 """
@@ -14,7 +16,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +26,8 @@ from torch import nn
 from taso.data import batch_order, collate
 from taso.importance import LossFn, default_loss
 from taso.io import atomic_path
-from taso.lr import effective_rates, param_groups
-from taso.model import load_trainable_state, trainable_state
+from taso.lr import effective_rates
+from taso.methods.base import Method
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +74,21 @@ def total_steps(n_examples: int, cfg: TrainConfig) -> int:
     return min(cfg.max_steps, per_epoch * cfg.epochs) if cfg.max_steps else per_epoch * cfg.epochs
 
 
-def _schedule(warmup: int, total: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that training changes (adapter, head, or all of them), detached, by name."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
-    return factor
+
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy a :func:`trainable_state` back in, refusing missing or mis-shaped tensors."""
+    params = dict(model.named_parameters())
+    for n, t in state.items():
+        if n not in params or params[n].shape != t.shape:
+            raise ValueError(
+                f"checkpoint tensor {n} {tuple(t.shape)} does not fit this model; was it made with another mask?"
+            )
+        with torch.no_grad():
+            params[n].copy_(t)
 
 
 @contextlib.contextmanager
@@ -99,11 +109,12 @@ def _deferred_signals(flag: dict) -> None:
             signal.signal(s, h)
 
 
-def _save_checkpoint(path: Path, model, opt, sched, step: int, history: list[dict]) -> None:
+def _save_checkpoint(path: Path, model, method: Method, opt, sched, step: int, history: list[dict]) -> None:
     with atomic_path(path) as tmp:
         torch.save(
             {
                 "trainable": trainable_state(model),
+                "method": method.state_dict(),
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
                 "step": step,
@@ -124,6 +135,7 @@ def train(
     features: Sequence[dict],
     cfg: TrainConfig,
     *,
+    method: Method | None = None,
     pad_id: int = 0,
     checkpoint: str | Path | None = None,
     loss_fn: LossFn = default_loss,
@@ -135,6 +147,8 @@ def train(
         model: a model whose adapter (and head) parameters require grad.
         features: tokenized examples from :func:`taso.data.encode`.
         cfg: optimisation settings.
+        method: the method that prepared ``model`` (its groups, optimizer, schedule, hooks and
+            checkpoint state); None trains what is trainable with the generic :class:`Method`.
         pad_id: the tokenizer's pad id, for dynamic padding.
         checkpoint: a file to checkpoint to every ``cfg.checkpoint_every`` steps, and to
             resume from when it exists.
@@ -151,10 +165,11 @@ def train(
     from tqdm.auto import tqdm
 
     torch.manual_seed(cfg.seed)
-    groups = param_groups(model, cfg.lr, cfg.gamma, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
-    opt = torch.optim.AdamW(groups)
+    method = method or Method()
+    groups = method.param_groups(model, cfg.lr, gamma=cfg.gamma, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
+    opt = method.optimizer(groups)
     steps = total_steps(len(features), cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(math.ceil(cfg.warmup_ratio * steps), steps))
+    sched = method.scheduler(opt, math.ceil(cfg.warmup_ratio * steps), steps)
     rates = effective_rates(opt.param_groups)
     params = [p for g in opt.param_groups for p in g["params"]]
     step, history = 0, []
@@ -162,6 +177,7 @@ def train(
     if checkpoint and checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=True)
         load_trainable_state(model, state["trainable"])
+        method.load_state_dict(state.get("method", {}))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -188,6 +204,7 @@ def train(
                 if not torch.isfinite(loss):
                     raise _non_finite("loss", loss, step, checkpoint, saved)
                 loss.backward()
+                method.on_backward(model, step)
                 # A finite loss can still have a non-finite gradient (an overflow in backward);
                 # stepping on it would put NaN into the weights, and from there into the next
                 # checkpoint, so the "last good checkpoint" would not be good. Clipping at
@@ -197,6 +214,7 @@ def train(
                     raise _non_finite("gradient norm", norm, step, checkpoint, saved)
                 opt.step()
                 sched.step()
+                method.on_step(model, step, opt)
                 opt.zero_grad(set_to_none=True)
                 step += 1
                 bar.update(1)
@@ -204,7 +222,7 @@ def train(
                     history.append({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
                     bar.set_postfix(loss=f"{loss.item():.4f}")
                 if checkpoint and (step % cfg.checkpoint_every == 0 or flag):
-                    _save_checkpoint(checkpoint, model, opt, sched, step, history)
+                    _save_checkpoint(checkpoint, model, method, opt, sched, step, history)
                     saved = step
                 if flag:
                     raise TrainingInterrupted(

@@ -12,8 +12,9 @@ import torch
 from taso import causal_lm, data
 from taso.data import DataError, TaskSpec
 from taso.importance import score_importance
+from taso.injection import inject
 from taso.masks import derive_rows_cols
-from taso.model import export_peft, inject
+from taso.methods import Taso
 from taso.train import TrainConfig, train
 
 TEMPLATE = "the correct answer is {}"
@@ -280,7 +281,7 @@ def test_masked_training_learns_the_task_and_exports_to_peft(lm, parity_dir, tmp
     after = causal_lm.evaluate(student, tok, train_rows, ["accuracy"], options=spec.options)
     assert after["accuracy"] > before and after["n_examples"] == 64
 
-    export_peft(student, tmp_path / "adapter", base_model=str(folder), task_type="CAUSAL_LM")
+    Taso().export(student, tmp_path / "adapter", base_model=str(folder), task_type="CAUSAL_LM")
     loaded = PeftModel.from_pretrained(
         pretrained.load_model(str(folder), "causal_lm"), str(tmp_path / "adapter")
     ).eval()

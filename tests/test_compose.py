@@ -154,7 +154,7 @@ def test_default_params_compose_two_demo_tasks():
 @pytest.fixture
 def two_tasks(tmp_path, tiny_model, monkeypatch) -> Path:
     """The stage-test project with two demo tasks scored and their masks derived, and a union of them."""
-    from stages import calibrate, derive_mask, score
+    from pipeline.steps import calibrate, derive_mask, score
 
     project = make_project(tmp_path, tiny_model, monkeypatch)
     raw = yaml.safe_load((project / "params.yaml").read_text())
@@ -177,7 +177,7 @@ def set_params(root: Path, **changes) -> None:
 def test_compose_stage_writes_the_union_with_its_lineage(two_tasks):
     from mlflow import MlflowClient
 
-    from stages import compose as stage
+    from pipeline.steps import compose as stage
 
     out = stage.run("shared", two_tasks)
     art = two_tasks / "artifacts"
@@ -202,7 +202,7 @@ def test_compose_stage_writes_the_union_with_its_lineage(two_tasks):
 
 
 def test_weighted_composition_merges_importance(two_tasks):
-    from stages import compose as stage
+    from pipeline.steps import compose as stage
     from taso.masks import derive_mask, merge_importance
 
     tasks = ("entailment", "topic")
@@ -221,7 +221,7 @@ def test_weighted_composition_merges_importance(two_tasks):
 def test_a_composition_can_take_a_registered_mask(two_tasks):
     from mlflow import MlflowClient
 
-    from stages import compose, train
+    from pipeline.steps import compose, train
 
     train.run("entailment", two_tasks)  # registers taso-entailment version 1, alias candidate
     ref = "registry:taso-entailment@candidate"
@@ -244,7 +244,7 @@ def test_a_composition_can_take_a_registered_mask(two_tasks):
 def test_a_task_trains_on_a_composition_and_its_version_carries_the_lineage(two_tasks):
     from mlflow import MlflowClient
 
-    from stages import calibrate, compose, derive_mask, score, train
+    from pipeline.steps import calibrate, compose, derive_mask, score, train
 
     raw = yaml.safe_load((two_tasks / "params.yaml").read_text())
     raw["tasks"]["newcomer"] = {**raw["tasks"]["entailment"], "mask_source": "composition:shared"}
@@ -268,7 +268,7 @@ def test_a_task_trains_on_a_composition_and_its_version_carries_the_lineage(two_
 
 
 def test_analyze_writes_overlap_and_layer_profiles(two_tasks):
-    from stages import analyze
+    from pipeline.steps import analyze
 
     out = analyze.run(two_tasks)
     assert files(out) == ["layers.csv", "layers.png", "meta.json", "overlap.json", "overlap.png"]
@@ -330,7 +330,7 @@ def test_composing_an_unscored_task_says_which_stage_to_run(tmp_path):
 def test_rederiving_an_equal_mask_keeps_its_files(two_tasks, monkeypatch):
     # Any task's new importance re-runs every derive-mask; an equal mask must keep its bytes
     # (a new commit changes code_version), or DVC would retrain every task.
-    from stages import derive_mask
+    from pipeline.steps import derive_mask
 
     folder = two_tasks / "artifacts" / "topic" / "mask"
     before = {f: (folder / f).read_bytes() for f in ("mask.safetensors", "meta.json")}

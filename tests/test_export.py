@@ -10,10 +10,11 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 
 from taso.importance import score_importance
+from taso.injection import inject, masked_layers, merge
 from taso.masks import Mask, ModuleMask, derive_rows_cols
-from taso.model import export_peft, inject, masked_layers, merge, trainable_state
+from taso.methods import Taso
 from taso.targets import find_targets, head_names
-from taso.train import TrainConfig, train
+from taso.train import TrainConfig, train, trainable_state
 
 PEFT_TASK = {"bert": "SEQ_CLS", "llama_cls": "SEQ_CLS", "llama_lm": "CAUSAL_LM"}
 
@@ -37,7 +38,7 @@ def test_peft_loads_the_same_model(kind, tmp_path, saved_base, make_batches, mak
     base_dir, load = saved_base(kind)
     model, mask = trained_masked(kind, load, make_batches, make_features)
     before = trainable_state(model)
-    out = export_peft(
+    out = Taso().export(
         model, tmp_path / "adapter", base_model=str(base_dir), task_type=PEFT_TASK[kind], extra={"mask": mask.digest}
     )
     assert out == tmp_path / "adapter"
@@ -65,7 +66,7 @@ def test_peft_loads_the_same_model(kind, tmp_path, saved_base, make_batches, mak
 def test_exported_factors_are_zero_outside_the_mask(kind, tmp_path, saved_base, make_batches, make_features):
     _, load = saved_base(kind)
     model, mask = trained_masked(kind, load, make_batches, make_features)
-    export_peft(model, tmp_path / "adapter", base_model="tiny", task_type=PEFT_TASK[kind])
+    Taso().export(model, tmp_path / "adapter", base_model="tiny", task_type=PEFT_TASK[kind])
     tensors = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
     for name, layer in masked_layers(model).items():
         A = tensors[f"base_model.model.{name}.lora_A.weight"]
@@ -85,7 +86,7 @@ def test_exported_factors_are_zero_outside_the_mask(kind, tmp_path, saved_base, 
 def test_peft_merge_equals_our_merge(tmp_path, saved_base, make_batches, make_features, get_logits):
     base_dir, load = saved_base("bert")
     model, _ = trained_masked("bert", load, make_batches, make_features)
-    export_peft(model, tmp_path / "adapter", base_model=str(base_dir), task_type="SEQ_CLS")
+    Taso().export(model, tmp_path / "adapter", base_model=str(base_dir), task_type="SEQ_CLS")
     peft_merged = load_adapter(tmp_path / "adapter", load()).merge_and_unload()
     batch = make_batches("bert", n_batches=1, seed=5)[0]
     unmerged = get_logits(model, batch)
@@ -101,11 +102,11 @@ def test_export_replaces_an_existing_adapter(tmp_path, saved_base, make_batches,
     model, _ = trained_masked("bert", load, make_batches, make_features)
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "stale.txt").write_text("from an older run")
-    export_peft(model, tmp_path / "adapter", base_model=str(base_dir), task_type="SEQ_CLS")
+    Taso().export(model, tmp_path / "adapter", base_model=str(base_dir), task_type="SEQ_CLS")
     assert not (tmp_path / "adapter" / "stale.txt").exists()
     train(model, make_features("bert", 24, seed=7), TrainConfig(lr=2e-2, max_steps=3, batch_size=4), progress=False)
     model.eval()
-    export_peft(model, tmp_path / "adapter", base_model=str(base_dir), task_type="SEQ_CLS")
+    Taso().export(model, tmp_path / "adapter", base_model=str(base_dir), task_type="SEQ_CLS")
     batch = make_batches("bert", n_batches=1, seed=5)[0]
     torch.testing.assert_close(
         get_logits(load_adapter(tmp_path / "adapter", load()), batch), get_logits(model, batch), rtol=0, atol=1e-5
@@ -126,7 +127,7 @@ def test_many_targets_some_empty(tmp_path, saved_base, make_batches, make_featur
     assert set(masked_layers(model)) == set(names) - skipped
     train(model, make_features("llama_cls", 16), TrainConfig(lr=2e-2, max_steps=4, batch_size=4), progress=False)
     model.eval()
-    export_peft(model, tmp_path / "adapter", base_model=str(base_dir), task_type="SEQ_CLS")
+    Taso().export(model, tmp_path / "adapter", base_model=str(base_dir), task_type="SEQ_CLS")
     peft_model = load_adapter(tmp_path / "adapter", load())
     adapted = {n.removeprefix("base_model.model.") for n, m in peft_model.named_modules() if isinstance(m, LoraLayer)}
     assert adapted == set(names) - skipped
@@ -136,5 +137,5 @@ def test_many_targets_some_empty(tmp_path, saved_base, make_batches, make_featur
 
 def test_export_needs_masked_layers(tmp_path, make_model):
     with pytest.raises(ValueError, match="no masked LoRA layer"):
-        export_peft(make_model("bert"), tmp_path / "adapter", base_model="tiny", task_type="SEQ_CLS")
+        Taso().export(make_model("bert"), tmp_path / "adapter", base_model="tiny", task_type="SEQ_CLS")
     assert not (tmp_path / "adapter").exists()

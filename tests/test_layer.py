@@ -7,21 +7,13 @@ import torch
 from torch import nn
 
 from taso.importance import score_importance
+from taso.injection import inject, masked_layers, merge, remove, unmerge
 from taso.io import ArtifactError
 from taso.layer import MaskedLoraLinear
 from taso.masks import Mask, ModuleMask, derive_rows_cols
-from taso.model import (
-    count_trainable,
-    inject,
-    load_trainable_state,
-    masked_layers,
-    merge,
-    remove,
-    trainable_state,
-    unmerge,
-)
+from taso.methods import Taso
 from taso.targets import find_targets, head_names
-from taso.train import TrainConfig, train
+from taso.train import TrainConfig, load_trainable_state, train, trainable_state
 
 
 def make_layer(d_out=10, d_in=7, rows=(1, 4, 8), cols=(0, 3), r=2, alpha=3.0, seed=0) -> MaskedLoraLinear:
@@ -136,8 +128,8 @@ def test_trainable_count_is_sum_of_rank_times_rows_plus_cols_plus_head(kind, r, 
     expected_adapter = sum(r * (len(m.rows) + len(m.cols)) for m in mask.modules.values() if not m.empty)
     head = sum(p.numel() for h in head_names(model) for p in getattr(model, h).parameters())
     assert (head > 0) == (kind != "llama_lm")
-    counts = count_trainable(model)
-    assert counts == {"adapter": expected_adapter, "head": head, "total": expected_adapter + head}
+    counts = Taso().count_trainable(model)
+    assert counts == {"adapter": expected_adapter, "head": head, "backbone": 0, "total": expected_adapter + head}
     assert counts["adapter"] == mask.trainable_params(r)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == counts["total"]
     assert set(masked_layers(model)) == {n for n, m in mask.modules.items() if not m.empty}
@@ -147,7 +139,12 @@ def test_train_head_false_freezes_the_head(make_model, make_batches):
     model = make_model("bert")
     mask = tiny_mask(model, make_batches("bert"))
     inject(model, mask, train_head=False)
-    assert count_trainable(model) == {"adapter": mask.trainable_params(1), "head": 0, "total": mask.trainable_params(1)}
+    assert Taso().count_trainable(model) == {
+        "adapter": mask.trainable_params(1),
+        "head": 0,
+        "backbone": 0,
+        "total": mask.trainable_params(1),
+    }
 
 
 def test_update_stays_inside_the_mask_after_training(kind, make_model, make_batches, make_features):
@@ -217,7 +214,7 @@ def test_empty_modules_are_not_wrapped(make_model):
     modules[names[4]] = ModuleMask([0, 5], [3], modules[names[4]].shape)
     inject(model, Mask(modules), r=2)
     assert list(masked_layers(model)) == [names[4]]
-    assert count_trainable(model)["adapter"] == 2 * 3
+    assert Taso().count_trainable(model)["adapter"] == 2 * 3
 
 
 def test_model_merge_unmerge_and_remove(kind, make_model, make_batches, get_logits):

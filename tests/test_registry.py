@@ -21,8 +21,9 @@ import torch
 
 from pipeline import registry, tracking
 from pipeline.registry import RegistryError
+from taso.injection import inject
 from taso.masks import Mask, ModuleMask
-from taso.model import export_peft, inject
+from taso.methods import Taso
 from taso.targets import find_targets
 
 WORDS = "good bad great awful movie film the a is was not very fun boring plot acting".split()
@@ -72,7 +73,7 @@ def adapter(tmp_path_factory) -> dict:
     diff = _logits(model, TEXTS, base).diff(dim=-1).squeeze(-1).sort().values
     with torch.no_grad():
         model.classifier.bias[1] -= (diff[1] + diff[2]) / 2
-    export_peft(model, root / "adapter", base_model=str(base), task_type="SEQ_CLS", extra={"mask": mask.digest})
+    Taso().export(model, root / "adapter", base_model=str(base), task_type="SEQ_CLS", extra={"mask": mask.digest})
     mask.save(root / "mask")
     meta = {"base_model": str(base), "task_type": "classification", "labels": LABELS, "max_length": 32, "task": "rte"}
     return {"root": root, "base": base, "model": model, "mask": mask, "meta": meta}

@@ -18,10 +18,10 @@ import torch
 import yaml
 
 from taso.data import DataError, TaskSpec, encode, read_rows
+from taso.export import adapter_mask_digest, check_adapter_mask
 from taso.importance import Importance
 from taso.io import ArtifactError
 from taso.masks import Mask, check_importance, derive_mask, shape_mismatch
-from taso.model import adapter_mask_digest, check_adapter_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"layer.0.q": (16, 8), "layer.0.mlp": (12, 16)}
@@ -260,7 +260,7 @@ def set_task(root: Path, **task) -> None:
 
 
 def test_derive_mask_refuses_a_file_mask_for_another_base_model(project, tmp_path_factory):
-    from stages import derive_mask as stage
+    from pipeline.steps import derive_mask as stage
 
     shapes = stage.target_shapes("minilm", "classification", 2, "all-linear")  # the real model's
     query = next(n for n in shapes if n.endswith("attention.self.query"))
@@ -278,7 +278,7 @@ def test_derive_mask_refuses_a_file_mask_for_another_base_model(project, tmp_pat
 
 
 def test_train_refuses_a_mask_derived_from_other_importance(project):
-    from stages import train as stage
+    from pipeline.steps import train as stage
 
     art = project / "artifacts" / "sentiment"
     own, stale = importance(0), importance(1)

@@ -82,7 +82,7 @@ def project(tmp_path, tiny_model, monkeypatch) -> Path:
     """A project on the tiny model with calibrate, score and derive-mask already run."""
     write_params(tmp_path, tiny_params(tiny_model))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    from stages import calibrate, derive_mask, score
+    from pipeline.steps import calibrate, derive_mask, score
 
     for stage in (calibrate, score, derive_mask):
         stage.run(TASK, tmp_path)
@@ -111,7 +111,7 @@ def train_runs(root: Path) -> list:
 
 
 def test_nan_loss_stops_train_stage_naming_the_step_and_keeps_the_last_checkpoint(project, monkeypatch):
-    import stages.train as train_stage
+    import pipeline.steps.train as train_stage
     import taso.train
     from taso.train import NonFiniteLossError
 
@@ -147,9 +147,9 @@ def test_nonfinite_gradient_of_a_finite_loss_stops_before_it_reaches_weights_or_
     tmp_path, make_model, make_batches, make_features
 ):
     from taso.importance import score_importance
+    from taso.injection import inject
     from taso.masks import derive_rows_cols
-    from taso.model import inject, trainable_state
-    from taso.train import NonFiniteLossError, TrainConfig, train
+    from taso.train import NonFiniteLossError, TrainConfig, train, trainable_state
 
     model = make_model("bert")
     inject(model, derive_rows_cols(score_importance(model, make_batches("bert")), 0.25), r=1, alpha=2.0)
@@ -345,7 +345,7 @@ def base_repo(tmp_path_factory, tiny_model) -> Path:
     (repo / ".dvc" / "config.local").write_text(f"[core]\n    site_cache_dir = {repo}.dvc-site\n")
     sh(["git", "add", "-A"], repo, env)
     sh(["git", "commit", "-qm", "project"], repo, env)
-    from stages import calibrate, derive_mask, score
+    from pipeline.steps import calibrate, derive_mask, score
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo.parent / 'upstream.db'}")
@@ -371,7 +371,7 @@ def reference(base_repo, tmp_path_factory) -> dict[str, torch.Tensor]:
     processes, must still match it bit for bit.
     """
     repo = clone(base_repo, tmp_path_factory.mktemp("reference") / "repo")
-    from stages import train
+    from pipeline.steps import train
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'mlflow.db'}")

@@ -64,7 +64,7 @@ def files(folder: Path) -> list[str]:
 
 
 def run_all(root: Path, task: str = "entailment") -> None:
-    from stages import calibrate, derive_mask, evaluate, score, train
+    from pipeline.steps import calibrate, derive_mask, evaluate, score, train
 
     for stage in (calibrate, score, derive_mask, train, evaluate):
         stage.run(task, root)
@@ -138,7 +138,7 @@ def test_bad_label_stops_calibrate_naming_file_column_and_row(project, tmp_path)
         }
     }
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
-    from stages import calibrate
+    from pipeline.steps import calibrate
     from taso.data import DataError
 
     with pytest.raises(DataError, match=r"train\.tsv: row 1, column 'label': unknown label 'maybe'"):

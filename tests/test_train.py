@@ -8,13 +8,13 @@ import signal
 import pytest
 import torch
 
-from taso.baselines import head_only
 from taso.importance import default_loss, score_importance
-from taso.lr import effective_rates, param_groups
+from taso.injection import inject, masked_layers
+from taso.lr import effective_rates
 from taso.masks import derive_rows_cols
-from taso.model import inject, masked_layers, trainable_state
+from taso.methods import HeadOnly, Taso
 from taso.targets import head_names
-from taso.train import NonFiniteLossError, TrainConfig, TrainingInterrupted, total_steps, train
+from taso.train import NonFiniteLossError, TrainConfig, TrainingInterrupted, total_steps, train, trainable_state
 
 
 def masked_model(make_model, make_batches, kind="bert", *, p=0.25, dropout=0.0, lora_dropout=0.0, seed=0):
@@ -47,7 +47,7 @@ def interrupt_at(call: int):
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0])
 def test_param_groups_scale_by_inverse_kept_fraction(gamma, make_model, make_batches):
     model, mask = masked_model(make_model, make_batches, p=0.2)
-    groups = param_groups(model, 1e-3, gamma)
+    groups = Taso().param_groups(model, 1e-3, gamma=gamma)
     by_name = {g["name"]: g for g in groups}
     layers = masked_layers(model)
     assert set(by_name) == set(layers) | {"head"}
@@ -72,26 +72,25 @@ def test_param_groups_scale_by_inverse_kept_fraction(gamma, make_model, make_bat
 
 def test_param_groups_head_lr_other_and_errors(make_model, make_batches):
     model, _ = masked_model(make_model, make_batches)
-    groups = param_groups(model, 1e-3, 0.5, head_lr=5e-2, weight_decay=0.1)
+    groups = Taso().param_groups(model, 1e-3, gamma=0.5, head_lr=5e-2, weight_decay=0.1)
     head = next(g for g in groups if g["name"] == "head")
     assert head["lr"] == 5e-2
     assert {id(p) for p in head["params"]} == {id(p) for h in head_names(model) for p in getattr(model, h).parameters()}
     assert all(g["weight_decay"] == 0.1 for g in groups)
     model.bert.embeddings.word_embeddings.weight.requires_grad_(True)
-    other = next(g for g in param_groups(model, 1e-3) if g["name"] == "other")
+    other = next(g for g in Taso().param_groups(model, 1e-3) if g["name"] == "other")
     assert [id(p) for p in other["params"]] == [id(model.bert.embeddings.word_embeddings.weight)]
     with pytest.raises(ValueError, match="learning rate"):
-        param_groups(model, 0.0)
+        Taso().param_groups(model, 0.0)
     with pytest.raises(ValueError, match="no trainable"):
-        param_groups(make_model("bert").requires_grad_(False), 1e-3)
+        Taso().param_groups(make_model("bert").requires_grad_(False), 1e-3)
 
 
 def test_optimizer_uses_the_scaled_rates(make_model, make_batches, make_features):
     model, _ = masked_model(make_model, make_batches, p=0.2)
-    result = train(
-        model, make_features("bert", 16), TrainConfig(lr=1e-3, gamma=1.0, max_steps=2, batch_size=8), progress=False
-    )
-    expected = {g["name"]: g["lr"] for g in param_groups(model, 1e-3, 1.0)}
+    cfg = TrainConfig(lr=1e-3, gamma=1.0, max_steps=2, batch_size=8)
+    result = train(model, make_features("bert", 16), cfg, method=Taso(), progress=False)
+    expected = {g["name"]: g["lr"] for g in Taso().param_groups(model, 1e-3, gamma=1.0)}
     assert {n: r["lr"] for n, r in result.rates.items()} == pytest.approx(expected)
 
 
@@ -246,13 +245,13 @@ def test_inf_loss_without_checkpoint(make_model, make_batches, make_features):
 
 
 def test_head_only_baseline_trains_the_head(make_model, make_features):
-    model = head_only(make_model("llama_cls"))
+    model = HeadOnly().prepare(make_model("llama_cls"))
     assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"score"}
     start = trainable_state(model)
     train(model, make_features("llama_cls", 16), TrainConfig(lr=1e-2, max_steps=2, batch_size=8), progress=False)
     assert not torch.equal(trainable_state(model)["score.weight"], start["score.weight"])
     with pytest.raises(ValueError, match="no task head"):
-        head_only(make_model("llama_lm"))
+        HeadOnly().prepare(make_model("llama_lm"))
 
 
 def test_bf16_runs_the_forward_under_autocast_and_keeps_fp32_state(make_model, make_batches, make_features):

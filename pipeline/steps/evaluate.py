@@ -1,0 +1,65 @@
+"""evaluate: the exported PEFT adapter, loaded as a user loads it, on the task's eval split → artifacts/<task>/metrics.json.
+
+Then applies the promotion policy (:func:`pipeline.registry.promote_if_better`): the version
+train registered becomes ``champion`` when it beats the current one on the task's first metric.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pipeline import registry, tracking
+from pipeline.params import load_params
+from pipeline.paths import TaskPaths
+from taso import data, pretrained
+from taso.evaluate import evaluate_task
+from taso.export import check_adapter_mask
+from taso.io import digest_file, read_json, write_json
+from taso.masks import Mask
+
+
+def run(task: str, root: Path = Path(".")) -> Path:
+    """Write ``metrics.json``, tag the registered version with the metrics, and apply the promotion policy."""
+    params = load_params(root / "params.yaml")
+    spec, paths = params.spec(task), TaskPaths(root, task)
+    trained = read_json(paths.train_metrics)
+    used = {
+        "seed": params.seed,
+        "model": params.model.model_dump(),
+        "evaluate": params.evaluate.model_dump(),
+        "task": params.task(task).model_dump(),
+    }
+    inputs = {"adapter": digest_file(paths.adapter / "adapter_model.safetensors")}
+    if params.uses_mask():
+        mask = Mask.load(paths.mask)
+        # Before any model loads: an adapter and a mask that disagree mean one of them is stale.
+        check_adapter_mask(paths.adapter, mask)
+        inputs["mask"] = mask.digest
+    with tracking.stage_run(root, stage="evaluate", task=task, params=used, inputs=inputs) as mlrun:
+        tok = pretrained.load_tokenizer(params.model.base)
+        model = pretrained.load_with_adapter(
+            params.model.base, paths.adapter, spec.task_type, num_labels=spec.num_labels, seed=params.seed
+        )
+        rows = data.read_rows(spec, "eval", seed=params.seed)
+        start = time.perf_counter()
+        scores = evaluate_task(
+            model,
+            tok,
+            rows,
+            spec,
+            batch_size=params.evaluate.batch_size,
+            max_new_tokens=params.evaluate.max_new_tokens,
+        )
+        scores["eval_seconds"] = round(time.perf_counter() - start, 2)
+        name, version = registry.model_name(params.tracking.registry_prefix, task), str(trained["registry_version"])
+        main = spec.metrics[0]
+        for metric in spec.metrics[1:]:
+            registry.tag_version(name, version, f"metric.{metric}", str(scores[metric]))
+        promoted = registry.promote_if_better(name, version, main, scores[main])
+        write_json(paths.metrics, scores)
+        mlrun.log_metrics({k: float(v) for k, v in scores.items()})
+        mlrun.set_tags(
+            {"taso.registered_model": name, "taso.registered_version": version, "taso.promoted": str(promoted)}
+        )
+    return paths.metrics

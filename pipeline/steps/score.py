@@ -1,0 +1,81 @@
+"""score: importance of every target weight on the calibration set → artifacts/importance/<task>/ + heatmap.
+
+A task that needs no importance (its ``mask_source`` is not ``own``, or the training method
+trains without a core region) writes only what DVC expects, saying why (``meta.json``, the
+heatmap's title).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipeline import tracking
+from pipeline.meta import write_meta, write_skipped
+from pipeline.params import load_params
+from pipeline.paths import TaskPaths
+from pipeline.plots import importance_heatmap, placeholder
+from taso import data, pretrained
+from taso.importance import score_importance, warm_up_head
+from taso.io import atomic_path, digest_file
+from taso.targets import find_targets, head_names
+
+
+def run(task: str, root: Path = Path(".")) -> Path:
+    """Write ``importance.safetensors`` (row and column marginals) and ``meta.json``, and the heatmap plot."""
+    params = load_params(root / "params.yaml")
+    spec, paths, seed = params.spec(task), TaskPaths(root, task), params.seed
+    if not params.scores(task):
+        reason = params.why_not_scored(task)
+        placeholder(paths.heatmap, reason)
+        return write_skipped(paths.importance, stage="score", task=task, root=root, reason=reason)
+    used = {
+        "seed": seed,
+        "model": params.model.model_dump(),
+        "score": params.score.model_dump(),
+        "task": params.task(task).model_dump(),
+    }
+    inputs = {"calibration": digest_file(paths.calibration / "calibration.jsonl")}
+    with tracking.stage_run(root, stage="score", task=task, params=used, inputs=inputs) as mlrun:
+        tok = pretrained.load_tokenizer(params.model.base)
+        model = pretrained.load_model(params.model.base, spec.task_type, num_labels=spec.num_labels, seed=seed)
+        calib = data.encode(data.read_jsonl(paths.calibration / "calibration.jsonl"), tok, spec.max_length)
+        warmed = 0
+        if params.score.head_warmup_steps and head_names(model):  # a causal LM has no new head to warm up
+            train = data.encode(data.read_rows(spec, "train", seed=seed), tok, spec.max_length)
+            batches = data.iterate(train, params.score.batch_size, tok.pad_token_id, seed=seed, shuffle=True)
+            warmed = warm_up_head(model, batches, params.score.head_warmup_steps, lr=params.score.head_warmup_lr)
+        heat_module = next(iter(find_targets(model, params.model.targets)))
+        keep = True if params.score.keep_full else [heat_module]
+        # bf16 autocast runs the matmuls in bf16; the gradients and the sums stay fp32.
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=params.score.precision == "bf16"):
+            imp = score_importance(
+                model,
+                data.iterate(calib, params.score.batch_size, tok.pad_token_id),
+                params.model.targets,
+                keep_full=keep,
+            )
+        heat = imp.full.pop(heat_module) if not params.score.keep_full else imp.full[heat_module]
+        imp.full = imp.full or None
+        fp = pretrained.fingerprint(params.model.base)
+        imp.meta.update(base_model=str(fp), task=task, head_warmup_steps=str(warmed))
+        with atomic_path(paths.importance) as tmp:
+            tmp.mkdir()
+            digest = imp.save(tmp / "importance.safetensors")
+            write_meta(
+                tmp,
+                stage="score",
+                task=task,
+                root=root,
+                params=used,
+                inputs=inputs,
+                outputs={"importance": digest},
+                base_model={"name": fp.name, "digest": fp.digest},
+                head_warmup_steps=warmed,
+                modules=len(imp.rows),
+            )
+        importance_heatmap(heat, paths.heatmap, title=f"{task}: top 5% of |W ⊙ ∂L/∂W| in {heat_module}")
+        mlrun.log_outputs({"importance": digest})
+        mlrun.log_artifact(paths.heatmap)
+    return paths.importance

@@ -1,0 +1,148 @@
+"""train: the task's adapter, by the training method params name → artifacts/<task>/adapter/ (PEFT format), curve, train.json.
+
+Registers the adapter as a new version of ``<prefix>-<task>`` with alias ``candidate`` and a
+``method`` tag. An interrupted run leaves a checkpoint under checkpoints/<task>/ that the next
+run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pipeline import registry, tracking
+from pipeline.meta import write_meta
+from pipeline.params import load_params
+from pipeline.paths import TaskPaths
+from taso import data, pretrained
+from taso.export import PEFT_TASK
+from taso.importance import Importance
+from taso.io import atomic_path, digest_file, write_csv, write_json
+from taso.masks import Mask, check_importance, mask_stats
+from taso.train import train
+
+
+def run(task: str, root: Path = Path(".")) -> Path:
+    """Train, export the adapter, write the curve and ``train.json``, and register the version."""
+    params = load_params(root / "params.yaml")
+    spec, paths, seed, tp = params.spec(task), TaskPaths(root, task), params.seed, params.train
+    method = params.method()
+    mask = Mask.load(paths.mask) if method.needs == "mask" else None
+    if params.scores(task):  # a task's own mask records the importance it came from
+        check_importance(mask, Importance.load(paths.importance / "importance.safetensors"))
+    used = {
+        "seed": seed,
+        "model": params.model.model_dump(),
+        "train": tp.model_dump(),
+        "task": params.task(task).model_dump(),
+    }
+    inputs = {"mask": mask.digest} if mask else {}
+    # A checkpoint resumes only the run it was made for: same params, same mask.
+    run_key = hashlib.sha256(json.dumps([used, mask and mask.digest], sort_keys=True).encode()).hexdigest()[:16]
+    checkpoint = paths.checkpoints / f"{run_key}.pt"
+    with tracking.stage_run(root, stage="train", task=task, params=used, inputs=inputs) as mlrun:
+        tok = pretrained.load_tokenizer(params.model.base)
+        base = pretrained.load_model(params.model.base, spec.task_type, num_labels=spec.num_labels, seed=seed)
+        model = method.prepare(base, mask)
+        features = data.encode(data.read_rows(spec, "train", seed=seed), tok, spec.max_length)
+        result = train(model, features, tp.config(seed), method=method, pad_id=tok.pad_token_id, checkpoint=checkpoint)
+        counts = method.count_trainable(model)
+        fp = pretrained.fingerprint(params.model.base)
+        adapter_meta = {
+            "base_model": params.model.base,
+            "base_fingerprint": str(fp),
+            "task": task,
+            "task_type": spec.task_type,
+            "labels": list(spec.labels) if spec.labels else None,
+            "text_fields": list(spec.text_fields),
+            "max_length": spec.max_length,
+            "answer_template": spec.answer_template,
+            "method": method.name,
+            "mask_digest": mask.digest if mask else None,
+            "mask_source": params.task(task).mask_source if mask else None,
+            # Lineage of a reused mask: the digest of what mask_source named when derive-mask ran.
+            "mask_source_digest": mask.meta.get("source_digest") if mask else None,
+        }
+        with atomic_path(paths.adapter) as tmp:
+            method.export(
+                model,
+                tmp,
+                base_model=pretrained.hub_id(params.model.base),
+                task_type=PEFT_TASK[spec.task_type],
+                extra=adapter_meta,
+            )
+            adapter_digest = digest_file(tmp / "adapter_model.safetensors")
+            write_meta(
+                tmp,
+                stage="train",
+                task=task,
+                root=root,
+                params=used,
+                inputs=inputs,
+                outputs={"adapter": adapter_digest},
+                trainable=counts,
+                rates=result.rates,
+                adapter=adapter_meta,
+            )
+        write_csv(paths.train_curve, result.history, ["step", "loss", "lr"])
+        for point in result.history:
+            mlrun.log_metrics({"train_loss": point["loss"], "lr": point["lr"]}, step=point["step"])
+        name = registry.model_name(params.tracking.registry_prefix, task)
+        version = registry.register_adapter(
+            name=name,
+            adapter_dir=paths.adapter,
+            mask_dir=paths.mask if mask else None,
+            meta=adapter_meta,
+            run_id=mlrun.run_id,
+            tags=_version_tags(adapter_meta, mask, counts, tp.rank),
+        )
+        summary = {
+            "method": method.name,
+            "trainable_adapter": counts["adapter"],
+            "trainable_head": counts["head"],
+            "trainable_backbone": counts["backbone"],
+            "steps": result.steps,
+            "train_seconds": round(result.seconds, 2),
+            "final_loss": result.history[-1]["loss"] if result.history else None,
+            "resumed_from_step": result.resumed_from,
+            "registry_version": int(version),
+        }
+        write_json(paths.train_metrics, summary)
+        mlrun.log_outputs({"adapter": adapter_digest})
+        mlrun.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
+        mlrun.set_tags(
+            {
+                "taso.method": method.name,
+                "taso.registered_model": name,
+                "taso.registered_version": version,
+                **({"taso.mask_source": adapter_meta["mask_source"]} if mask else {}),
+                **(
+                    {"taso.mask_source_digest": mask.meta["source_digest"]}
+                    if mask and "source_digest" in mask.meta
+                    else {}
+                ),
+            }
+        )
+    checkpoint.unlink(missing_ok=True)
+    return paths.adapter
+
+
+def _version_tags(meta: dict, mask: Mask | None, counts: dict, rank: int) -> dict[str, str]:
+    """The registry version's tags: what trained it, on which region, at what size (besides the head)."""
+    tags = {
+        "task": meta["task"],
+        "method": meta["method"],
+        "trainable_params": str(counts["adapter"] + counts["backbone"]),
+        "base_model": meta["base_fingerprint"],
+        "rank": str(rank),
+    }
+    if mask is not None:
+        tags |= {
+            "mask_digest": mask.digest,
+            "mask_source": meta["mask_source"],
+            "density": f"{mask_stats(mask, rank)['density']:.6f}",
+        }
+        if meta["mask_source_digest"]:
+            tags["mask_source_digest"] = meta["mask_source_digest"]
+    return tags
