@@ -241,7 +241,7 @@ def importance_for(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, s
     scorer = pretrained.load_model("minilm", num_labels=spec.num_labels, seed=seed)
     if s["warmup"]:
         batches = data.iterate(train_feats, PROTOCOL["batch_size"], tok.pad_token_id, seed=seed, shuffle=True)
-        warm_up_head(scorer, batches, s["warmup"])
+        warm_up_head(scorer, batches, s["warmup"], seed=seed)
     calib = train_feats[: s["calibration"]]
     return score_importance(scorer, data.iterate(calib, PROTOCOL["batch_size"], tok.pad_token_id))
 

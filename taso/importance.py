@@ -170,8 +170,13 @@ def warm_up_head(
     *,
     lr: float = 1e-3,
     loss_fn: LossFn = default_loss,
+    seed: int = 0,
 ) -> int:
     """Train only the task head for ``steps`` batches, so scoring sees a head that is not random.
+
+    The model trains in train mode, so dropout draws random numbers: they come from ``seed``,
+    in a stream of their own (the caller's RNG is left as it was), so the same seed warms the
+    head up the same way in any process.
 
     Returns the number of steps taken (fewer when ``batches`` runs out). The head keeps
     its trained weights; every other parameter's ``requires_grad`` is restored.
@@ -183,25 +188,27 @@ def warm_up_head(
     params = [p for h in heads for p in h.parameters()]
     was_training = model.training
     taken = 0
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(True)
-        opt = torch.optim.AdamW(params, lr=lr)
-        model.train()
-        for batch in batches:
-            if taken >= steps:
-                break
-            loss = loss_fn(model, batch)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"head warm-up loss is {loss.item()} at step {taken}")
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            taken += 1
-    finally:
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
-        model.train(was_training)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        try:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for p in params:
+                p.requires_grad_(True)
+            opt = torch.optim.AdamW(params, lr=lr)
+            model.train()
+            for batch in batches:
+                if taken >= steps:
+                    break
+                loss = loss_fn(model, batch)
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"head warm-up loss is {loss.item()} at step {taken}")
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                taken += 1
+        finally:
+            for p, flag in flags.items():
+                p.requires_grad_(flag)
+            model.train(was_training)
     return taken

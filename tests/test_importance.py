@@ -195,3 +195,17 @@ def test_warm_up_head_non_finite_restores(make_model, make_batches):
     with pytest.raises(FloatingPointError):
         warm_up_head(model, make_batches("bert"), steps=3, loss_fn=lambda m, b: default_loss(m, b) * math.nan)
     assert _snapshot(model) == before
+
+
+def test_warm_up_head_is_the_same_for_the_same_seed_whatever_the_rng_before(make_model, make_batches):
+    # Dropout is on while the head warms up; its draws must come from the seed, not from
+    # whatever the process's RNG holds (which torch seeds differently in every process).
+    def warmed(seed: int, noise: int):
+        torch.manual_seed(noise)
+        model = make_model("bert", dropout=0.3)
+        warm_up_head(model, make_batches("bert"), steps=3, lr=1e-2, seed=seed)
+        return model.classifier.weight.detach().clone(), torch.rand(1)
+
+    (a, after_a), (b, after_b), (c, _) = warmed(0, noise=1), warmed(0, noise=2), warmed(1, noise=1)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.equal(after_a, after_b)  # the caller's stream went on where it was, untouched

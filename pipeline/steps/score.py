@@ -45,7 +45,9 @@ def run(task: str, root: Path = Path(".")) -> Path:
         if params.score.head_warmup_steps and head_names(model):  # a causal LM has no new head to warm up
             train = data.encode(data.read_rows(spec, "train", seed=seed), tok, spec.max_length)
             batches = data.iterate(train, params.score.batch_size, tok.pad_token_id, seed=seed, shuffle=True)
-            warmed = warm_up_head(model, batches, params.score.head_warmup_steps, lr=params.score.head_warmup_lr)
+            warmed = warm_up_head(
+                model, batches, params.score.head_warmup_steps, lr=params.score.head_warmup_lr, seed=seed
+            )
         heat_module = next(iter(find_targets(model, params.model.targets)))
         keep = True if params.score.keep_full else [heat_module]
         # bf16 autocast runs the matmuls in bf16; the gradients and the sums stay fp32.
