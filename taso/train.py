@@ -42,7 +42,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Knobs of one training run (see params.yaml for the reasons behind the defaults)."""
+    """Knobs of one training run; these defaults are the pipeline's (params.yaml gives the reasons)."""
 
     lr: float = 1e-3
     gamma: float = 0.5
@@ -55,7 +55,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     group_by_length: bool = False
-    checkpoint_every: int = 100
+    checkpoint_every: int = 50
     log_every: int = 10
     bf16: bool = False  # forward under CPU bf16 autocast; weights, gradients and optimizer stay fp32
 

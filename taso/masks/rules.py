@@ -11,8 +11,7 @@ import torch
 
 from taso.importance import Importance
 from taso.masks.mask import Mask, ModuleMask
-
-RULES = ("rows_cols", "elementwise", "global")
+from taso.names import RULES
 
 
 def _top(scores: torch.Tensor, k: int) -> torch.Tensor:

