@@ -41,17 +41,13 @@ step times are those of a run sharing the machine, so step-time ratios belong to
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import random
-import signal
 import statistics
 import sys
-import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing import get_context
@@ -60,9 +56,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import psutil  # noqa: E402
 import torch  # noqa: E402
-from transfer import glue_specs  # noqa: E402
+from harness.measure import PeakRSS  # noqa: E402
+from harness.pool import InProcess, worker_init  # noqa: E402
+from harness.store import append, key, load  # noqa: E402
+from harness.tables import SPREAD_NOTE, cell, gap  # noqa: E402
+from harness.tasks import glue_specs  # noqa: E402
 
 from taso import data, pretrained  # noqa: E402
 from taso.evaluate import evaluate  # noqa: E402
@@ -205,25 +204,6 @@ def majority_share(spec: data.TaskSpec, phase: str) -> float:
     return max(map(labels.count, set(labels))) / len(labels)
 
 
-class PeakRSS:
-    """The largest resident set size seen while the block runs (sampled every 50 ms)."""
-
-    def __enter__(self) -> PeakRSS:
-        self.peak, self._stop = psutil.Process().memory_info().rss, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        proc = psutil.Process()
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, proc.memory_info().rss)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def build(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int, sources=None, phase="report"):
     """The model to train for setting ``s`` and the method (from taso.methods) that prepared it."""
     model = pretrained.load_model("minilm", num_labels=spec.num_labels, seed=seed)
@@ -310,31 +290,6 @@ def run_one(s: dict, spec: data.TaskSpec, phase: str, seed: int, tok, max_steps:
     }
 
 
-def key(phase: str, task: str, s: dict, seed: int, protocol: dict) -> str:
-    return hashlib.sha256(json.dumps([phase, task, s, seed, protocol], sort_keys=True).encode()).hexdigest()[:16]
-
-
-def load(path: Path) -> list[dict]:
-    """The finished runs in ``path``; a line a killed writer left torn is skipped (its run is redone)."""
-    runs = []
-    for n, line in enumerate(path.read_text().splitlines() if path.is_file() else [], 1):
-        try:
-            runs.append(json.loads(line))
-        except json.JSONDecodeError:
-            print(
-                f"glue.py: {path}:{n} is not a whole JSON line (a run cut off while written); ignoring it",
-                file=sys.stderr,
-            )
-    return runs
-
-
-def append(path: Path, record: dict) -> None:
-    """One whole line per finished run (only the parent process writes); a torn last line is closed first."""
-    with open(path, "ab+") as f:
-        torn = f.seek(0, os.SEEK_END) > 0 and f.seek(-1, os.SEEK_END) >= 0 and f.read(1) != b"\n"
-        f.write((b"\n" if torn else b"") + (json.dumps(record) + "\n").encode())
-
-
 _TOKENIZER = None
 
 
@@ -345,30 +300,6 @@ def work(s: dict, spec: data.TaskSpec, phase: str, seed: int, max_steps: int | N
     return run_one(s, spec, phase, seed, _TOKENIZER, max_steps, sources)
 
 
-def _worker_init(threads: int) -> None:
-    torch.set_num_threads(threads)
-    if sys.platform == "linux":  # die with the parent, so a killed sweep leaves no orphan training on
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-
-
-class InProcess:
-    """``--jobs 1``: the pool's interface, running each run at once in this process."""
-
-    def __enter__(self) -> InProcess:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-    def submit(self, fn, *args) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args))
-        except Exception as exc:  # as a pool would: the caller sees it through the future
-            future.set_exception(exc)
-        return future
-
-
 def execute(plan, specs, args, protocol, done: list[dict]) -> None:
     """Run every item of ``plan(done)`` not yet in ``done``, ``args.jobs`` at a time (each in a fresh
     process, so peak RSS is its own), appending each finished run to ``args.results``; the plan is
@@ -377,13 +308,13 @@ def execute(plan, specs, args, protocol, done: list[dict]) -> None:
     naming it, and a later call retries it."""
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     if args.jobs == 1:
-        _worker_init(threads)
+        worker_init(threads)
         pool = InProcess()
     else:
         pool = ProcessPoolExecutor(
             args.jobs,
             mp_context=get_context("spawn"),
-            initializer=_worker_init,
+            initializer=worker_init,
             initargs=(threads,),
             max_tasks_per_child=1,
         )
@@ -440,17 +371,6 @@ def label(s: dict) -> str:
     return f"{s['method']} (lr {s['lr']:g})"
 
 
-def cell(values: list[float], seeds: int = 0, signed: bool = False) -> str:
-    """Mean ± std in percent; a cell that holds fewer than ``seeds`` runs says how many it holds."""
-    if not values:
-        return "—"
-    spread = f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
-    short = f" (n={len(values)})" if len(values) < seeds else ""
-    # Rounding first and adding 0.0 turns a -0.0 into 0.0, so a gap under 0.05 points reads "+0.0".
-    mean = round(100 * statistics.mean(values), 1) + 0.0
-    return f"{mean:{'+' if signed else ''}.1f}{spread}{short}"
-
-
 def table(
     report: list[dict], settings: dict[str, dict], specs: dict[str, data.TaskSpec], tasks, seeds: int, chance=None
 ) -> str:
@@ -480,24 +400,6 @@ def table(
 
 # Two-sided 95% quantiles of Student's t by degrees of freedom (seeds - 1); past the table the last
 # one is used, which only widens the interval, so a mark is never given too easily.
-T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-BEYOND = "†"
-SPREAD_NOTE = f"{BEYOND} the paired 95% t-interval over seeds excludes zero; unmarked gaps are within the seed spread."
-
-
-def beyond_spread(diffs: list[float]) -> bool:
-    """Whether the paired 95% t-interval of ``diffs`` excludes zero: a gap the seeds settle."""
-    if len(diffs) < 2:
-        return False
-    half = T95[min(len(diffs) - 1, len(T95)) - 1] * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return abs(statistics.mean(diffs)) > half
-
-
-def gap(mine: dict[int, float], other: dict[int, float], seeds: int) -> str:
-    """``mine`` minus ``other`` (main metric by seed), paired by seed, as mean ± std of the differences
-    in points; marked † (``BEYOND``) where the paired 95% t-interval excludes zero."""
-    diffs = [mine[k] - other[k] for k in sorted(mine.keys() & other.keys())]
-    return cell(diffs, seeds, signed=True) + (f" {BEYOND}" if beyond_spread(diffs) else "")
 
 
 def by_seed(runs: list[dict], task: str) -> dict[int, float]:

@@ -15,11 +15,10 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-import transfer  # noqa: E402  (the same GLUE specs, scoring and training as the transfer experiment)
+import transfer  # the same GLUE specs, scoring and training as the transfer experiment
 
-from taso import pretrained  # noqa: E402
-from taso.masks import derive_rows_cols  # noqa: E402
+from taso import pretrained
+from taso.masks import derive_rows_cols
 
 
 def main() -> None:

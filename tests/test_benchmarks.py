@@ -374,7 +374,7 @@ def test_glue_paired_differences_match_seeds_and_show_their_spread(monkeypatch):
     report += [run(taso, "rte", 0, 0.55), run(head, "rte", 0, 0.50)]
     settings = {"taso": taso, "lora-r1": lora, "head": head}
     rows = glue.paired(report, settings, specs, ["mrpc", "rte"], seeds=3).splitlines()
-    assert rows[0].startswith("| taso minus |") and len(rows) == 6 and rows[5].startswith(glue.BEYOND)
+    assert rows[0].startswith("| taso minus |") and len(rows) == 6 and rows[5].startswith("†")
     # +1 and -2 points: mean -0.5, std 2.1; two of three seeds; RTE has no LoRA run to pair with.
     assert rows[2] == "| lora-r1 | -0.5 ± 2.1 (n=2) | — |"
     assert rows[3] == "| head | — | +5.0 (n=1) |"  # a gain carries its sign; one seed settles nothing
@@ -384,17 +384,19 @@ def test_glue_paired_differences_match_seeds_and_show_their_spread(monkeypatch):
 def test_glue_marks_only_the_gaps_whose_paired_interval_excludes_zero(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     glue = pytest.importorskip("glue")
+    from harness.tables import beyond_spread
+
     # Three seeds, t(2) = 4.303: half-width 4.303 * std / sqrt(3) = 2.48 std.
-    assert glue.beyond_spread([0.05, 0.06, 0.055])  # mean 5.5 points, std 0.5: interval [4.3, 6.7]
-    assert not glue.beyond_spread([0.01, 0.02, 0.03])  # mean 2, std 1: interval [-0.5, 4.5]
-    assert not glue.beyond_spread([-0.04, 0.05, 0.06])  # mostly positive, but the spread swallows it
-    assert glue.beyond_spread([-0.03, -0.03, -0.03])  # the same loss on every seed
-    assert not glue.beyond_spread([0.2])  # one seed has no spread to judge
+    assert beyond_spread([0.05, 0.06, 0.055])  # mean 5.5 points, std 0.5: interval [4.3, 6.7]
+    assert not beyond_spread([0.01, 0.02, 0.03])  # mean 2, std 1: interval [-0.5, 4.5]
+    assert not beyond_spread([-0.04, 0.05, 0.06])  # mostly positive, but the spread swallows it
+    assert beyond_spread([-0.03, -0.03, -0.03])  # the same loss on every seed
+    assert not beyond_spread([0.2])  # one seed has no spread to judge
     # Past the table the df-10 quantile (2.228) stands in, never a smaller one: at n 20 a t statistic
     # of 2.15 would pass df 19's 2.093 or the normal 1.96, but is not marked.
     diffs = [-0.005068, 0.014932] * 10  # mean 0.49 points, std 1.03: t = 0.4932 / 0.2294 = 2.15
-    assert not glue.beyond_spread(diffs)
-    assert glue.beyond_spread([d + 0.0006 for d in diffs])  # t = 2.41: marked
+    assert not beyond_spread(diffs)
+    assert beyond_spread([d + 0.0006 for d in diffs])  # t = 2.41: marked
     specs = {"mrpc": argparse.Namespace(metrics=("accuracy",))}
     lora, taso = glue.setting("lora-r1", 1e-3), glue.setting("taso", 1e-3)
     report = [
@@ -403,7 +405,7 @@ def test_glue_marks_only_the_gaps_whose_paired_interval_excludes_zero(monkeypatc
         for seed, acc in enumerate(accs)
     ]
     rows = glue.paired(report, {"taso": taso, "lora-r1": lora}, specs, ["mrpc"], seeds=3).splitlines()
-    assert rows[2] == f"| lora-r1 | -5.3 ± 0.3 {glue.BEYOND} |"
+    assert rows[2] == f"| lora-r1 | -5.3 ± 0.3 {'†'} |"
 
 
 def test_glue_transfer_table_pairs_each_borrowed_mask_with_the_own_mask_by_seed(monkeypatch):
@@ -425,7 +427,7 @@ def test_glue_transfer_table_pairs_each_borrowed_mask_with_the_own_mask_by_seed(
     )
     assert means[2] == "| own mask | 77.3 ± 6.4 | 56.0 ± 1.0 |"
     assert means[4] == "| mask of rte | 77.0 ± 1.4 (n=2) | — |"
-    assert gaps[3] == f"| mask of rte | -4.0 ± 0.0 (n=2) {glue.BEYOND} | — |"
+    assert gaps[3] == f"| mask of rte | -4.0 ± 0.0 (n=2) {'†'} | — |"
     assert gaps[2] == "| mask of mrpc | — | — |"  # RTE never trained on MRPC's mask
 
 
