@@ -78,7 +78,8 @@ _stage_command(
     "derive-mask", "derive_mask", "Derive the mask the task trains on (kept rows × columns) from its importance."
 )
 _stage_command("train", "train", "Train the task's adapter (train.method) and register it as a candidate.")
-_stage_command("evaluate", "evaluate", "Evaluate the adapter; promote it to champion if it beats the current one.")
+_stage_command("evaluate", "evaluate", "Evaluate the adapter and record its metrics on the registered version.")
+_stage_command("promote", "promote", "Apply tracking.promote: make the version champion if it beats the current one.")
 
 
 @main.command("compose")

@@ -35,6 +35,7 @@ class ModelParams(_Strict):
 class TrackingParams(_Strict):
     experiment: str = "taso"
     registry_prefix: str = "taso"
+    promote: Literal["if_better", "never"] = "if_better"
 
 
 class TaskParams(_Strict):

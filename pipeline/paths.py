@@ -30,6 +30,7 @@ class TaskPaths:
     train_curve = property(lambda self: self.dir / "train_curve.csv")
     train_metrics = property(lambda self: self.dir / "train.json")
     metrics = property(lambda self: self.dir / "metrics.json")
+    promotion = property(lambda self: self.dir / "promotion.json")
     # Checkpoints are scratch state for resuming, not artifacts: outside DVC's outs, git-ignored.
     checkpoints = property(lambda self: self.root / "checkpoints" / self.task)
 

@@ -370,6 +370,12 @@ def _inventory(name: str) -> str:
     return f"aliases: {aliases}; versions: {versions}"
 
 
+def alias_version(name: str, alias: str) -> str | None:
+    """The version ``alias`` points at on model ``name``, or None when it points nowhere."""
+    mv = _alias_version(name, alias)
+    return None if mv is None else str(mv.version)
+
+
 def _alias_version(name: str, alias: str) -> ModelVersion | None:
     _model(name)
     try:

@@ -64,9 +64,9 @@ def files(folder: Path) -> list[str]:
 
 
 def run_all(root: Path, task: str = "entailment") -> None:
-    from pipeline.steps import calibrate, derive_mask, evaluate, score, train
+    from pipeline.steps import calibrate, derive_mask, evaluate, promote, score, train
 
-    for stage in (calibrate, score, derive_mask, train, evaluate):
+    for stage in (calibrate, score, derive_mask, train, evaluate, promote):
         stage.run(task, root)
 
 
@@ -86,6 +86,7 @@ def test_stages_write_exactly_their_outs(project):
         "mask/mask.safetensors",
         "mask/meta.json",
         "metrics.json",
+        "promotion.json",
         "train.json",
         "train_curve.csv",
     ]
@@ -152,3 +153,36 @@ def test_tiny_tokenizer_knows_the_demo_words(tiny_model):
     tok = load_tokenizer(str(tiny_model))
     ids = tok("anna bought a red lamp in paris on monday.")["input_ids"]
     assert tok.unk_token_id not in ids
+
+
+def test_promotion_is_the_promote_stages_decision_alone(project):
+    from mlflow import MlflowClient
+
+    from pipeline.steps import evaluate, promote, train
+
+    run_all(project)
+    art = project / "artifacts" / "entailment"
+    first = json.loads((art / "promotion.json").read_text())
+    assert first | {"value": None} == {
+        "policy": "if_better",
+        "model": "taso-entailment",
+        "version": 1,
+        "metric": "accuracy",
+        "value": None,
+        "champion_before": None,
+        "champion": 1,
+        "promoted": True,
+    }
+    client = MlflowClient(registry_uri=f"sqlite:///{project / 'mlflow.db'}")
+    # A second version, evaluated but held back by the policy: evaluate alone moves nothing.
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["tracking"]["promote"] = "never"
+    raw["train"]["lr"] = 0.5
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    train.run("entailment", project)
+    evaluate.run("entailment", project)
+    assert str(client.get_registered_model("taso-entailment").aliases["champion"]) == "1"
+    assert "metric.accuracy" in client.get_model_version("taso-entailment", "2").tags
+    promote.run("entailment", project)
+    held = json.loads((art / "promotion.json").read_text())
+    assert held["version"] == 2 and held["champion"] == 1 and not held["promoted"]

@@ -1,7 +1,7 @@
 """evaluate: the exported PEFT adapter, loaded as a user loads it, on the task's eval split → artifacts/<task>/metrics.json.
 
-Then applies the promotion policy (:func:`pipeline.registry.promote_if_better`): the version
-train registered becomes ``champion`` when it beats the current one on the task's first metric.
+Records the metrics on the registered version as ``metric.<name>`` tags; whether the version
+becomes ``champion`` is the promote stage's decision, not this one's.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from taso.masks import Mask
 
 
 def run(task: str, root: Path = Path(".")) -> Path:
-    """Write ``metrics.json``, tag the registered version with the metrics, and apply the promotion policy."""
+    """Write ``metrics.json`` and tag the registered version with the metrics."""
     params = load_params(root / "params.yaml")
     spec, paths = params.spec(task), TaskPaths(root, task)
     trained = read_json(paths.train_metrics)
@@ -53,13 +53,9 @@ def run(task: str, root: Path = Path(".")) -> Path:
         )
         scores["eval_seconds"] = round(time.perf_counter() - start, 2)
         name, version = registry.model_name(params.tracking.registry_prefix, task), str(trained["registry_version"])
-        main = spec.metrics[0]
-        for metric in spec.metrics[1:]:
-            registry.tag_version(name, version, f"metric.{metric}", str(scores[metric]))
-        promoted = registry.promote_if_better(name, version, main, scores[main])
+        for metric in spec.metrics:
+            registry.tag_version(name, version, f"metric.{metric}", repr(float(scores[metric])))
         write_json(paths.metrics, scores)
         mlrun.log_metrics({k: float(v) for k, v in scores.items()})
-        mlrun.set_tags(
-            {"taso.registered_model": name, "taso.registered_version": version, "taso.promoted": str(promoted)}
-        )
+        mlrun.set_tags({"taso.registered_model": name, "taso.registered_version": version})
     return paths.metrics
