@@ -99,7 +99,9 @@ def test_stages_write_exactly_their_outs(project):
     trained = json.loads((art / "train.json").read_text())
     assert trained["steps"] == 4 and trained["registry_version"] == 1
     mask_json = json.loads((art / "mask" / "mask.json").read_text())
-    assert trained["trainable_adapter"] == mask_json["trainable_params"]
+    # mask.json counts at rank 1: the mask does not depend on the rank that trains on it.
+    rank = yaml.safe_load((project / "params.yaml").read_text())["train"]["rank"]
+    assert mask_json["rank"] == 1 and trained["trainable_adapter"] == rank * mask_json["trainable_params"]
     assert json.loads((art / "adapter" / "taso.json").read_text())["mask_digest"] == mask_json["digest"]
     # Nothing is left behind: no temp folders next to the outs, no checkpoint after success.
     assert not [p for p in art.iterdir() if p.name.startswith(".")]
@@ -186,3 +188,22 @@ def test_promotion_is_the_promote_stages_decision_alone(project):
     promote.run("entailment", project)
     held = json.loads((art / "promotion.json").read_text())
     assert held["version"] == 2 and held["champion"] == 1 and not held["promoted"]
+
+
+def test_the_mask_does_not_depend_on_the_rank_that_trains_on_it(project):
+    import shutil
+
+    from pipeline.steps import calibrate, derive_mask, score
+
+    for stage in (calibrate, score, derive_mask):
+        stage.run("entailment", project)
+    mask_dir = project / "artifacts" / "entailment" / "mask"
+    before = {f: (mask_dir / f).read_bytes() for f in ("mask.safetensors", "mask.json")}
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["train"]["rank"] = 8
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    shutil.rmtree(mask_dir)  # as DVC removes an out before its stage runs
+    derive_mask.run("entailment", project)
+    assert {f: (mask_dir / f).read_bytes() for f in before} == before
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["derive-mask"]["do"]
+    assert not any(p.startswith("train.rank") for p in stage["params"])  # so DVC does not rerun it either

@@ -25,7 +25,7 @@ def run(name: str, root: Path = Path(".")) -> Path:
     out = composition_dir(root, name)
     if not params.uses_mask():
         return write_skipped(out, stage="compose", task=name, root=root, reason=params.without_region())
-    used = {"composition": comp.model_dump(), "mask": params.mask.model_dump(), "rank": params.train.rank}
+    used = {"composition": comp.model_dump(), "mask": params.mask.model_dump()}
     mask = sources.composition(params, root, name)
     lineage = json.loads(mask.meta["inputs"])
     # By position: refs hold characters (``@``, ``/``, ``..``) that MLflow refuses in tag
@@ -35,10 +35,10 @@ def run(name: str, root: Path = Path(".")) -> Path:
         mask = mask.with_meta(
             base_model=str(pretrained.fingerprint(params.model.base)), code_version=code_version(root)
         )
-        stats = mask_stats(mask, params.train.rank)
+        stats = mask_stats(mask)
         with atomic_path(out) as tmp:
             tmp.mkdir()
-            digest = mask.save(tmp, rank=params.train.rank)
+            digest = mask.save(tmp)
             write_meta(
                 tmp,
                 stage="compose",
@@ -49,10 +49,10 @@ def run(name: str, root: Path = Path(".")) -> Path:
                 outputs={"mask": digest},
                 lineage=lineage,
                 density=stats["density"],
-                trainable_params=stats["trainable_params"],
+                trainable_params_per_rank=stats["trainable_params"],
             )
         mlrun.log_outputs({"mask": digest})
         mlrun.set_tags({"taso.composition.op": comp.op, "taso.composition.inputs": mask.meta["inputs"]})
-        mlrun.log_metrics({"density": stats["density"], "trainable_params": stats["trainable_params"]})
+        mlrun.log_metrics({"density": stats["density"], "trainable_params_per_rank": stats["trainable_params"]})
         mlrun.log_artifact(out, "mask")
     return out

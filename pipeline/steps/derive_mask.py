@@ -34,9 +34,9 @@ def run(task: str, root: Path = Path(".")) -> Path:
     paths, spec, source = TaskPaths(root, task), params.spec(task), params.task(task).mask_source
     if not params.uses_mask():
         return write_skipped(paths.mask, stage="derive-mask", task=task, root=root, reason=params.without_region())
+    # No train.rank here: a mask is rows × columns, whatever rank trains on it (mask.json counts at rank 1).
     used = {
         "mask": params.mask.model_dump(),
-        "rank": params.train.rank,
         "mask_source": source,
         "method": params.train.method,
         "seed": params.seed,
@@ -60,10 +60,9 @@ def run(task: str, root: Path = Path(".")) -> Path:
         mask = Mask(region.modules, {**mask.meta, **region.meta}).with_meta(
             base_model=str(pretrained.fingerprint(params.model.base)),
             task=task,
-            budget=region.trainable_params(params.train.rank),
             code_version=code_version(root),
         )
-        stats = mask_stats(mask, params.train.rank)
+        stats = mask_stats(mask)
         digest = mask.digest
         if _unchanged(paths.mask, mask):
             # derive-mask re-runs whenever any task's importance changes; rewriting an equal
@@ -72,7 +71,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
         else:
             with atomic_path(paths.mask) as tmp:
                 tmp.mkdir()
-                mask.save(tmp, rank=params.train.rank)
+                mask.save(tmp)
                 write_meta(
                     tmp,
                     stage="derive-mask",
@@ -82,11 +81,11 @@ def run(task: str, root: Path = Path(".")) -> Path:
                     inputs=inputs,
                     outputs={"mask": digest},
                     density=stats["density"],
-                    trainable_params=stats["trainable_params"],
+                    trainable_params_per_rank=stats["trainable_params"],
                 )
         mlrun.log_outputs({"mask": digest})
         mlrun.set_tags({"taso.mask_source": source, **_lineage_tags(mask)})
-        mlrun.log_metrics({"density": stats["density"], "trainable_params": stats["trainable_params"]})
+        mlrun.log_metrics({"density": stats["density"], "trainable_params_per_rank": stats["trainable_params"]})
     return paths.mask
 
 
