@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from taso.names import ADAPTER_WEIGHTS, IMPORTANCE_FILE
+
 
 @dataclass(frozen=True)
 class TaskPaths:
@@ -23,10 +25,13 @@ class TaskPaths:
         return self.root / "artifacts" / self.task
 
     calibration = property(lambda self: self.dir / "calibration")
+    calibration_file = property(lambda self: self.calibration / "calibration.jsonl")
     importance = property(lambda self: importance_tree(self.root) / self.task)
+    importance_file = property(lambda self: self.importance / IMPORTANCE_FILE)
     heatmap = property(lambda self: self.dir / "importance_heatmap.png")
     mask = property(lambda self: self.dir / "mask")
     adapter = property(lambda self: self.dir / "adapter")
+    adapter_weights = property(lambda self: self.adapter / ADAPTER_WEIGHTS)
     train_curve = property(lambda self: self.dir / "train_curve.csv")
     train_metrics = property(lambda self: self.dir / "train.json")
     metrics = property(lambda self: self.dir / "metrics.json")

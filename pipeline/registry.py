@@ -31,7 +31,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from pipeline import tracking
-from taso.names import TASK_TYPES
+from taso.names import ADAPTER_CONFIG, MASK_FILE, TASK_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +136,9 @@ def register_adapter(
         The new version number, as a string.
     """
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
+    if not (adapter_dir / ADAPTER_CONFIG).is_file():
         raise FileNotFoundError(f"{adapter_dir}: not a PEFT adapter folder (no adapter_config.json)")
-    if mask_dir is not None and not (Path(mask_dir) / "mask.safetensors").is_file():
+    if mask_dir is not None and not (Path(mask_dir) / MASK_FILE).is_file():
         raise FileNotFoundError(f"{mask_dir}: not a mask folder (no mask.safetensors)")
     if not meta.get("base_model") or meta.get("task_type") not in TASK_TYPES:
         raise ValueError(

@@ -17,7 +17,7 @@ from pipeline.paths import TaskPaths
 from taso.importance import Importance
 from taso.io import ArtifactError
 from taso.masks import Mask, compose, derive_mask, merge_importance
-from taso.names import DEFAULT_RULE
+from taso.names import DEFAULT_RULE, IMPORTANCE_FILE
 
 REGISTRY_PREFIXES = ("registry:", "models:/")
 
@@ -44,7 +44,7 @@ def load_importance(ref: str, root: Path = Path(".")) -> Importance:
     """An importance map from a path: a score stage's folder or its ``importance.safetensors``."""
     path = _path(ref, root)
     if path.is_dir():
-        path = path / "importance.safetensors"
+        path = path / IMPORTANCE_FILE
     if not path.is_file():
         raise ArtifactError(
             f"{ref}: no importance map there; give a score stage's folder (artifacts/importance/<task>)"
@@ -59,7 +59,7 @@ def _path(ref: str, root: Path) -> Path:
 
 def own_importance(root: Path, task: str) -> Importance:
     """The importance map the score stage wrote for ``task``."""
-    path = TaskPaths(root, task).importance / "importance.safetensors"
+    path = TaskPaths(root, task).importance_file
     if not path.is_file():
         raise ArtifactError(f"{path}: task {task!r} has no importance map yet; run `dvc repro score@{task}` first")
     return Importance.load(path)

@@ -15,9 +15,9 @@ from torch import nn
 
 from taso.io import ArtifactError, atomic_path, read_json
 from taso.masks import Mask
+from taso.names import ADAPTER_SIDECAR
 from taso.targets import head_names
 
-SIDECAR = "taso.json"
 # PEFT's task type for each of taso's task types.
 PEFT_TASK = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
 
@@ -53,13 +53,13 @@ def write_adapter(peft_model: nn.Module, out_dir, extra: dict | None = None) -> 
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         peft_model.save_pretrained(str(tmp))
-        (tmp / SIDECAR).write_text(json.dumps(extra or {}, indent=2, sort_keys=True) + "\n")
+        (tmp / ADAPTER_SIDECAR).write_text(json.dumps(extra or {}, indent=2, sort_keys=True) + "\n")
     return out_dir
 
 
 def adapter_mask_digest(adapter_dir) -> str | None:
     """The digest of the mask an adapter folder was trained on (``taso.json``'s ``mask_digest``), or None."""
-    path = Path(adapter_dir) / SIDECAR
+    path = Path(adapter_dir) / ADAPTER_SIDECAR
     return read_json(path).get("mask_digest") if path.is_file() else None
 
 
@@ -75,7 +75,7 @@ def check_adapter_mask(adapter_dir, mask: Mask) -> None:
     Raises:
         ArtifactError: no digest is recorded, or another one than ``mask.digest``.
     """
-    path = Path(adapter_dir) / SIDECAR
+    path = Path(adapter_dir) / ADAPTER_SIDECAR
     recorded = read_json(path).get("mask_digest")  # a missing file is refused by name
     if recorded is None:
         raise ArtifactError(f"{path}: records no mask_digest; re-export the adapter with the train stage")

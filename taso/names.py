@@ -1,4 +1,4 @@
-"""Names that several layers share, each defined once: task types, mask rules, built-in models.
+"""Names that several layers share, each defined once: task types, mask rules, built-in models, artifact files.
 
 Plain values only (no torch), so the registry and the CLI can import them without the cost of
 the method's dependencies.
@@ -23,3 +23,11 @@ DEFAULT_MODEL = "minilm"
 SMOLLM2 = "smollm2"
 # What an adapter's config names as its base, so PEFT's AutoPeftModel finds the built-ins when online.
 HUB_IDS = {DEFAULT_MODEL: "sentence-transformers/all-MiniLM-L6-v2", SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+# Artifact file names.
+MASK_FILE = "mask.safetensors"  # a mask's index tensors and metadata
+MASK_SIDECAR = "mask.json"  # the same, readable, with per-module counts
+IMPORTANCE_FILE = "importance.safetensors"  # a score stage's importance map
+ADAPTER_CONFIG = "adapter_config.json"  # what PEFT's save_pretrained writes ...
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # ... and its weights
+ADAPTER_SIDECAR = "taso.json"  # beside them: what the adapter was trained on (mask digest, labels, base)

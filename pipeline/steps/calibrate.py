@@ -17,7 +17,8 @@ from taso.io import atomic_path
 def run(task: str, root: Path = Path(".")) -> Path:
     """Write ``calibration.jsonl`` (the chosen examples) and ``meta.json``; a method without a region skips."""
     params = load_params(root / "params.yaml")
-    out = TaskPaths(root, task).calibration
+    paths = TaskPaths(root, task)
+    out = paths.calibration
     if not params.scores(task):
         return write_skipped(out, stage="calibrate", task=task, root=root, reason=params.why_not_scored(task))
     spec, n, seed = params.spec(task), params.calibrate.n, params.seed
@@ -29,7 +30,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
         with atomic_path(out) as tmp:
             tmp.mkdir()
             lines = to_jsonl(chosen)
-            (tmp / "calibration.jsonl").write_text(lines)
+            (tmp / paths.calibration_file.name).write_text(lines)
             digest = hashlib.sha256(lines.encode()).hexdigest()
             write_meta(
                 tmp,

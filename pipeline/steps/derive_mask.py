@@ -17,6 +17,7 @@ from pipeline.paths import TaskPaths
 from taso import pretrained
 from taso.io import ArtifactError, atomic_path
 from taso.masks import Mask, mask_stats, shape_mismatch
+from taso.names import MASK_FILE
 from taso.targets import find_targets
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
 
 def _unchanged(folder: Path, mask: Mask) -> bool:
     """Whether ``folder`` already holds ``mask``: same content, same metadata but for the code version."""
-    if not (folder / "mask.safetensors").is_file():
+    if not (folder / MASK_FILE).is_file():
         return False
     try:
         old = Mask.load(folder)

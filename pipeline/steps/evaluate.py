@@ -30,7 +30,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
         "evaluate": params.evaluate.model_dump(),
         "task": params.task(task).model_dump(),
     }
-    inputs = {"adapter": digest_file(paths.adapter / "adapter_model.safetensors")}
+    inputs = {"adapter": digest_file(paths.adapter_weights)}
     if params.uses_mask():
         mask = Mask.load(paths.mask)
         # Before any model loads: an adapter and a mask that disagree mean one of them is stale.

@@ -19,6 +19,7 @@ from pipeline.plots import importance_heatmap, placeholder
 from taso import data, pretrained
 from taso.importance import score_importance, warm_up_head
 from taso.io import atomic_path, digest_file
+from taso.names import IMPORTANCE_FILE
 from taso.targets import find_targets, head_names
 
 
@@ -36,11 +37,11 @@ def run(task: str, root: Path = Path(".")) -> Path:
         "score": params.score.model_dump(),
         "task": params.task(task).model_dump(),
     }
-    inputs = {"calibration": digest_file(paths.calibration / "calibration.jsonl")}
+    inputs = {"calibration": digest_file(paths.calibration_file)}
     with tracking.stage_run(root, stage="score", task=task, params=used, inputs=inputs) as mlrun:
         tok = pretrained.load_tokenizer(params.model.base)
         model = pretrained.load_model(params.model.base, spec.task_type, num_labels=spec.num_labels, seed=seed)
-        calib = data.encode(data.read_jsonl(paths.calibration / "calibration.jsonl"), tok, spec.max_length)
+        calib = data.encode(data.read_jsonl(paths.calibration_file), tok, spec.max_length)
         warmed = 0
         if params.score.head_warmup_steps and head_names(model):  # a causal LM has no new head to warm up
             train = data.encode(data.read_rows(spec, "train", seed=seed), tok, spec.max_length)
@@ -64,7 +65,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
         imp.meta.update(base_model=str(fp), task=task, head_warmup_steps=str(warmed))
         with atomic_path(paths.importance) as tmp:
             tmp.mkdir()
-            digest = imp.save(tmp / "importance.safetensors")
+            digest = imp.save(tmp / IMPORTANCE_FILE)
             write_meta(
                 tmp,
                 stage="score",

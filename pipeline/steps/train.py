@@ -20,6 +20,7 @@ from taso.export import PEFT_TASK
 from taso.importance import Importance
 from taso.io import atomic_path, digest_file, write_csv, write_json
 from taso.masks import Mask, check_importance, mask_stats
+from taso.names import ADAPTER_WEIGHTS
 from taso.train import train
 
 
@@ -30,7 +31,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
     method = params.method()
     mask = Mask.load(paths.mask) if method.needs == "mask" else None
     if params.scores(task):  # a task's own mask records the importance it came from
-        check_importance(mask, Importance.load(paths.importance / "importance.safetensors"))
+        check_importance(mask, Importance.load(paths.importance_file))
     used = {
         "seed": seed,
         "model": params.model.model_dump(),
@@ -72,7 +73,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
                 task_type=PEFT_TASK[spec.task_type],
                 extra=adapter_meta,
             )
-            adapter_digest = digest_file(tmp / "adapter_model.safetensors")
+            adapter_digest = digest_file(tmp / ADAPTER_WEIGHTS)
             write_meta(
                 tmp,
                 stage="train",

@@ -16,6 +16,7 @@ from torch import nn
 
 from taso.importance import Importance
 from taso.io import ArtifactError, digest_tensors, load_safetensors, read_json, save_safetensors, write_json
+from taso.names import MASK_FILE, MASK_SIDECAR
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,8 @@ class Mask:
         digest = self.digest
         shapes = {n: list(m.shape) for n, m in self.modules.items()}
         meta = {**self.meta, "digest": digest, "shapes": _dumps(shapes)}
-        save_safetensors(folder / "mask.safetensors", self._tensors(), meta)
-        write_json(folder / "mask.json", {"meta": self.meta, "digest": digest, **mask_stats(self, rank or 1)})
+        save_safetensors(folder / MASK_FILE, self._tensors(), meta)
+        write_json(folder / MASK_SIDECAR, {"meta": self.meta, "digest": digest, **mask_stats(self, rank or 1)})
         return digest
 
     @classmethod
@@ -92,7 +93,7 @@ class Mask:
         """Read a mask, refusing a corrupt file or one whose content does not match its digest."""
         path = Path(folder_or_file)
         if path.is_dir():
-            path = path / "mask.safetensors"
+            path = path / MASK_FILE
         tensors, meta = load_safetensors(path)
         try:
             shapes = json.loads(meta.pop("shapes"))
@@ -213,4 +214,4 @@ def load_for_model(folder_or_file, model: nn.Module) -> Mask:
 
 def read_mask_json(folder) -> dict:
     """The human-readable sidecar of a saved mask."""
-    return read_json(Path(folder) / "mask.json")
+    return read_json(Path(folder) / MASK_SIDECAR)
