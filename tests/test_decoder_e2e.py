@@ -1,4 +1,4 @@
-"""End to end on a decoder: the real `dvc repro` runs the five stages (and compose, analyze) for a
+"""End to end on a decoder: the real `dvc repro` runs the six stages (and compose, analyze) for a
 choice task and a generation task on a tiny Llama saved like a hub model; the registry's pyfunc
 model then answers prompts."""
 
@@ -67,7 +67,7 @@ def project(tmp_path_factory):
 def test_repro_runs_every_stage_of_both_decoder_tasks(project):
     repo, _, first, _ = project
     for task in ("parity", "sums"):
-        for stage in ("calibrate", "score", "derive-mask", "train", "evaluate"):
+        for stage in ("calibrate", "score", "derive-mask", "train", "evaluate", "promote"):
             assert f"Running stage '{stage}@{task}'" in first.stdout
         art = repo / "artifacts" / task
         adapter = json.loads((art / "adapter" / "adapter_config.json").read_text())

@@ -147,7 +147,7 @@ def test_mlflow_runs_and_registry(project):
     exp = client.get_experiment_by_name("taso")
     runs = client.search_runs([exp.experiment_id], max_results=100)
     stages = {(r.data.tags["taso.stage"], r.data.tags["taso.task"]) for r in runs}
-    per_task = {(s, t) for s in ("calibrate", "score", "derive-mask", "train", "evaluate") for t in TASKS}
+    per_task = {(s, t) for s in ("calibrate", "score", "derive-mask", "train", "evaluate", "promote") for t in TASKS}
     assert stages == per_task | {("compose", "demo-union"), ("analyze", "all")}
     train_run = next(
         r for r in runs if r.data.tags["taso.stage"] == "train" and r.data.tags["taso.task"] == "sentiment"
@@ -195,7 +195,8 @@ def test_param_change_reruns_only_that_task(project):
     # Stages that read every task's importance map re-run too (in seconds); sentiment's mask
     # comes out the same, so its training and evaluation do not.
     cross = {"derive-mask@sentiment", "compose@demo-union", "analyze"}
-    assert ran == {f"{s}@entailment" for s in ("calibrate", "score", "derive-mask", "train", "evaluate")} | cross
+    stages = ("calibrate", "score", "derive-mask", "train", "evaluate", "promote")
+    assert ran == {f"{s}@entailment" for s in stages} | cross
 
 
 def test_bad_params_fail_the_stage_with_the_key_path(project):
