@@ -112,19 +112,14 @@ def run(task: str, root: Path = Path(".")) -> Path:
         write_json(paths.train_metrics, summary)
         mlrun.log_outputs({"adapter": adapter_digest})
         mlrun.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
-        mlrun.set_tags(
-            {
-                "taso.method": method.name,
-                "taso.registered_model": name,
-                "taso.registered_version": version,
-                **({"taso.mask_source": adapter_meta["mask_source"]} if mask else {}),
-                **(
-                    {"taso.mask_source_digest": mask.meta["source_digest"]}
-                    if mask and "source_digest" in mask.meta
-                    else {}
-                ),
-            }
-        )
+        tags = {
+            "taso.method": method.name,
+            "taso.registered_model": name,
+            "taso.registered_version": version,
+            "taso.mask_source": adapter_meta["mask_source"],
+            "taso.mask_source_digest": adapter_meta["mask_source_digest"],
+        }
+        mlrun.set_tags({k: v for k, v in tags.items() if v is not None})
     checkpoint.unlink(missing_ok=True)
     return paths.adapter
 
