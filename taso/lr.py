@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from taso.targets import head_names
+from taso.targets import head_names, in_head
 
 # (group name, its parameters, ρ): one block of parameters whose rate scales with its kept fraction.
 Scaled = tuple[str, Sequence[nn.Parameter], float]
@@ -47,8 +47,7 @@ def param_groups(
     head, rest = [], []
     for name, p in model.named_parameters():
         if p.requires_grad and id(p) not in seen:
-            is_head = name.split(".")[0] in heads or any(f".{h}." in name for h in heads)
-            (head if is_head else rest).append(p)
+            (head if in_head(name, heads) else rest).append(p)
     if head:
         groups.append({"params": head, "lr": head_lr or lr, "name": "head", "rho": 1.0, "weight_decay": weight_decay})
     if rest:

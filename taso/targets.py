@@ -56,3 +56,8 @@ def head_names(model: nn.Module) -> list[str]:
     (Llama); a causal LM's ``lm_head`` is pretrained and stays frozen.
     """
     return [n for n, _ in model.named_children() if n in ("classifier", "score")]
+
+
+def in_head(name: str, heads: Sequence[str]) -> bool:
+    """Whether the parameter ``name`` belongs to one of the ``heads`` (also inside a PEFT wrapper's names)."""
+    return name.split(".")[0] in heads or any(f".{h}." in name for h in heads)

@@ -27,7 +27,7 @@ from torch import nn
 
 from taso.lr import Scaled, linear_schedule, param_groups
 from taso.masks import Mask
-from taso.targets import TargetSpec, head_names
+from taso.targets import TargetSpec, head_names, in_head
 
 Need = Literal["mask"] | None
 
@@ -137,8 +137,8 @@ class Method:
         out = {"adapter": 0, "head": 0, "backbone": 0}
         for name, p in model.named_parameters():
             if p.requires_grad:
-                is_head = name.split(".")[0] in heads or any(f".{h}." in name for h in heads)
-                out["adapter" if self.is_adapter(name) else "head" if is_head else "backbone"] += p.numel()
+                part = "adapter" if self.is_adapter(name) else "head" if in_head(name, heads) else "backbone"
+                out[part] += p.numel()
         return {**out, "total": sum(out.values())}
 
     def export(
