@@ -20,7 +20,6 @@ task, method, seed and settings are already there is skipped, so a killed grid r
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -32,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
+from harness.store import append, key, load  # noqa: E402
 
 from taso import causal_lm, data, pretrained  # noqa: E402
 from taso.importance import score_importance  # noqa: E402
@@ -148,16 +148,6 @@ def settings(args, task: str) -> dict:
     }
 
 
-def key(task: str, method: str, seed: int, s: dict) -> str:
-    return hashlib.sha256(json.dumps([task, method, seed, s], sort_keys=True).encode()).hexdigest()[:16]
-
-
-def load(path: Path) -> dict[str, dict]:
-    if not path.is_file():
-        return {}
-    return {r["key"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
-
-
 def table(runs: list[dict], tasks: list[str], spec_of: dict[str, data.TaskSpec]) -> str:
     lines = [
         "| method | trainable params | " + " | ".join(f"{t} ({spec_of[t].metrics[0]})" for t in tasks) + " |",
@@ -219,7 +209,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     spec_of = specs(args.data, args.max_train, args.max_eval)
     tok = pretrained.load_tokenizer(args.model)
-    done = load(args.results)
+    done = {r["key"]: r for r in load(args.results)}
     for task in args.tasks:
         methods = [m for m in args.methods if task != "gsm8k" or m in args.gsm8k_methods]
         for seed in args.seeds:
@@ -231,8 +221,7 @@ def main() -> None:
                 record = {"key": k, "task": task, "method": method, "seed": seed, "settings": s}
                 record |= run_one(task, method, spec_of[task], tok, args, seed)
                 args.results.parent.mkdir(parents=True, exist_ok=True)
-                with open(args.results, "a") as f:  # one whole line per finished run
-                    f.write(json.dumps(record) + "\n")
+                append(args.results, record)
                 done[k] = record
                 print(json.dumps(record), file=sys.stderr, flush=True)
     current = [r for r in done.values() if r["settings"] == settings(args, r["task"]) and r["task"] in args.tasks]
