@@ -87,7 +87,9 @@ def test_every_listed_code_dep_exists(stage):
     assert not stale, f"dvc.yaml stage {stage} lists code that does not exist: {stale}"
 
 
-def test_the_import_reader_sees_lazy_imports(tmp_path):
-    # evaluate's registry calls import taso modules inside functions; a reader of top-level
-    # imports alone would miss them (a test that could not fail otherwise).
+def test_the_import_reader_sees_lazy_imports_and_a_dep_covers_only_its_own_tree():
+    # The registry imports taso modules inside functions; a reader of top-level imports alone
+    # would miss them, and the deps test above would pass on an incomplete closure.
     assert ROOT / "taso" / "export.py" in closure(ROOT / "pipeline" / "registry.py")
+    assert covered(ROOT / "taso" / "masks" / "mask.py", ["taso/masks"])
+    assert not covered(ROOT / "taso" / "io.py", ["taso/masks", "taso/io"])

@@ -55,7 +55,7 @@ class FullFinetune(Method):
             if n
             and n not in linears
             and n.split(".")[0] not in heads
-            and any(True for _ in m.parameters(recurse=False))
+            and next(m.parameters(recurse=False), None) is not None
         ]
         ranks = {n: min(m.weight.shape) for n, m in linears.items()}
         config = LoraConfig(
