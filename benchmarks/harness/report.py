@@ -1,0 +1,174 @@
+"""The GLUE benchmark's markdown tables and plot, from the records of ``harness.store``: the
+report table, TASO's paired gaps, step-time and memory cost, the sweep so far and the transfer table."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from harness.sweep import chosen
+from harness.tables import SPREAD_NOTE, cell, gap
+from taso import data
+from taso.io import atomic_path
+
+
+def label(s: dict) -> str:
+    if s["method"] in ("taso", "random"):
+        knobs = ", ".join(f"{k} {s[k]}" for k in ("p", "rank", "gamma", "warmup", "rule", "calibration"))
+        return f"{s['method']} (lr {s['lr']:g}; {knobs})"
+    return f"{s['method']} (lr {s['lr']:g})"
+
+
+def table(
+    report: list[dict], settings: dict[str, dict], specs: dict[str, data.TaskSpec], tasks, seeds: int, chance=None
+) -> str:
+    """Each method's dev metrics (mean ± std over seeds) and trainable parameters; ``chance`` (task ->
+    majority-class accuracy) adds a reference row, so a metric near chance reads as such."""
+    head = "| method | trainable (adapter + head [+ backbone]) | " + " | ".join(
+        f"{t} ({'/'.join(specs[t].metrics)})" for t in tasks
+    )
+    lines = [head + " |", "|---|---:|" + "---:|" * len(tasks)]
+    for s in settings.values():
+        runs = [r for r in report if r["setting"] == s]
+        if not runs:
+            continue
+        t = runs[0]["trainable"]
+        cells = []
+        for task in tasks:
+            mine = [r for r in runs if r["task"] == task]
+            cells.append(" / ".join(cell([r[m] for r in mine], seeds) for m in specs[task].metrics))
+        budget = f"{t['adapter']:,} + {t['head']:,}" + (f" + {t['backbone']:,}" if t["backbone"] else "")
+        lines.append(f"| {label(s)} | {budget} | " + " | ".join(cells) + " |")
+    if chance:
+        lines.append(
+            "| majority class (reference, accuracy) | — | " + " | ".join(cell([chance[t]]) for t in tasks) + " |"
+        )
+    return "\n".join(lines)
+
+
+def by_seed(runs: list[dict], task: str) -> dict[int, float]:
+    """``task``'s main metric in ``runs``, by seed."""
+    return {r["seed"]: r["main"] for r in runs if r["task"] == task}
+
+
+def paired(report: list[dict], settings: dict[str, dict], specs, tasks, seeds: int, ref: str = "taso") -> str:
+    """``ref``'s main dev metric minus each other method's, paired by seed (the same seed shares the
+    data order and head initialisation); see ``gap``."""
+    head = f"| {ref} minus | " + " | ".join(f"{t} ({specs[t].metrics[0]})" for t in tasks) + " |"
+    lines = [head, "|---|" + "---:|" * len(tasks)]
+    mine = [r for r in report if r["setting"] == settings[ref]]
+    for name, s in settings.items():
+        if name == ref:
+            continue
+        other = [r for r in report if r["setting"] == s]
+        cells = [gap(by_seed(mine, t), by_seed(other, t), seeds) for t in tasks]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + SPREAD_NOTE
+
+
+def cost(report: list[dict], settings: dict[str, dict], tasks, ref: str = "lora-r1") -> str:
+    """Each method's median step time as a multiple of ``ref``'s (paired by seed, median over seeds)
+    and its median peak RSS, per task. Runs share the cores, so the figures are indicative only."""
+    lines = ["| method: step time × " + ref + ", peak RSS MB | " + " | ".join(tasks) + " |"]
+    lines.append("|---|" + "---:|" * len(tasks))
+    base = {(r["task"], r["seed"]): r["median_step_seconds"] for r in report if r["setting"] == settings[ref]}
+    for name, s in settings.items():
+        cells = []
+        for t in tasks:
+            runs = [r for r in report if r["setting"] == s and r["task"] == t]
+            ratios = [r["median_step_seconds"] / base[t, r["seed"]] for r in runs if (t, r["seed"]) in base]
+            rss = [r["peak_rss_mb"] for r in runs]
+            cells.append(f"{statistics.median(ratios):.2f}× / {statistics.median(rss):,.0f}" if ratios else "—")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sweep_table(done: list[dict], planned: list[dict], specs, tasks, majority: dict[str, float]) -> str:
+    """The sweep so far: each planned setting's held-out main metric per task, "…" where a run is
+    still to come, and a mark on each method's current choice; ``majority`` (task -> majority-class
+    accuracy on the held-out slice) is the reference row."""
+    picks = chosen(done, tasks, planned)
+    head = "| setting | " + " | ".join(f"{t} held-out {specs[t].metrics[0]}" for t in tasks) + " | mean |"
+    lines = [head, "|---|" + "---:|" * (len(tasks) + 1)]
+    majority = [cell([majority[t]]) for t in tasks]
+    lines.append("| majority class (reference) | " + " | ".join(majority) + " | |")
+    for s in planned:
+        got = {r["task"]: r["main"] for r in done if r["phase"] == "sweep" and r["setting"] == s}
+        cells = [f"{100 * got[t]:.1f}" if t in got else "…" for t in tasks]
+        mean = f"{100 * statistics.mean(got.values()):.1f}" if set(tasks) <= set(got) else "…"
+        mark = " **(chosen)**" if picks.get(s["method"]) == s else ""
+        lines.append(f"| {label(s)}{mark} | " + " | ".join(cells) + f" | {mean} |")
+    return "\n".join(lines)
+
+
+def transfer_settings(taso: dict, b: str, tasks) -> list[dict]:
+    """Task ``b``'s masks for the transfer table, all at the chosen TASO setting: its own, each other
+    task's, the others' union cut to its own counts (with two or more others), and a random one."""
+    others = [a for a in tasks if a != b]
+    out = [taso, *({**taso, "method": "transfer", "source": a} for a in others)]
+    if len(others) > 1:
+        out.append({**taso, "method": "union", "sources": others})
+    return [*out, {**taso, "method": "random"}]
+
+
+def condition(s: dict) -> str:
+    names = {"taso": "own mask", "union": "union of the others, cut to own counts", "random": "random, own counts"}
+    return names.get(s["method"]) or f"mask of {s['source']}"
+
+
+def transfer_table(report: list[dict], taso: dict, specs, tasks, seeds: int) -> str:
+    """Task B's main dev metric (mean ± std over seeds) for each mask it trained with; then each
+    borrowed mask's metric minus B's own, paired by seed (see ``gap``)."""
+    got: dict[str, dict[str, dict[int, float]]] = {}
+    for b in tasks:
+        for s in transfer_settings(taso, b, tasks):
+            got.setdefault(condition(s), {})[b] = by_seed([r for r in report if r["setting"] == s], b)
+    order = [
+        "own mask",
+        *(f"mask of {a}" for a in tasks),
+        "union of the others, cut to own counts",
+        "random, own counts",
+    ]
+    names = [n for n in order if n in got]
+    head = " | ".join(f"{b} ({specs[b].metrics[0]})" for b in tasks) + " |"
+    lines = ["| mask \\ task B | " + head, "|---|" + "---:|" * len(tasks)]
+    for name in names:
+        lines.append(
+            f"| {name} | " + " | ".join(cell(list(got[name].get(b, {}).values()), seeds) for b in tasks) + " |"
+        )
+    own = got.get("own mask", {})
+    diffs = ["| mask minus own mask | " + head, "|---|" + "---:|" * len(tasks)]
+    for name in names[1:]:
+        cells = [gap(got[name][b], own.get(b, {}), seeds) if b in got[name] else "—" for b in tasks]
+        diffs.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + "\n".join(diffs) + "\n\n" + SPREAD_NOTE
+
+
+def plot(report: list[dict], settings: dict[str, dict], specs, tasks, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for name, s in settings.items():
+            runs = [r for r in report if r["setting"] == s and r["task"] == task]
+            if not runs:
+                continue
+            n = sum(runs[0]["trainable"].values())
+            values = [100 * r["main"] for r in runs]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            ax.errorbar(n, statistics.mean(values), yerr=spread, fmt="o", capsize=3, label=name)
+        ax.set_xscale("log")
+        ax.set_title(f"{task} ({specs[task].metrics[0]})")
+        ax.set_xlabel("trainable parameters")
+    axes[0][0].set_ylabel("dev metric (%)")
+    # The legend goes on the last panel, with the handles of the fullest one (a partial report may
+    # have no runs of the last task yet).
+    handles, names = max((ax.get_legend_handles_labels() for ax in axes[0]), key=lambda hl: len(hl[0]))
+    axes[0][-1].legend(handles, names, fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
