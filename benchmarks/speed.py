@@ -30,7 +30,8 @@ import torch  # noqa: E402
 from taso import pretrained  # noqa: E402
 from taso.importance import score_importance  # noqa: E402
 from taso.masks import Mask, ModuleMask, derive_rows_cols  # noqa: E402
-from taso.methods import HeadOnly, Lora, MethodConfig, Taso  # noqa: E402
+from taso.methods import MethodConfig  # noqa: E402
+from taso.methods import build as build_method  # noqa: E402
 from taso.targets import find_targets, layer_index  # noqa: E402
 
 BATCH, TOKENS = 16, 128
@@ -69,9 +70,12 @@ def top_half(mask: Mask, n_layers: int = 6) -> Mask:
 
 def floor_model():
     """Head-only training, but with activation gradients forced through the whole encoder."""
-    model = HeadOnly().prepare(fresh_model())
+    model = build_method("head", MethodConfig()).prepare(fresh_model())
     model.bert.embeddings.register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
     return model
+
+
+R1 = MethodConfig(rank=1, alpha=2.0)  # the speed comparison is at rank 1, scale 2, for LoRA and TASO alike
 
 
 def build(method: str, data):
@@ -79,11 +83,11 @@ def build(method: str, data):
     if method == "floor":
         return floor_model()
     if method == "peft_r1":
-        return Lora(MethodConfig(rank=1, alpha=2.0)).prepare(model)
+        return build_method("lora", R1).prepare(model)
     mask = default_mask(model, data)
     if method == "taso_top_half":
         mask = top_half(mask)
-    return Taso(MethodConfig(rank=1, alpha=2.0)).prepare(model, mask)
+    return build_method("taso", R1).prepare(model, mask)
 
 
 def train_step(model, opt, batch, autocast: bool = False) -> None:
@@ -223,9 +227,7 @@ def decoder_rows(warmup: int, steps: int) -> list[tuple[str, str, float, float, 
 
     def stepper(loss_fn):
         model = pretrained.load_model("smollm2", "causal_lm")
-        model = Taso(MethodConfig(rank=1, alpha=2.0)).prepare(
-            model, derive_rows_cols(score_importance(model, data[:1]), 0.25)
-        )
+        model = build_method("taso", R1).prepare(model, derive_rows_cols(score_importance(model, data[:1]), 0.25))
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
