@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
 import platform
-import subprocess
 from pathlib import Path
 
 import taso
 from taso.io import write_json
 
+CODE_DIRS = ("taso", "pipeline", "stages")
+
 
 def code_version(root: Path) -> str:
-    """taso's version and the project's git commit, ``.dirty`` when taso/, pipeline/ or stages/ have uncommitted changes."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        # Only the code counts: DVC stages dvc.lock as it runs, which says nothing about the code.
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", "taso", "pipeline", "stages"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        return f"{taso.__version__}+{commit}{'.dirty' if dirty else ''}"
-    except (OSError, subprocess.CalledProcessError):
-        return taso.__version__
+    """taso's version and a digest of the code that ran (every ``.py`` under taso/, pipeline/ and stages/).
+
+    A digest of the sources, not the git commit: a commit that leaves the code alone (a README
+    edit, a new task in params.yaml) must not change the bytes of an artifact, or DVC would rerun
+    everything downstream of it for nothing. The commit itself is a tag of the stage's MLflow run.
+    """
+    h = hashlib.sha256()
+    for d in CODE_DIRS:
+        for path in sorted((Path(root) / d).rglob("*.py")):
+            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"{taso.__version__}+src.{h.hexdigest()[:12]}"
 
 
 def write_meta(

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from taso.config import MethodConfig, TrainConfig
 from taso.data import TaskSpec
-from taso.methods import METHODS, Method, MethodConfig
+from taso.metrics import APPLIES_TO
 from taso.names import DEFAULT_RULE, Rule, TaskType
-from taso.train import TrainConfig
+
+if TYPE_CHECKING:
+    from taso.methods import Method
 
 Fraction = Annotated[float, Field(gt=0, le=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -41,12 +44,14 @@ class TrackingParams(_Strict):
 class TaskParams(_Strict):
     source: str
     task_type: TaskType = "classification"
-    text_fields: list[str] = Field(default_factory=lambda: ["text"], min_length=1, max_length=2)
+    # One text or a pair; an entry that is a list joins those columns into one text: [[title, body]].
+    text_fields: list[str | list[str]] = Field(default_factory=lambda: ["text"], min_length=1)
     label_field: str = "label"
     labels: list[str] | None = None
     metrics: list[str] = Field(default_factory=lambda: ["accuracy"], min_length=1)
     splits: dict[str, str] = Field(default_factory=lambda: {"train": "train", "eval": "eval"})
     column_names: list[str] | None = None
+    quoting: bool = True  # CSV/TSV: "a, b" is one field; false reads quotes as text (GLUE's TSVs)
     max_train: PositiveInt | None = None
     max_eval: PositiveInt | None = None
     # causal_lm only: the text the model learns, "{}" standing for the answer in label_field.
@@ -62,17 +67,28 @@ class TaskParams(_Strict):
 
     @model_validator(mode="after")
     def _scoring(self) -> TaskParams:
-        # A causal LM task is a choice task (labels: its options, scored by log-likelihood) or a
-        # generation task (no labels, scored by exact match of the final number).
-        if self.task_type != "causal_lm":
-            if "exact_match" in self.metrics or self.answer_template != "{}":
-                raise ValueError("exact_match and answer_template apply to task_type: causal_lm only")
-            return self
-        allowed = ("accuracy", "f1", "matthews") if self.labels else ("exact_match",)
+        # Settings that would train and then report nothing meaningful stop here, naming the fix.
+        if self.task_type != "causal_lm" and self.answer_template != "{}":
+            raise ValueError("answer_template applies to task_type: causal_lm only")
+        if self.task_type == "regression" and self.labels:
+            raise ValueError("labels name classes; a regression task predicts a number: drop labels")
+        kind, what = self.task_type, f"a {self.task_type} task"
+        if kind == "causal_lm":  # a choice task (labels: its options) or a generation task (no labels)
+            kind, what = (
+                ("causal_lm choice", "a choice task (it has labels)")
+                if self.labels
+                else ("causal_lm generation", "a generation task (no labels)")
+            )
+        allowed = APPLIES_TO[kind]
         wrong = [m for m in self.metrics if m not in allowed]
         if wrong:
-            kind = "a choice task (it has labels)" if self.labels else "a generation task (no labels)"
-            raise ValueError(f"metrics {wrong} do not apply to {kind}; use {' or '.join(allowed)}")
+            fix = " (a numeric target needs task_type: regression)" if kind == "classification" else ""
+            raise ValueError(f"metrics {wrong} do not apply to {what}; use {' or '.join(allowed)}{fix}")
+        classes = len(self.labels) if self.labels else 2
+        if "f1" in self.metrics and classes != 2:
+            raise ValueError(
+                f"f1 here is binary (of class 1); this task has {classes} labels: use accuracy or matthews"
+            )
         return self
 
     @field_validator("mask_source")
@@ -83,6 +99,18 @@ class TaskParams(_Strict):
                 "must be 'own', 'registry:<name>@<alias>', 'models:/<name>@<alias>', 'file:<path>' "
                 "or 'composition:<name>'"
             )
+        return v
+
+    @field_validator("text_fields")
+    @classmethod
+    def _text_fields(cls, v: list) -> list:
+        if len(v) > 2:
+            raise ValueError(
+                f"holds one text or a sentence pair, not {len(v)}; to join columns into one text, "
+                f"list them together: text_fields: [{v!r}]".replace("'", "")
+            )
+        if any(isinstance(f, list) and not f for f in v):
+            raise ValueError("a joined text needs at least one column")
         return v
 
     @field_validator("splits")
@@ -99,12 +127,13 @@ class TaskParams(_Strict):
             name=name,
             source=self.source,
             task_type=self.task_type,
-            text_fields=tuple(self.text_fields),
+            text_fields=tuple(f if isinstance(f, str) else tuple(f) for f in self.text_fields),
             label_field=self.label_field,
             labels=tuple(self.labels) if self.labels else None,
             metrics=tuple(self.metrics),
             splits=dict(self.splits),
             column_names=tuple(self.column_names) if self.column_names else None,
+            quoting=self.quoting,
             max_train=self.max_train,
             max_eval=self.max_eval,
             max_length=max_length,
@@ -169,13 +198,18 @@ class TrainParams(_Strict):
 
     @field_validator("method")
     @classmethod
-    def _method(cls, v: str) -> str:
-        if v not in METHODS:
-            raise ValueError(f"unknown method {v!r}; choose one of {', '.join(METHODS)}")
+    def _method(cls, v: str, info: ValidationInfo) -> str:
+        if not _quick(info):
+            from taso.methods import METHODS
+
+            if v not in METHODS:
+                raise ValueError(f"unknown method {v!r}; choose one of {', '.join(METHODS)}")
         return v
 
     def method_class(self) -> type[Method]:
         """The class ``method`` names in taso's method registry."""
+        from taso.methods import METHODS
+
         return METHODS[self.method]
 
     def method_config(self, seed: int, targets) -> MethodConfig:
@@ -217,7 +251,7 @@ class Params(_Strict):
     compositions: dict[str, CompositionParams] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _lineage(self) -> Params:
+    def _lineage(self, info: ValidationInfo) -> Params:
         # Compositions read tasks' own importance, so a task that reuses a mask cannot be an
         # input, and one that uses a composition cannot be in it: each would be a cycle.
         for task in self.tasks:
@@ -256,14 +290,14 @@ class Params(_Strict):
                         f"compositions.{name}.of: task {ref!r} reuses a mask ({self.tasks[ref].mask_source}); "
                         "compose that mask's source instead"
                     )
-        if self.train.method_class().needs is None:
+        if not _quick(info) and self.train.method_class().needs is None:
             # A method without a core region trains no mask, so nothing may ask it for one.
             for task, t in self.tasks.items():
                 if t.mask_source != "own":
                     raise ValueError(
                         f"tasks.{task}.mask_source: train.method {self.train.method} trains without a mask, so it "
                         f"cannot use {t.mask_source}; set mask_source: own, or choose a method that trains on a core "
-                        f"region ({', '.join(n for n, m in METHODS.items() if m.needs == 'mask')})"
+                        f"region ({', '.join(n for n, m in _methods().items() if m.needs == 'mask')})"
                     )
         for task, t in self.tasks.items():
             if t.mask_source.startswith("composition:"):
@@ -339,8 +373,25 @@ def _describe(err: ValidationError, path: Path) -> str:
     return "\n".join(lines)
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def _quick(info: ValidationInfo) -> bool:
+    """Whether this is the quick check, which leaves out what needs taso's method registry (torch)."""
+    return bool((info.context or {}).get("quick"))
+
+
+def _methods() -> dict:
+    from taso.methods import METHODS
+
+    return METHODS
+
+
+def load_params(path: str | Path = "params.yaml", *, quick: bool = False) -> Params:
     """Read and validate ``params.yaml``.
+
+    Args:
+        quick: check everything but what needs the method registry (the training method's
+            name, and which methods train on a mask): no torch import, so it takes a fraction
+            of a second. The check-params stage runs it on every ``dvc repro``; every other
+            stage validates in full.
 
     Raises:
         ParamsError: the file is missing, is not YAML, or a key is unknown, mistyped or out of range.
@@ -353,6 +404,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML ({e})") from e
     try:
-        return Params.model_validate(raw)
+        return Params.model_validate(raw, context={"quick": quick})
     except ValidationError as e:
         raise ParamsError(_describe(e, path)) from None

@@ -45,9 +45,16 @@ def importance_tree(root: Path) -> Path:
     return Path(root) / "artifacts" / "importance"
 
 
+def compositions_tree(root: Path) -> Path:
+    """Every composition's mask, ``artifacts/compositions/<name>/mask/``: one folder, so a task's
+    derive-mask can depend on it whatever composition its ``mask_source`` names (it holds a
+    committed README, so it exists before any composition does)."""
+    return Path(root) / "artifacts" / "compositions"
+
+
 def composition_dir(root: Path, name: str) -> Path:
-    """The mask folder of a composition in params.yaml ``compositions``."""
-    return Path(root) / "artifacts" / "compositions" / name / "mask"
+    """The mask folder of a composition in params.yaml ``compositions`` (the compose stage's out)."""
+    return compositions_tree(root) / name / "mask"
 
 
 def analysis_dir(root: Path) -> Path:

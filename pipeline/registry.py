@@ -12,6 +12,7 @@ URIs: ``models:/<name>@<alias>``, ``models:/<name>/<version>``, and the same wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -242,6 +244,21 @@ def tag_version(name: str, version: str, key: str, value: object) -> None:
     """Set one tag on a model version."""
     _version(name, str(version))
     _retry(lambda: _client().set_model_version_tag(name, str(version), key, str(value)), f"tagging {name}/{version}")
+
+
+@contextlib.contextmanager
+def marked_if_failed(name: str, version: str, key: str = "evaluation_error") -> Iterator[None]:
+    """Tag version ``version`` of ``name`` with what went wrong (``key``) should the block fail.
+
+    A version is registered when it is trained; one whose evaluation then fails would otherwise
+    sit in the registry as ``candidate`` with nothing to say it was never measured.
+    """
+    try:
+        yield
+    except BaseException as e:
+        with contextlib.suppress(Exception):  # the registry may be what failed; the error goes on either way
+            tag_version(name, version, key, f"{type(e).__name__}: {e}"[:5000])
+        raise
 
 
 def promote_if_better(name: str, version: str, metric: str, value: float, *, higher_is_better: bool = True) -> bool:

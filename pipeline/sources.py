@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.params import Params
-from pipeline.paths import TaskPaths
+from pipeline.paths import TaskPaths, composition_dir
 from taso.importance import Importance
 from taso.io import ArtifactError
 from taso.masks import Mask, compose, derive_mask, merge_importance
-from taso.names import DEFAULT_RULE, IMPORTANCE_FILE
+from taso.names import DEFAULT_RULE, IMPORTANCE_FILE, MASK_FILE
 
 REGISTRY_PREFIXES = ("registry:", "models:/")
 
@@ -32,8 +32,12 @@ def load_mask(ref: str, root: Path = Path(".")) -> Mask:
         from pipeline import registry, tracking
 
         tracking.configure(root)  # the project's store (or MLFLOW_TRACKING_URI), not MLflow's default
+        # Resolve once and pull that version, so the mask and the version it records agree even
+        # if the alias moves meanwhile; lineage then names the version, not only the alias.
+        mv = registry.resolve(ref)
+        pinned = f"models:/{mv.name}/{mv.version}"
         with tempfile.TemporaryDirectory() as tmp:
-            return Mask.load(registry.pull(ref, Path(tmp) / "mask", what="mask"))
+            return Mask.load(registry.pull(pinned, Path(tmp) / "mask", what="mask")).with_meta(source_version=pinned)
     path = _path(ref, root)
     if not path.exists():
         raise ArtifactError(f"{ref}: no such mask folder or file; give a mask folder, file:<path> or a registry URI")
@@ -124,6 +128,14 @@ def composition(params: Params, root: Path, name: str) -> Mask:
     return mask.with_meta(composition=name)
 
 
+def composed(root: Path, name: str) -> Mask:
+    """The mask compose@<name> wrote: a task trains on exactly the composition DVC tracks."""
+    folder = composition_dir(root, name)
+    if not (folder / MASK_FILE).is_file():
+        raise ArtifactError(f"{folder}: composition {name!r} has no mask yet; run `dvc repro compose@{name}` first")
+    return Mask.load(folder)
+
+
 def composition_name(source: str) -> str | None:
     """``<name>`` of a ``composition:<name>`` mask source, else None."""
     return source.removeprefix("composition:") if source.startswith("composition:") else None
@@ -132,13 +144,14 @@ def composition_name(source: str) -> str | None:
 def mask_for_task(params: Params, root: Path, task: str) -> Mask:
     """The mask ``task``'s ``mask_source`` names: its own, a composition, a file or a registry version.
 
-    A mask taken from elsewhere records where from: ``source`` and ``source_digest``.
+    A mask taken from elsewhere records where from: ``source`` and ``source_digest``, and for a
+    registry URI the version it resolved to (``source_version``, ``models:/<name>/<version>``).
     """
     source = params.task(task).mask_source
     if source == "own":
         return own_mask(params, root, task)
     if name := composition_name(source):
-        mask = composition(params, root, name)
+        mask = composed(root, name)
     else:
         mask = load_mask(source, root)
     return mask.with_meta(source=source, source_digest=mask.digest)

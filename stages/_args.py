@@ -78,15 +78,19 @@ def stage_main(run: Callable[..., object], *, per: str | None = "task") -> None:
     parser.add_argument("--root", type=Path, default=Path("."))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from pipeline.errors import USER_ERRORS
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     if os.environ.get("DVC_STAGE"):  # set by dvc for every stage command it runs
         _stop_when_dvc_goes()
     try:
         run(args.what, args.root) if per else run(args.root)
-    except USER_ERRORS as e:
+    except Exception as e:
+        # Imported only now: the errors live beside torch code, and a quick stage (check-params)
+        # should not pay for torch's import to succeed.
+        from pipeline.errors import USER_ERRORS
+
+        if not isinstance(e, USER_ERRORS):
+            raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:  # SIGINT, SIGTERM (above), or TrainingInterrupted

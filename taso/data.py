@@ -7,16 +7,22 @@ are called is in :class:`TaskSpec`, so a bad spec fails here, naming the file an
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from taso import demo
 
-from taso import causal_lm, demo
+if TYPE_CHECKING:
+    import torch
+
+# torch and taso.causal_lm are imported where a batch or a decoder example is built, not here:
+# params.yaml's schema uses TaskSpec, and the check `dvc repro` runs first must start fast.
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +41,9 @@ class TaskSpec:
         name: task name, used in artifact paths and registry names.
         source: ``demo:<task>``, ``hub:<dataset>[/<config>]``, or a local folder.
         task_type: ``classification``, ``regression`` or ``causal_lm``.
-        text_fields: one column, or two for sentence pairs; for ``causal_lm`` the prompt's
-            columns (an instruction and an optional input, joined by a blank line).
+        text_fields: one text, or two for sentence pairs; each a column, or a tuple of columns
+            joined by a space into one text (``(("title", "body"),)``). For ``causal_lm`` the
+            prompt's parts (an instruction and an optional input, joined by a blank line).
         label_field: the label column (for ``causal_lm``: the answer).
         labels: label values in id order (their string forms); None reads ids as ints. For
             ``causal_lm`` the options of a choice task (scored by log-likelihood); None
@@ -46,6 +53,8 @@ class TaskSpec:
         metrics: metric names; the first is the one that decides the champion.
         splits: split role (``train``, ``eval``) → file name in ``source`` (or hub split name).
         column_names: for header-less files (CoLA), the names of the columns in order.
+        quoting: CSV/TSV only: fields may be quoted (``"a, b"`` is one field), as the format
+            has it; False reads quotes as text (GLUE's TSVs, whose quotes are unbalanced).
         max_train / max_eval: keep only the first N examples after a seeded shuffle (None: all).
         max_length: tokens per example; longer inputs are truncated and counted.
     """
@@ -53,16 +62,29 @@ class TaskSpec:
     name: str
     source: str
     task_type: str = "classification"
-    text_fields: tuple[str, ...] = ("text",)
+    text_fields: tuple[str | tuple[str, ...], ...] = ("text",)
     label_field: str = "label"
     labels: tuple[str, ...] | None = None
     metrics: tuple[str, ...] = ("accuracy",)
     splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "eval": "eval"})
     column_names: tuple[str, ...] | None = None
+    quoting: bool = True
     max_train: int | None = None
     max_eval: int | None = None
     max_length: int = 128
     answer_template: str = "{}"
+
+    @property
+    def columns(self) -> list[str]:
+        """Every column the task reads: its text columns (grouped ones too) and its label."""
+        return [c for f in self.text_fields for c in ((f,) if isinstance(f, str) else f)] + [self.label_field]
+
+    def text(self, row: dict, i: int) -> str:
+        """Text ``i`` (0: the text, 1: its pair) of ``row``: a column, or grouped columns joined by a space."""
+        field = self.text_fields[i]
+        if isinstance(field, str):
+            return str(row[field])
+        return " ".join(str(row[c]) for c in field if str(row[c] or "").strip())
 
     @property
     def num_labels(self) -> int:
@@ -79,42 +101,75 @@ class TaskSpec:
 
 
 def _read_local(spec: TaskSpec, split: str) -> tuple[list[dict], str]:
-    import datasets
-
     path = Path(spec.source) / spec.splits[split]
     if not path.is_file():
         raise DataError(f"task {spec.name}: {split} file {path} not found (tasks.{spec.name}.splits.{split})")
     builder = FORMATS.get(path.suffix)
     if builder is None:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(FORMATS)}")
-    kwargs: dict = {}
     if builder == "csv":
-        # quoting=3 (none): GLUE TSVs hold bare quotes; keep_default_na: "NA" is text, not missing.
-        kwargs = {
-            "delimiter": "\t" if path.suffix == ".tsv" else ",",
-            "quoting": 3,
-            "keep_default_na": False,
-            "encoding": "utf-8",
-        }
-        if spec.column_names:
-            kwargs |= {"column_names": list(spec.column_names), "header": None}
+        return _read_delimited(spec, path), str(path)
+    import datasets
+
     datasets.disable_progress_bars()
     try:
-        ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
         # Inside the try: the json reader keeps undecodable bytes until a row is read.
         rows = [{k.lstrip("\ufeff"): v for k, v in r.items()} for r in ds]
     except Exception as e:  # datasets wraps parser errors in many types; name the file
         bad = _first_invalid_utf8(path) if builder != "parquet" else None
         if bad:  # the wrapped error says neither where nor what; find the line ourselves
-            line, column = bad
-            raise DataError(
-                f"{path}: line {line}, byte {column} is not valid UTF-8; "
-                "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-            ) from e
-        if _no_rows(path, builder, header=not spec.column_names):  # datasets fails on empty files
+            raise _not_utf8(path, *bad) from e
+        if _no_rows(path, builder):  # datasets fails on empty files
             raise DataError(f"{path}: the {split} split is empty") from e
         raise DataError(f"{path}: could not be read as {builder} ({type(e).__name__}: {e})") from e
     return rows, str(path)
+
+
+def _read_delimited(spec: TaskSpec, path: Path) -> list[dict]:
+    """The rows of a CSV/TSV file, checked line by line: a bad line stops the read with its number and why.
+
+    Python's csv module rather than ``datasets``: a parser error then says which line and what
+    (``datasets`` wraps pandas' message deep in a chain). Every value stays text, as written.
+    """
+    tab = path.suffix == ".tsv"
+    quoting = csv.QUOTE_MINIMAL if spec.quoting else csv.QUOTE_NONE
+    if spec.quoting:
+        hint = (
+            f"a field that holds a {'tab' if tab else 'comma'} or a line break must be in double quotes; "
+            f"if this file's quotes are plain text (GLUE's TSVs), set tasks.{spec.name}.quoting: false"
+        )
+    else:
+        hint = f"tasks.{spec.name}.quoting is false, so quotes cannot protect a delimiter inside a field"
+    rows: list[dict] = []
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter="\t" if tab else ",", quoting=quoting, strict=True)
+            try:
+                header = list(spec.column_names) if spec.column_names else next(reader, None)
+                for fields in reader:
+                    if not fields:  # a blank line
+                        continue
+                    if header is not None and len(fields) != len(header):
+                        where = "columns" if spec.column_names else "header fields"
+                        raise DataError(
+                            f"{path}: line {reader.line_num}: expected {len(header)} fields (the {where}), "
+                            f"saw {len(fields)}; {hint}"
+                        )
+                    rows.append(dict(zip(header, fields, strict=True)))
+            except csv.Error as e:
+                reason = str(e).replace("\t", "\\t")  # csv names the delimiter itself: a tab would vanish
+                raise DataError(f"{path}: line {reader.line_num}: {reason}; {hint}") from e
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, *(_first_invalid_utf8(path) or (0, 0))) from e
+    return rows
+
+
+def _not_utf8(path: Path, line: int, column: int) -> DataError:
+    return DataError(
+        f"{path}: line {line}, byte {column} is not valid UTF-8; "
+        "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+    )
 
 
 def _first_invalid_utf8(path: Path) -> tuple[int, int] | None:
@@ -131,19 +186,17 @@ def _first_invalid_utf8(path: Path) -> tuple[int, int] | None:
     return None
 
 
-def _no_rows(path: Path, builder: str, header: bool) -> bool:
-    """Whether a local data file holds no examples (nothing, only a header, or an empty list/table)."""
+def _no_rows(path: Path, builder: str) -> bool:
+    """Whether a JSON or parquet data file holds no examples (nothing, or an empty list or table)."""
     try:
         if builder == "parquet":
             import pyarrow.parquet as pq
 
             return pq.ParquetFile(path).metadata.num_rows == 0
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        text = path.read_text(encoding="utf-8")
     except Exception:
         return False
-    if builder == "json":
-        return not lines or "".join(lines).replace(" ", "") in ("[]", "{}")
-    return len(lines) <= int(header)
+    return "".join(text.split()) in ("", "[]", "{}")
 
 
 def _read_hub(spec: TaskSpec, split: str) -> tuple[list[dict], str]:
@@ -175,7 +228,7 @@ def read_rows(spec: TaskSpec, split: str, seed: int = 0) -> list[dict]:
         rows, origin = _read_local(spec, split)
     if not rows:
         raise DataError(f"{origin}: the {split} split is empty")
-    missing = [c for c in (*spec.text_fields, spec.label_field) if c not in rows[0]]
+    missing = [c for c in spec.columns if c not in rows[0]]
     if missing:
         raise DataError(
             f"{origin}: column(s) {missing} not found; columns are {sorted(rows[0])} "
@@ -207,7 +260,8 @@ def _check_classes(spec: TaskSpec, examples: Sequence[dict], origin: str, sample
 
 def _instruction(spec: TaskSpec, row: dict, i: int, origin: str) -> dict:
     """A ``causal_lm`` example: the prompt, the target text, and the label it is scored against."""
-    prompt = "\n\n".join(str(row[f]) for f in spec.text_fields if str(row[f] or "").strip())
+    parts = (spec.text(row, k) for k in range(len(spec.text_fields)))
+    prompt = "\n\n".join(p for p in parts if p.strip())
     raw = str(row[spec.label_field]).strip()
     ex = {"id": row.get("id", row.get("idx", i)), "prompt": prompt}
     if spec.labels:
@@ -215,6 +269,8 @@ def _instruction(spec: TaskSpec, row: dict, i: int, origin: str) -> dict:
             raise DataError(
                 f"{origin}: row {i}, column {spec.label_field!r}: unknown answer {raw!r}; expected one of {list(spec.labels)}"
             )
+        from taso import causal_lm
+
         offered = causal_lm.offered(spec.labels, prompt)
         return {**ex, "target": spec.answer(raw), "label": spec.labels.index(raw), "options": offered}
     return {**ex, "target": spec.answer(raw), "label": raw}
@@ -223,9 +279,9 @@ def _instruction(spec: TaskSpec, row: dict, i: int, origin: str) -> dict:
 def _example(spec: TaskSpec, row: dict, i: int, origin: str) -> dict:
     if spec.task_type == "causal_lm":
         return _instruction(spec, row, i, origin)
-    ex = {"id": row.get("id", row.get("idx", i)), "text": str(row[spec.text_fields[0]])}
+    ex = {"id": row.get("id", row.get("idx", i)), "text": spec.text(row, 0)}
     if len(spec.text_fields) > 1:
-        ex["text_pair"] = str(row[spec.text_fields[1]])
+        ex["text_pair"] = spec.text(row, 1)
     raw = row[spec.label_field]
     if spec.task_type == "regression":
         try:
@@ -241,16 +297,17 @@ def _example(spec: TaskSpec, row: dict, i: int, origin: str) -> dict:
                     f"{origin}: row {i}, column {spec.label_field!r}: unknown label {raw!r}; expected one of {list(spec.labels)}"
                 ) from e
         else:
+            where = f"{origin}: row {i}, column {spec.label_field!r}"
+            fix = (
+                f"name the classes in id order (tasks.{spec.name}.labels), "
+                f"or set tasks.{spec.name}.task_type: regression if the label is a number to predict"
+            )
             try:
                 ex["label"] = int(raw)
             except (TypeError, ValueError) as e:
-                raise DataError(
-                    f"{origin}: row {i}, column {spec.label_field!r}: {raw!r} is not a class id; set tasks.{spec.name}.labels"
-                ) from e
+                raise DataError(f"{where}: {raw!r} is not a class id; {fix}") from e
             if not 0 <= ex["label"] < spec.num_labels:
-                raise DataError(
-                    f"{origin}: row {i}, column {spec.label_field!r}: class id {raw} out of range 0..{spec.num_labels - 1}"
-                )
+                raise DataError(f"{where}: class id {raw} out of range 0..{spec.num_labels - 1}; {fix}")
     return ex
 
 
@@ -276,6 +333,8 @@ def encode(examples: Sequence[dict], tokenizer, max_length: int) -> list[dict]:
     Instruction examples (``causal_lm``) get token labels on their answer only (:func:`taso.causal_lm.encode`).
     """
     if examples and "prompt" in examples[0]:
+        from taso import causal_lm
+
         return causal_lm.encode(examples, tokenizer, max_length)
     texts = [e["text"] for e in examples]
     pairs = [e["text_pair"] for e in examples] if examples and "text_pair" in examples[0] else None
@@ -292,7 +351,11 @@ def encode(examples: Sequence[dict], tokenizer, max_length: int) -> list[dict]:
 
 def collate(features: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Pad a batch to its own longest example (dynamic padding); instruction batches pad on the left."""
+    import torch
+
     if isinstance(features[0].get("labels"), list):
+        from taso import causal_lm
+
         return causal_lm.collate(features, pad_id)
     longest = max(len(f["input_ids"]) for f in features)
     batch = {}

@@ -87,6 +87,16 @@ METRICS: dict[str, Callable[[Sequence, Sequence], float]] = {
 }
 
 
+# Which metrics mean something for which kind of task (a causal LM choice task scores like a
+# classifier; a generation task by its final number).
+APPLIES_TO: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "f1", "matthews"),
+    "regression": ("pearson", "spearman"),
+    "causal_lm choice": ("accuracy", "f1", "matthews"),
+    "causal_lm generation": ("exact_match",),
+}
+
+
 def compute(names: Sequence[str], pred: Sequence, gold: Sequence) -> dict[str, float]:
     """Every metric in ``names`` for these predictions."""
     unknown = [n for n in names if n not in METRICS]

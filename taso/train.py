@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from taso.config import TrainConfig
 from taso.data import batch_order, collate
 from taso.importance import LossFn, default_loss
 from taso.io import atomic_path
@@ -38,26 +39,6 @@ class NonFiniteLossError(FloatingPointError):
 
 class TrainingInterrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM arrived; a checkpoint of the last finished step was written."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Knobs of one training run; these defaults are the pipeline's (params.yaml gives the reasons)."""
-
-    lr: float = 1e-3
-    gamma: float = 0.5
-    head_lr: float | None = None
-    epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 16
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    group_by_length: bool = False
-    checkpoint_every: int = 50
-    log_every: int = 10
-    bf16: bool = False  # forward under CPU bf16 autocast; weights, gradients and optimizer stay fp32
 
 
 @dataclass

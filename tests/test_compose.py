@@ -159,7 +159,7 @@ def two_tasks(tmp_path, tiny_model, monkeypatch) -> Path:
     project = make_project(tmp_path, tiny_model, monkeypatch)
     raw = yaml.safe_load((project / "params.yaml").read_text())
     raw["tasks"]["topic"] = {**raw["tasks"]["entailment"], "source": "demo:topic", "text_fields": ["text"]}
-    raw["tasks"]["topic"]["labels"] = ["food", "science", "sports", "travel"]
+    raw["tasks"]["topic"] |= {"labels": ["food", "science", "sports", "travel"], "metrics": ["accuracy"]}
     raw["compositions"] = {"shared": {"op": "union", "of": ["entailment", "topic"]}}
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
     for task in ("entailment", "topic"):
@@ -327,16 +327,34 @@ def test_composing_an_unscored_task_says_which_stage_to_run(tmp_path):
         sources.composition(params, tmp_path, "demo-union")
 
 
-def test_rederiving_an_equal_mask_keeps_its_files(two_tasks, monkeypatch):
-    # Any task's new importance re-runs every derive-mask; an equal mask must keep its bytes
-    # (a new commit changes code_version), or DVC would retrain every task.
+def test_rederiving_gives_the_same_bytes_so_dvc_retrains_nothing(two_tasks):
+    # DVC deletes an out before its stage reruns; the same inputs must write the same folder
+    # (meta.json included), or every rerun upstream would retrain the task.
+    import shutil
+
     from pipeline.steps import derive_mask
 
     folder = two_tasks / "artifacts" / "topic" / "mask"
-    before = {f: (folder / f).read_bytes() for f in ("mask.safetensors", "meta.json")}
-    monkeypatch.setattr(derive_mask, "code_version", lambda root: "9.9.9+newcommit")
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    shutil.rmtree(folder)
     derive_mask.run("topic", two_tasks)
-    assert {f: (folder / f).read_bytes() for f in before} == before
-    set_params(two_tasks, mask={"rule": "rows_cols", "p": 0.5})
-    derive_mask.run("topic", two_tasks)
-    assert Mask.load(folder).meta["code_version"] == "9.9.9+newcommit" and Mask.load(folder).meta["p"] == "0.5"
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
+    assert "code_version" not in Mask.load(folder).meta  # the version is meta.json's, not the mask's
+
+
+def test_code_version_follows_the_code_not_the_commit(tmp_path):
+    import subprocess
+
+    from pipeline.meta import code_version
+
+    (tmp_path / "taso").mkdir()
+    (tmp_path / "taso" / "a.py").write_text("x = 1\n")
+    first = code_version(tmp_path)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "README.md").write_text("a commit that leaves the code alone\n")
+    subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "docs"], cwd=tmp_path, check=True)
+    assert code_version(tmp_path) == first
+    (tmp_path / "taso" / "a.py").write_text("x = 2\n")
+    assert code_version(tmp_path) != first

@@ -28,13 +28,14 @@ def _datasets_cache(tmp_path, monkeypatch):
 
 
 def spec_for(folder, file, **kw) -> TaskSpec:
+    """A spec over ``file``; quoting off unless asked, as ROWS hold a GLUE-style bare quote."""
     return TaskSpec(
         name="t",
         source=str(folder),
         text_fields=("sentence",),
         labels=LABELS,
         splits={"train": file, "eval": file},
-        **kw,
+        **{"quoting": False, **kw},
     )
 
 
@@ -308,3 +309,54 @@ def test_encode_truncates_and_reports(caplog):
     assert set(feats[0]) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
     pairs = encode([{"id": 0, "text": "a b", "text_pair": "c", "label": 0}], tok, max_length=16)
     assert pairs[0]["token_type_ids"].count(1) == 2  # "c" and its [SEP]
+
+
+def test_csv_quoted_fields_hold_commas_and_line_breaks(tmp_path):
+    # A header-less news CSV: class id, title, description, with quotes around text holding commas.
+    (tmp_path / "train.csv").write_text(
+        '3,"Stocks rise, then fall","Markets, in short, were ""volatile"""\n1,Rain,"Wet week ahead,\nforecasters say"\n'
+    )
+    spec = TaskSpec(
+        name="news",
+        source=str(tmp_path),
+        column_names=("label", "title", "description"),
+        text_fields=(("title", "description"),),
+        labels=("1", "2", "3", "4"),
+        splits={"train": "train.csv"},
+    )
+    got = read_rows(spec, "train")
+    assert [(e["text"], e["label"]) for e in got] == [
+        ('Stocks rise, then fall Markets, in short, were "volatile"', 2),
+        ("Rain Wet week ahead,\nforecasters say", 0),
+    ]
+
+
+def test_a_broken_line_is_named_with_its_number_and_the_fix(tmp_path):
+    (tmp_path / "train.csv").write_text("label,text\n1,fine\n0,an unquoted, comma\n1,never read\n")
+    spec = TaskSpec(name="t", source=str(tmp_path), labels=("0", "1"), splits={"train": "train.csv"})
+    with pytest.raises(DataError) as e:
+        read_rows(spec, "train")
+    msg = str(e.value)
+    assert msg.count("\n") == 0  # one line: file, line, reason and fix
+    assert f"{tmp_path / 'train.csv'}: line 3: expected 2 fields (the header fields), saw 3" in msg
+    assert "double quotes" in msg
+
+
+def test_a_bare_quote_under_quoting_points_to_the_switch(tmp_path):
+    write(tmp_path, "train.tsv")  # row 2 starts with a quote that does not quote the field
+    with pytest.raises(DataError) as e:
+        read_rows(spec_for(tmp_path, "train.tsv", quoting=True), "train")
+    assert "line 3" in str(e.value) and "tasks.t.quoting: false" in str(e.value)
+
+
+def test_a_numeric_label_without_task_type_suggests_regression(tmp_path):
+    write(tmp_path, "train.jsonl", [{"sentence": "a", "score": "5.0"}, {"sentence": "b", "score": "1.5"}])
+    spec = TaskSpec(
+        name="sts",
+        source=str(tmp_path),
+        text_fields=("sentence",),
+        label_field="score",
+        splits={"train": "train.jsonl"},
+    )
+    with pytest.raises(DataError, match=r"'5\.0' is not a class id; .*tasks\.sts\.task_type: regression"):
+        read_rows(spec, "train")

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from taso import metrics
-from taso.evaluate import evaluate, predict
+from taso.evaluate import degenerate, evaluate, predict, references
 
 scipy_stats = pytest.importorskip("scipy.stats")
 sk_metrics = pytest.importorskip("sklearn.metrics")
@@ -125,4 +125,28 @@ def test_evaluate_predicts_in_order_and_restores_mode(make_model, make_features)
             want += model(**batch).logits.argmax(-1).tolist()
     assert pred == want
     out = evaluate(model, feats, ["accuracy"], batch_size=3)
-    assert out == {"accuracy": metrics.accuracy(want, [f["labels"] for f in feats]), "n_examples": 10}
+    gold = [f["labels"] for f in feats]
+    assert out == {
+        "accuracy": metrics.accuracy(want, gold),
+        "n_examples": 10,
+        **references(want, gold, "classification"),
+    }
+
+
+def test_references_and_the_degenerate_verdict():
+    gold = [0, 0, 0, 1]
+    constant = references([0, 0, 0, 0], gold, "classification")
+    assert constant == {"majority_accuracy": 0.75, "accuracy_all": 0.75, "top_prediction_share": 1.0}
+    assert degenerate(constant) == "predicts the same class for every example"
+    chance = references([0, 1, 0, 0], gold, "classification")  # half right on class 1, one wrong: 0.5 < 0.75
+    assert degenerate(chance).startswith("accuracy 0.5000 is no better than always predicting the majority class")
+    assert degenerate(references([0, 0, 0, 1], gold, "classification")) is None
+
+    labels = [0.0, 1.0, 2.0, 3.0]
+    flat = references([1.5, 1.5001, 1.4999, 1.5], labels, "regression")
+    assert degenerate(flat).startswith("predictions are near constant")
+    backwards = references([3.0, 2.0, 1.0, 0.0], labels, "regression")  # spread, but worse than the mean
+    assert backwards["mse"] == 5.0 and backwards["label_variance"] == 1.25
+    assert degenerate(backwards).startswith("mean squared error 5 is no lower than always predicting the labels' mean")
+    assert degenerate(references([0.1, 1.1, 1.9, 3.2], labels, "regression")) is None
+    assert references(["a"], ["a"], "causal_lm") == {} and degenerate({"accuracy": 0.1}) is None

@@ -105,9 +105,20 @@ def test_a_decoder_task_is_scored_as_what_it_is(tmp_path, raw, task, expected):
         load_params(write(tmp_path, raw))
 
 
-def test_exact_match_needs_a_decoder(tmp_path, raw):
-    raw["tasks"]["sentiment"]["metrics"] = ["exact_match"]
-    with pytest.raises(ParamsError, match=r"tasks\.sentiment.*apply to task_type: causal_lm only"):
+@pytest.mark.parametrize(
+    ("task", "expected"),
+    [
+        ({"metrics": ["exact_match"]}, r"metrics \['exact_match'\] do not apply to a classification task"),
+        ({"metrics": ["pearson"]}, r"do not apply to a classification task; .* needs task_type: regression"),
+        ({"task_type": "regression", "labels": None, "metrics": ["accuracy"]}, r"use pearson or spearman"),
+        ({"task_type": "regression", "metrics": ["pearson"]}, r"a regression task predicts a number: drop labels"),
+        ({"labels": ["a", "b", "c"], "metrics": ["accuracy", "f1"]}, r"f1 here is binary .* 3 labels"),
+        ({"answer_template": "it is {}"}, r"answer_template applies to task_type: causal_lm only"),
+    ],
+)
+def test_settings_that_cannot_work_stop_at_validation(tmp_path, raw, task, expected):
+    raw["tasks"]["sentiment"] |= task
+    with pytest.raises(ParamsError, match=rf"tasks\.sentiment: .*{expected}"):
         load_params(write(tmp_path, raw))
 
 

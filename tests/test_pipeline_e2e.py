@@ -30,6 +30,7 @@ PROJECT_FILES = [
     ".dvc/.gitignore",
     ".dvcignore",
     ".gitignore",
+    "artifacts/compositions/README.md",
 ]
 TASKS = ("sentiment", "entailment")
 
@@ -41,6 +42,11 @@ def sh(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.C
             f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
         )
     return proc
+
+
+def ran(out: str) -> set[str]:
+    """The stages a ``dvc repro`` output says it ran."""
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
 
 
 def copy_project(repo: Path) -> Path:
@@ -134,7 +140,7 @@ def test_metrics_show_lists_every_task(project):
 def test_second_repro_reruns_nothing(project):
     repo, env, _ = project
     out = sh(["dvc", "repro"], repo, env).stdout
-    assert "Running stage" not in out
+    assert ran(out) == {"check-params"}  # always runs (0.2 s); writes nothing
 
 
 def test_mlflow_runs_and_registry(project):
@@ -191,12 +197,12 @@ def test_param_change_reruns_only_that_task(project):
     params["tasks"]["entailment"]["max_train"] = 40
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh(["dvc", "repro"], repo, env).stdout
-    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    # Stages that read every task's importance map re-run too (in seconds); sentiment's mask
-    # comes out the same, so its training and evaluation do not.
-    cross = {"derive-mask@sentiment", "compose@demo-union", "analyze"}
+    # The stages that read every task's map rerun (in seconds). demo-union names entailment, so
+    # it changes, and every derive-mask reads the composed masks: sentiment's reruns, writes the
+    # same bytes, and so its training and evaluation do not rerun.
+    cross = {"compose@demo-union", "analyze", "derive-mask@sentiment", "check-params"}
     stages = ("calibrate", "score", "derive-mask", "train", "evaluate", "promote")
-    assert ran == {f"{s}@entailment" for s in stages} | cross
+    assert ran(out) == {f"{s}@entailment" for s in stages} | cross
 
 
 def test_bad_params_fail_the_stage_with_the_key_path(project):
@@ -211,6 +217,18 @@ def test_bad_params_fail_the_stage_with_the_key_path(project):
     finally:
         params["mask"]["p"] = 0.25
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_a_misspelled_section_fails_repro_even_when_all_is_up_to_date(project):
+    repo, env, _ = project
+    text = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(text.replace("\ncalibrate:", "\ncalibration:"))
+    try:
+        proc = sh(["dvc", "repro"], repo, env, check=False)
+        assert proc.returncode != 0
+        assert "params.yaml: calibration: unknown key" in proc.stdout + proc.stderr
+    finally:
+        (repo / "params.yaml").write_text(text)
 
 
 def test_exp_run_with_set_param(project):
@@ -237,21 +255,31 @@ def test_a_new_task_trains_on_the_published_champion_mask(project):
     from taso.masks import Mask
 
     repo, env, _ = project
+    # README's workflow: commit what ran, then add a task. The commit changes no stage's inputs.
+    sh(["git", "add", "-A"], repo, env)
+    sh(["git", "commit", "-qm", "what ran", "--allow-empty"], repo, env)
+    assert ran(sh(["dvc", "repro"], repo, env).stdout) == {"check-params"}
     params = yaml.safe_load((repo / "params.yaml").read_text())
     source = "registry:taso-sentiment@champion"
     params["tasks"]["reuse"] = {**params["tasks"]["sentiment"], "mask_source": source}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     uri = f"sqlite:///{repo / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    published = client.get_model_version_by_alias("taso-sentiment", "champion").tags["mask_digest"]
+    champion = client.get_model_version_by_alias("taso-sentiment", "champion")
+    published, pinned = champion.tags["mask_digest"], f"models:/taso-sentiment/{champion.version}"
 
     out = sh(["dvc", "repro"], repo, env).stdout
-    assert "Running stage 'train@reuse'" in out and "Running stage 'train@sentiment'" not in out
+    stages = ("calibrate", "score", "derive-mask", "train", "evaluate", "promote")
+    # Only the new task, and what reads every task's map (the analysis; the composition, whose
+    # mask comes out byte for byte the same, so no task that might train on it reruns).
+    assert ran(out) == {f"{s}@reuse" for s in stages} | {"compose@demo-union", "analyze", "check-params"}
     assert sorted(p.name for p in (repo / "artifacts" / "importance" / "reuse").iterdir()) == ["meta.json"]
     mask = Mask.load(repo / "artifacts" / "reuse" / "mask")
     assert mask.digest == published and mask.meta["source"] == source and mask.meta["source_digest"] == published
+    assert mask.meta["source_version"] == pinned  # what the alias named then, should it move later
     version = client.get_model_version_by_alias("taso-reuse", "candidate")
     assert version.tags["mask_source"] == source and version.tags["mask_source_digest"] == published
+    assert version.tags["mask_source_version"] == pinned
     run = client.get_run(version.run_id)
     assert run.data.tags["taso.mask_source"] == source and run.data.tags["taso.mask_source_digest"] == published
     exp = client.get_experiment_by_name("taso").experiment_id

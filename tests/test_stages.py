@@ -149,6 +149,68 @@ def test_bad_label_stops_calibrate_naming_file_column_and_row(project, tmp_path)
     assert not (project / "artifacts" / "mine" / "calibration").exists()
 
 
+@pytest.mark.parametrize("method", ["taso", "lora"])
+def test_a_missing_eval_file_stops_the_first_stage(project, tmp_path, method):
+    # Before scoring and training, for a method that calibrates and for one that skips it alike:
+    # nothing written, nothing registered.
+    from mlflow import MlflowClient
+
+    from pipeline.steps import calibrate
+    from taso.data import DataError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.tsv").write_text("sentence\tlabel\ngood film\t1\nbad film\t0\n")
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["train"]["method"] = method
+    raw["tasks"] = {
+        "mine": {
+            "source": str(data),
+            "splits": {"train": "train.tsv", "eval": "dev.tsv"},
+            "text_fields": ["sentence"],
+            "labels": ["0", "1"],
+            "mask_source": "own",
+        }
+    }
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(DataError, match=r"task mine: eval file .*dev\.tsv not found \(tasks\.mine\.splits\.eval\)"):
+        calibrate.run("mine", project)
+    assert not (project / "artifacts" / "mine").exists()
+    assert MlflowClient(registry_uri=f"sqlite:///{project / 'mlflow.db'}").search_registered_models() == []
+
+
+def test_a_version_whose_evaluation_fails_says_so_in_the_registry(project, tmp_path):
+    from mlflow import MlflowClient
+
+    from pipeline.steps import calibrate, derive_mask, evaluate, score, train
+    from taso.data import DataError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = "".join(f"{w} film\t{i % 2}\n" for i, w in enumerate(["good", "bad", "fine", "dull"] * 3))
+    for split in ("train.tsv", "dev.tsv"):
+        (data / split).write_text("sentence\tlabel\n" + rows)
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["tasks"] = {
+        "mine": {
+            "source": str(data),
+            "splits": {"train": "train.tsv", "eval": "dev.tsv"},
+            "text_fields": ["sentence"],
+            "labels": ["0", "1"],
+            "mask_source": "own",
+        }
+    }
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    for stage in (calibrate, score, derive_mask, train):
+        stage.run("mine", project)
+    (data / "dev.tsv").unlink()  # gone between training and evaluation
+    with pytest.raises(DataError, match="dev.tsv not found"):
+        evaluate.run("mine", project)
+    tags = MlflowClient(registry_uri=f"sqlite:///{project / 'mlflow.db'}").get_model_version("taso-mine", "1").tags
+    assert tags["evaluation_error"].startswith("DataError: task mine: eval file") and "metric.accuracy" not in tags
+    assert not (project / "artifacts" / "mine" / "metrics.json").exists()
+
+
 def test_tiny_tokenizer_knows_the_demo_words(tiny_model):
     from taso.pretrained import load_tokenizer
 
@@ -164,16 +226,22 @@ def test_promotion_is_the_promote_stages_decision_alone(project):
 
     run_all(project)
     art = project / "artifacts" / "entailment"
+    # A tiny model after 4 steps may well have learned nothing (evaluate would say so); the
+    # policy is under test here, so the first version's scores are set to ones that count.
+    scores = json.loads((art / "metrics.json").read_text()) | {"accuracy": 0.75, "degenerate": None}
+    (art / "metrics.json").write_text(json.dumps(scores))
+    promote.run("entailment", project)
     first = json.loads((art / "promotion.json").read_text())
-    assert first | {"value": None} == {
+    assert first == {
         "policy": "if_better",
         "model": "taso-entailment",
         "version": 1,
         "metric": "accuracy",
-        "value": None,
+        "value": 0.75,
         "champion_before": None,
         "champion": 1,
         "promoted": True,
+        "degenerate": None,
     }
     client = MlflowClient(registry_uri=f"sqlite:///{project / 'mlflow.db'}")
     # A second version, evaluated but held back by the policy: evaluate alone moves nothing.
@@ -188,6 +256,42 @@ def test_promotion_is_the_promote_stages_decision_alone(project):
     promote.run("entailment", project)
     held = json.loads((art / "promotion.json").read_text())
     assert held["version"] == 2 and held["champion"] == 1 and not held["promoted"]
+
+    # A third version that scores higher but that evaluate found degenerate is not promoted.
+    raw["tracking"]["promote"] = "if_better"
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    train.run("entailment", project)
+    evaluate.run("entailment", project)
+    flag = "predicts the same class for every example"
+    (art / "metrics.json").write_text(json.dumps(scores | {"accuracy": 0.9, "degenerate": flag}))
+    promote.run("entailment", project)
+    refused = json.loads((art / "promotion.json").read_text())
+    assert refused["version"] == 3 and refused["champion"] == 1 and not refused["promoted"]
+    assert refused["degenerate"] == flag
+
+
+def test_evaluate_flags_a_model_that_predicts_one_class(project):
+    from mlflow import MlflowClient
+
+    from pipeline.steps import evaluate, promote
+
+    run_all(project)
+    # Whatever it learned, make the registered model answer one class: a zero classifier head
+    # in the adapter's saved head weights (modules_to_save) gives equal logits, argmax 0.
+    from safetensors.torch import load_file, save_file
+
+    weights = project / "artifacts" / "entailment" / "adapter" / "adapter_model.safetensors"
+    state = load_file(weights)
+    state = {k: (v.zero_() if "classifier" in k else v) for k, v in state.items()}
+    save_file(state, weights, metadata={"format": "pt"})
+    evaluate.run("entailment", project)
+    metrics = json.loads((project / "artifacts" / "entailment" / "metrics.json").read_text())
+    assert metrics["top_prediction_share"] == 1.0
+    assert metrics["degenerate"] == "predicts the same class for every example"
+    client = MlflowClient(registry_uri=f"sqlite:///{project / 'mlflow.db'}")
+    assert client.get_model_version("taso-entailment", "1").tags["degenerate"] == metrics["degenerate"]
+    promote.run("entailment", project)
+    assert json.loads((project / "artifacts" / "entailment" / "promotion.json").read_text())["promoted"] is False
 
 
 def test_the_mask_does_not_depend_on_the_rank_that_trains_on_it(project):

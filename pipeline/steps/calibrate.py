@@ -1,4 +1,4 @@
-"""calibrate: pick the task's calibration examples (seeded) → artifacts/<task>/calibration/."""
+"""calibrate: check every split of the task, then pick its calibration examples (seeded) → artifacts/<task>/calibration/."""
 
 from __future__ import annotations
 
@@ -19,10 +19,13 @@ def run(task: str, root: Path = Path(".")) -> Path:
     params = load_params(root / "params.yaml")
     paths = TaskPaths(root, task)
     out = paths.calibration
+    spec, n, seed = params.spec(task), params.calibrate.n, params.seed
+    # The task's first stage reads every split (file, parse, columns, labels), so a bad eval file
+    # stops the run here, in seconds, not at evaluate after scoring and training.
+    splits = {name: read_rows(spec, name, seed=seed) for name in spec.splits}
     if not params.scores(task):
         return write_skipped(out, stage="calibrate", task=task, root=root, reason=params.why_not_scored(task))
-    spec, n, seed = params.spec(task), params.calibrate.n, params.seed
-    rows = read_rows(spec, "train", seed=seed)
+    rows = splits["train"]
     source_digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
     chosen = calibration_sample(rows, n, seed)
     used = {"seed": seed, "calibrate": params.calibrate.model_dump(), "task": params.task(task).model_dump()}

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from pipeline import sources, tracking
-from pipeline.meta import code_version, write_meta, write_skipped
+from pipeline.meta import write_meta, write_skipped
 from pipeline.params import load_params
 from pipeline.paths import composition_dir
 from taso import pretrained
@@ -32,9 +32,7 @@ def run(name: str, root: Path = Path(".")) -> Path:
     # names; the refs themselves are in the taso.composition.inputs tag.
     inputs = {str(i): entry["digest"] for i, entry in enumerate(lineage)}
     with tracking.stage_run(root, stage="compose", task=name, params=used, inputs=inputs) as mlrun:
-        mask = mask.with_meta(
-            base_model=str(pretrained.fingerprint(params.model.base)), code_version=code_version(root)
-        )
+        mask = mask.with_meta(base_model=str(pretrained.fingerprint(params.model.base)))
         stats = mask_stats(mask)
         with atomic_path(out) as tmp:
             tmp.mkdir()

@@ -11,13 +11,12 @@ import logging
 from pathlib import Path
 
 from pipeline import sources, tracking
-from pipeline.meta import code_version, write_meta, write_skipped
+from pipeline.meta import write_meta, write_skipped
 from pipeline.params import load_params
 from pipeline.paths import TaskPaths
 from taso import pretrained
 from taso.io import ArtifactError, atomic_path
 from taso.masks import Mask, mask_stats, shape_mismatch
-from taso.names import MASK_FILE
 from taso.targets import find_targets
 
 log = logging.getLogger(__name__)
@@ -42,8 +41,6 @@ def run(task: str, root: Path = Path(".")) -> Path:
         "method": params.train.method,
         "seed": params.seed,
     }
-    if name := sources.composition_name(source):
-        used["composition"] = params.composition(name).model_dump()
     mask = sources.mask_for_task(params, root, task)
     if source == "own":
         inputs = {"importance": mask.meta["importance_digest"]}
@@ -58,53 +55,37 @@ def run(task: str, root: Path = Path(".")) -> Path:
         inputs = {"mask_source": mask.meta["source_digest"]}
     with tracking.stage_run(root, stage="derive-mask", task=task, params=used, inputs=inputs) as mlrun:
         region = params.method().region(mask)
+        # No code version in the mask's own bytes (meta.json has it): the same inputs give the same
+        # folder, so a rerun that changes nothing retrains nothing downstream.
         mask = Mask(region.modules, {**mask.meta, **region.meta}).with_meta(
-            base_model=str(pretrained.fingerprint(params.model.base)),
-            task=task,
-            code_version=code_version(root),
+            base_model=str(pretrained.fingerprint(params.model.base)), task=task
         )
         stats = mask_stats(mask)
         digest = mask.digest
-        if _unchanged(paths.mask, mask):
-            # derive-mask re-runs whenever any task's importance changes; rewriting an equal
-            # mask with a newer code_version would make DVC retrain this task for nothing.
-            log.info("%s: same mask and lineage as before; kept as it is", paths.mask)
-        else:
-            with atomic_path(paths.mask) as tmp:
-                tmp.mkdir()
-                mask.save(tmp)
-                write_meta(
-                    tmp,
-                    stage="derive-mask",
-                    task=task,
-                    root=root,
-                    params=used,
-                    inputs=inputs,
-                    outputs={"mask": digest},
-                    density=stats["density"],
-                    trainable_params_per_rank=stats["trainable_params"],
-                )
+        with atomic_path(paths.mask) as tmp:
+            tmp.mkdir()
+            mask.save(tmp)
+            write_meta(
+                tmp,
+                stage="derive-mask",
+                task=task,
+                root=root,
+                params=used,
+                inputs=inputs,
+                outputs={"mask": digest},
+                density=stats["density"],
+                trainable_params_per_rank=stats["trainable_params"],
+            )
         mlrun.log_outputs({"mask": digest})
         mlrun.set_tags({"taso.mask_source": source, **_lineage_tags(mask)})
         mlrun.log_metrics({"density": stats["density"], "trainable_params_per_rank": stats["trainable_params"]})
     return paths.mask
 
 
-def _unchanged(folder: Path, mask: Mask) -> bool:
-    """Whether ``folder`` already holds ``mask``: same content, same metadata but for the code version."""
-    if not (folder / MASK_FILE).is_file():
-        return False
-    try:
-        old = Mask.load(folder)
-    except ArtifactError:  # a damaged mask is replaced
-        return False
-
-    def lineage(m: Mask) -> dict[str, str]:
-        return {k: v for k, v in m.meta.items() if k != "code_version"}
-
-    return old.digest == mask.digest and lineage(old) == lineage(mask)
-
-
 def _lineage_tags(mask) -> dict[str, str]:
-    keys = {"source_digest": "taso.mask_source_digest", "inputs": "taso.composition.inputs"}
+    keys = {
+        "source_digest": "taso.mask_source_digest",
+        "source_version": "taso.mask_source_version",
+        "inputs": "taso.composition.inputs",
+    }
     return {tag: mask.meta[k] for k, tag in keys.items() if k in mask.meta}

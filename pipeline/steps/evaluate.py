@@ -6,6 +6,7 @@ becomes ``champion`` is the promote stage's decision, not this one's.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -13,10 +14,12 @@ from pipeline import registry, tracking
 from pipeline.params import load_params
 from pipeline.paths import TaskPaths
 from taso import data, pretrained
-from taso.evaluate import evaluate_task
+from taso.evaluate import degenerate, evaluate_task
 from taso.export import check_adapter_mask
 from taso.io import digest_file, read_json, write_json
 from taso.masks import Mask
+
+log = logging.getLogger(__name__)
 
 
 def run(task: str, root: Path = Path(".")) -> Path:
@@ -36,7 +39,11 @@ def run(task: str, root: Path = Path(".")) -> Path:
         # Before any model loads: an adapter and a mask that disagree mean one of them is stale.
         check_adapter_mask(paths.adapter, mask)
         inputs["mask"] = mask.digest
-    with tracking.stage_run(root, stage="evaluate", task=task, params=used, inputs=inputs) as mlrun:
+    name, version = registry.model_name(params.tracking.registry_prefix, task), str(trained["registry_version"])
+    with (
+        registry.marked_if_failed(name, version),
+        tracking.stage_run(root, stage="evaluate", task=task, params=used, inputs=inputs) as mlrun,
+    ):
         tok = pretrained.load_tokenizer(params.model.base)
         model = pretrained.load_with_adapter(
             params.model.base, paths.adapter, spec.task_type, num_labels=spec.num_labels, seed=params.seed
@@ -52,10 +59,17 @@ def run(task: str, root: Path = Path(".")) -> Path:
             max_new_tokens=params.evaluate.max_new_tokens,
         )
         scores["eval_seconds"] = round(time.perf_counter() - start, 2)
-        name, version = registry.model_name(params.tracking.registry_prefix, task), str(trained["registry_version"])
         for metric in spec.metrics:
             registry.tag_version(name, version, f"metric.{metric}", repr(float(scores[metric])))
-        write_json(paths.metrics, scores)
         mlrun.log_metrics({k: float(v) for k, v in scores.items()})
-        mlrun.set_tags({"taso.registered_model": name, "taso.registered_version": version})
+        # A model that learned nothing is said so here, in the log, on the run and the version;
+        # the promote stage never makes it champion on its own.
+        flag = degenerate(scores)
+        if flag:
+            log.warning("%s: the trained model is degenerate: %s", task, flag)
+            registry.tag_version(name, version, "degenerate", flag)
+        write_json(paths.metrics, {**scores, "degenerate": flag})
+        mlrun.set_tags(
+            {"taso.registered_model": name, "taso.registered_version": version, "taso.degenerate": flag or "no"}
+        )
     return paths.metrics

@@ -2,8 +2,9 @@
 
 With ``tracking.promote: if_better`` the version train registered becomes ``champion`` when
 there is none, or when it beats the champion on the task's first metric (strictly; a champion
-promoted by hand, without that metric, is kept). With ``never`` nothing moves: promote by hand
-with ``taso registry promote``. Registering (train) and measuring (evaluate) never promote.
+promoted by hand, without that metric, is kept), unless evaluate found it degenerate (constant
+predictions, or no better than the majority class or the labels' mean): that one is never
+promoted on its own. With ``never`` nothing moves: promote by hand with ``taso registry promote``. Registering (train) and measuring (evaluate) never promote.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def run(task: str, root: Path = Path(".")) -> Path:
     inputs = {"metrics": digest_file(paths.metrics), "train": digest_file(paths.train_metrics)}
     with tracking.stage_run(root, stage="promote", task=task, params=used, inputs=inputs) as mlrun:
         before = registry.alias_version(name, registry.CHAMPION)
-        if policy == "if_better":
+        flag = scores.get("degenerate")
+        if policy == "if_better" and not flag:  # a model that learned nothing is promoted by hand or not at all
             registry.promote_if_better(name, version, metric, scores[metric])
         champion = registry.alias_version(name, registry.CHAMPION)
         decision = {
@@ -39,6 +41,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
             "champion_before": before and int(before),
             "champion": champion and int(champion),
             "promoted": champion == version and before != version,
+            "degenerate": flag,
         }
         write_json(paths.promotion, decision)
         mlrun.set_tags({"taso.registered_model": name, "taso.promoted": str(decision["promoted"])})

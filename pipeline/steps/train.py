@@ -64,6 +64,8 @@ def run(task: str, root: Path = Path(".")) -> Path:
             "mask_source": params.task(task).mask_source if mask else None,
             # Lineage of a reused mask: the digest of what mask_source named when derive-mask ran.
             "mask_source_digest": mask.meta.get("source_digest") if mask else None,
+            # What a registry alias resolved to then (models:/<name>/<version>): the alias may move since.
+            "mask_source_version": mask.meta.get("source_version") if mask else None,
         }
         with atomic_path(paths.adapter) as tmp:
             method.export(
@@ -118,6 +120,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
             "taso.registered_version": version,
             "taso.mask_source": adapter_meta["mask_source"],
             "taso.mask_source_digest": adapter_meta["mask_source_digest"],
+            "taso.mask_source_version": adapter_meta["mask_source_version"],
         }
         mlrun.set_tags({k: v for k, v in tags.items() if v is not None})
     checkpoint.unlink(missing_ok=True)
@@ -139,6 +142,7 @@ def _version_tags(meta: dict, mask: Mask | None, counts: dict, rank: int) -> dic
             "mask_source": meta["mask_source"],
             "density": f"{mask_stats(mask, rank)['density']:.6f}",
         }
-        if meta["mask_source_digest"]:
-            tags["mask_source_digest"] = meta["mask_source_digest"]
+        for key in ("mask_source_digest", "mask_source_version"):
+            if meta[key]:
+                tags[key] = meta[key]
     return tags

@@ -18,29 +18,18 @@ A method is built from a :class:`MethodConfig` and, for one model, answers:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
+from taso.config import MethodConfig
 from taso.lr import Scaled, linear_schedule, param_groups
 from taso.masks import Mask
-from taso.targets import TargetSpec, head_names, in_head
+from taso.targets import head_names, in_head
 
 Need = Literal["mask"] | None
-
-
-@dataclass(frozen=True)
-class MethodConfig:
-    """What every method is built from; a method reads the fields it uses. The defaults are the pipeline's."""
-
-    rank: int = 4  # at TASO's p 0.25, LoRA r=1's parameter count
-    alpha: float = 8.0  # update scale alpha/rank = 2
-    dropout: float = 0.0
-    targets: TargetSpec = "all-linear"
-    seed: int = 0
 
 
 class Method:
