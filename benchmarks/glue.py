@@ -100,7 +100,7 @@ def majority_share(spec: data.TaskSpec, phase: str) -> float:
 
 def build(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int, sources=None, phase="report"):
     """The model to train for setting ``s`` and the method (from taso.methods) that prepared it."""
-    model = pretrained.load_model("minilm", num_labels=spec.num_labels, seed=seed)
+    model = pretrained.load_model("minilm", num_labels=spec.num_labels, seed=seed, pooling=_POOLING)
     name, rank = METHOD_OF.get(s["method"], "taso"), s.get("rank", 1)
     if s["method"].startswith("lora-"):
         name, rank = "lora", int(s["method"].split("-r")[1])
@@ -112,7 +112,7 @@ def build(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int,
 def importance_for(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int) -> Importance:
     """TASO's importance for a task, scored on a calibration sample by a model of its own (as the
     pipeline's score stage does), so a head warm-up shapes the gradients but not the training."""
-    scorer = pretrained.load_model("minilm", num_labels=spec.num_labels, seed=seed)
+    scorer = pretrained.load_model("minilm", num_labels=spec.num_labels, seed=seed, pooling=_POOLING)
     if s["warmup"]:
         batches = data.iterate(train_feats, PROTOCOL["batch_size"], tok.pad_token_id, seed=seed, shuffle=True)
         warm_up_head(scorer, batches, s["warmup"], seed=seed)
@@ -185,12 +185,18 @@ def run_one(s: dict, spec: data.TaskSpec, phase: str, seed: int, tok, max_steps:
 
 
 _TOKENIZER = None
+# What the classifier reads (pretrained.load_model's pooling), set per process by work(): the
+# recorded runs read BERT's pooler ("architecture"); another pooling is another protocol.
+_POOLING = "architecture"
 
 
-def work(s: dict, spec: data.TaskSpec, phase: str, seed: int, max_steps: int | None, sources: dict) -> dict:
+def work(
+    s: dict, spec: data.TaskSpec, phase: str, seed: int, max_steps: int | None, sources: dict, pooling: str
+) -> dict:
     """One run, in whichever process executes it (the tokenizer is loaded once per process)."""
-    global _TOKENIZER
+    global _TOKENIZER, _POOLING
     _TOKENIZER = _TOKENIZER or pretrained.load_tokenizer("minilm")
+    _POOLING = pooling
     return run_one(s, spec, phase, seed, _TOKENIZER, max_steps, sources)
 
 
@@ -201,6 +207,7 @@ def execute(plan, specs, args, protocol, done: list[dict]) -> None:
     soon as they are known. A run that fails does not stop the others; the call ends with an error
     naming it, and a later call retries it."""
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    pooling = protocol.get("pooling", "architecture")
     if args.jobs == 1:
         worker_init(threads)
         pool = InProcess()
@@ -223,7 +230,7 @@ def execute(plan, specs, args, protocol, done: list[dict]) -> None:
                     break
                 if k not in busy:
                     record = {"key": k, "phase": phase, "task": task, "setting": s, "seed": seed, "protocol": protocol}
-                    running[pool.submit(work, s, specs[task], phase, seed, args.max_steps, specs)] = record
+                    running[pool.submit(work, s, specs[task], phase, seed, args.max_steps, specs, pooling)] = record
                     busy.add(k)
             if not running:
                 break
@@ -267,6 +274,12 @@ def main() -> None:
         help="report/transfer: write the table (and plot) from the runs recorded so far, run nothing",
     )
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each on cpu_count/jobs threads")
+    parser.add_argument(
+        "--pooling",
+        default="architecture",
+        help="what the classifier reads (taso.pretrained.load_model): architecture, the head of the runs in "
+        "docs/results-glue.jsonl; auto, the model's declared mean pooling, as the pipeline's default (a new protocol)",
+    )
     args = parser.parse_args()
 
     limits = {"sst2": SST2_TRAIN}
@@ -274,6 +287,8 @@ def main() -> None:
         tasks = ["mrpc", "rte"] if args.phase == "transfer" else ["mrpc"]
         args.max_steps, args.seeds, args.tasks, limits = 3, [0], tasks, {"mrpc": 64, "rte": 64}
     protocol = {**PROTOCOL, "max_steps": args.max_steps, "limits": limits}
+    if args.pooling != "architecture":  # the recorded runs' protocol has no pooling key: they read BERT's pooler
+        protocol["pooling"] = args.pooling
     specs = glue_specs(args.data, max_train=None, max_eval=64 if args.quick else None)
     specs = {t: dataclasses.replace(s, max_train=limits.get(t)) for t, s in specs.items()}
     done = [r for r in load(args.results) if r["protocol"] == protocol]

@@ -17,6 +17,7 @@ from taso.config import MethodConfig, TrainConfig
 from taso.data import TaskSpec
 from taso.metrics import APPLIES_TO
 from taso.names import DEFAULT_RULE, Rule, TaskType
+from taso.pooling import Pooling
 
 if TYPE_CHECKING:
     from taso.methods import Method
@@ -33,6 +34,14 @@ class ModelParams(_Strict):
     base: str = "minilm"
     targets: str | list[str] = "all-linear"
     max_length: PositiveInt = 128
+    pooling: str = "auto"  # what a classification/regression head reads (taso.pooling)
+
+    @field_validator("pooling")
+    @classmethod
+    def _pooling(cls, v: str) -> str:
+        if v not in ("auto", "architecture"):
+            Pooling.parse(v)  # its ValueError names the modes
+        return v
 
 
 class TrackingParams(_Strict):

@@ -89,7 +89,9 @@ class TasoAdapterModel(PythonModel):
         self.answer_template = meta.get("answer_template") or "{}"
         self.max_length = int(meta.get("max_length") or 128)
         num_labels = len(self.labels) if self.labels else int(meta.get("num_labels") or 2)
-        base = pretrained.load_model(meta["base_model"], self.task_type, num_labels=num_labels)
+        # The head reads what it was trained on; an adapter from before pooling was recorded read BERT's pooler.
+        pooling = meta.get("pooling") or "architecture"
+        base = pretrained.load_model(meta["base_model"], self.task_type, num_labels=num_labels, pooling=pooling)
         self.model = PeftModel.from_pretrained(base, context.artifacts["adapter"]).eval()
         self.tokenizer = pretrained.load_tokenizer(meta["base_model"])
 

@@ -52,7 +52,9 @@ def write_adapter(peft_model: nn.Module, out_dir, extra: dict | None = None) -> 
     """Save ``peft_model``'s adapter into ``out_dir`` (replaced atomically) with ``extra`` as ``taso.json``."""
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
-        peft_model.save_pretrained(str(tmp))
+        # taso never adapts embeddings; PEFT's "auto" would look the base model up (on the hub,
+        # when the name is a hub id) to decide, which offline only ends in a warning.
+        peft_model.save_pretrained(str(tmp), save_embedding_layers=False)
         (tmp / ADAPTER_SIDECAR).write_text(json.dumps(extra or {}, indent=2, sort_keys=True) + "\n")
     return out_dir
 

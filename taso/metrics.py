@@ -2,58 +2,49 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Sequence
 
+# scikit-learn and scipy compute every metric they have; they are imported on first use, so the
+# params check (which reads APPLIES_TO below) starts without them. A correlation with a constant
+# side is undefined (they return NaN and warn): it is 0.0 here, as a model that learned nothing.
+
 
 def accuracy(pred: Sequence, gold: Sequence) -> float:
-    return sum(p == g for p, g in zip(pred, gold)) / len(gold)
+    from sklearn.metrics import accuracy_score
+
+    return float(accuracy_score(list(gold), list(pred)))
 
 
 def f1(pred: Sequence[int], gold: Sequence[int], positive: int = 1) -> float:
-    """Binary F1 of the ``positive`` class (MRPC's convention)."""
-    tp = sum(p == positive and g == positive for p, g in zip(pred, gold))
-    fp = sum(p == positive and g != positive for p, g in zip(pred, gold))
-    fn = sum(p != positive and g == positive for p, g in zip(pred, gold))
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    """Binary F1 of the ``positive`` class (MRPC's convention); 0.0 when nothing is predicted positive."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(list(gold), list(pred), pos_label=positive, average="binary", zero_division=0.0))
 
 
 def matthews(pred: Sequence[int], gold: Sequence[int]) -> float:
-    """Matthews correlation for binary labels (CoLA's metric); 0 when a margin is empty."""
-    tp = sum(p == 1 and g == 1 for p, g in zip(pred, gold))
-    tn = sum(p == 0 and g == 0 for p, g in zip(pred, gold))
-    fp = sum(p == 1 and g == 0 for p, g in zip(pred, gold))
-    fn = sum(p == 0 and g == 1 for p, g in zip(pred, gold))
-    denom = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return (tp * tn - fp * fn) / denom if denom else 0.0
+    """Matthews correlation (CoLA's metric; multi-class too); 0.0 when a margin is empty."""
+    from sklearn.metrics import matthews_corrcoef
+
+    return float(matthews_corrcoef(list(gold), list(pred)))
 
 
 def pearson(pred: Sequence[float], gold: Sequence[float]) -> float:
-    n = len(gold)
-    mp, mg = sum(pred) / n, sum(gold) / n
-    cov = sum((p - mp) * (g - mg) for p, g in zip(pred, gold))
-    sp = math.sqrt(sum((p - mp) ** 2 for p in pred))
-    sg = math.sqrt(sum((g - mg) ** 2 for g in gold))
-    return cov / (sp * sg) if sp and sg else 0.0
-
-
-def _ranks(xs: Sequence[float]) -> list[float]:
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    ranks = [0.0] * len(xs)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for k in range(i, j + 1):  # ties share their mean rank
-            ranks[order[k]] = (i + j) / 2
-        i = j + 1
-    return ranks
+    return _correlation("pearsonr", pred, gold)
 
 
 def spearman(pred: Sequence[float], gold: Sequence[float]) -> float:
-    return pearson(_ranks(pred), _ranks(gold))
+    """Spearman's rank correlation; tied values share their mean rank."""
+    return _correlation("spearmanr", pred, gold)
+
+
+def _correlation(name: str, pred: Sequence[float], gold: Sequence[float]) -> float:
+    from scipy import stats
+
+    if len(set(pred)) < 2 or len(set(gold)) < 2:
+        return 0.0
+    return float(getattr(stats, name)(list(pred), list(gold))[0])
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")

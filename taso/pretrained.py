@@ -6,14 +6,23 @@ import fcntl
 import functools
 import hashlib
 import importlib.util
+import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from taso.names import DEFAULT_MODEL, HUB_IDS, SMOLLM2, TASK_TYPES
+from taso.heads import use_pooling
+from taso.names import ADAPTER_SIDECAR, DEFAULT_MODEL, HUB_IDS, SMOLLM2, TASK_TYPES
+from taso.pooling import Pooling, declared_pooling
+
+# PEFT (0.17) reads transformers' deprecated `is_gradient_checkpointing` each time it wraps a
+# model, and transformers 5 warns on every read: a warning per stage that no user can act on.
+# Every model taso wraps is loaded here, so the one filter, matched on its exact message, lives here.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 # The packaged SmolLM2 GGUF is dequantized once to fp32 safetensors under CACHE (about 30 s,
 # 540 MB) and read from there.
@@ -118,13 +127,19 @@ def fingerprint(ref: str) -> Fingerprint:
     return Fingerprint(ref, h.hexdigest())
 
 
-def load_model(ref: str, task_type: str = "classification", *, num_labels: int = 2, seed: int = 0) -> nn.Module:
+def load_model(
+    ref: str, task_type: str = "classification", *, num_labels: int = 2, seed: int = 0, pooling: str = "auto"
+) -> nn.Module:
     """Load a base model with the head for ``task_type``; the new head's init is seeded.
 
     Args:
         ref: ``minilm``, a local folder, or a hub id.
         task_type: ``classification`` (``num_labels`` classes), ``regression`` (one output) or ``causal_lm``.
         seed: seeds the random initialisation of a new task head.
+        pooling: what a classification or regression head reads (:mod:`taso.pooling`): ``auto``, the
+            pooling the model folder declares (sentence-transformers' ``modules.json``), else the
+            architecture's own pooler; ``architecture``; or a pooling such as ``mean+normalize``.
+            ``taso.json`` in an adapter folder records the one it was trained with.
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -151,6 +166,10 @@ def load_model(ref: str, task_type: str = "classification", *, num_labels: int =
                 )
     finally:
         hf_logging.set_verbosity(verbosity)
+    if task_type != "causal_lm" and pooling != "architecture":
+        chosen = declared_pooling(path) if pooling == "auto" else Pooling.parse(pooling)
+        if chosen is not None:
+            use_pooling(model, chosen)
     return model
 
 
@@ -164,14 +183,25 @@ def load_tokenizer(ref: str):
     return tok
 
 
+def adapter_pooling(adapter_dir) -> str:
+    """The pooling an adapter folder's ``taso.json`` records (``architecture`` when it records none)."""
+    sidecar = Path(adapter_dir) / ADAPTER_SIDECAR
+    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    return meta.get("pooling") or "architecture"
+
+
 def hub_id(ref: str) -> str:
     """The hub id a built-in model reference stands for (anything else as it is)."""
     return HUB_IDS.get(ref, ref)
 
 
 def load_with_adapter(ref: str, adapter_dir, task_type: str = "classification", *, num_labels: int = 2, seed: int = 0):
-    """The base model with a PEFT adapter folder loaded through the real ``peft`` library, as a user would."""
+    """The base model with a PEFT adapter folder loaded through the real ``peft`` library, as a user would.
+
+    The head reads the pooling the adapter was trained with (``taso.json``; an adapter that does
+    not record one was trained on the architecture's pooler).
+    """
     from peft import PeftModel
 
-    model = load_model(ref, task_type, num_labels=num_labels, seed=seed)
+    model = load_model(ref, task_type, num_labels=num_labels, seed=seed, pooling=adapter_pooling(adapter_dir))
     return PeftModel.from_pretrained(model, str(adapter_dir))

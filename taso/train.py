@@ -25,6 +25,7 @@ from torch import nn
 
 from taso.config import TrainConfig
 from taso.data import batch_order, collate
+from taso.heads import fold_target_scale, target_scale
 from taso.importance import LossFn, default_loss
 from taso.io import atomic_path
 from taso.lr import effective_rates
@@ -48,6 +49,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     rates: dict = field(default_factory=dict)
     resumed_from: int = 0
+    target_scale: tuple[float, float] | None = None  # regression: the (mean, std) folded into the head
 
 
 def total_steps(n_examples: int, cfg: TrainConfig) -> int:
@@ -153,6 +155,11 @@ def train(
     sched = method.scheduler(opt, math.ceil(cfg.warmup_ratio * steps), steps)
     rates = effective_rates(opt.param_groups)
     params = [p for g in opt.param_groups for p in g["params"]]
+    # Regression trains on standardised targets (train's own mean and std), whatever their
+    # scale (STS-B's 0-5, prices in thousands); the head is rescaled after the last step.
+    scale = target_scale(features)
+    if scale is not None:
+        features = [{**f, "labels": (f["labels"] - scale[0]) / scale[1]} for f in features]
     step, history = 0, []
     checkpoint = Path(checkpoint) if checkpoint else None
     if checkpoint and checkpoint.is_file():
@@ -210,4 +217,6 @@ def train(
                         f"stopped by {signal.Signals(flag['signal']).name} after step {step}; "
                         f"the next run resumes from {checkpoint}"
                     )
-    return TrainResult(step, time.perf_counter() - start, history, rates, resumed_from)
+    if scale is not None:
+        fold_target_scale(model, *scale)
+    return TrainResult(step, time.perf_counter() - start, history, rates, resumed_from, scale)

@@ -139,3 +139,20 @@ def test_export_needs_masked_layers(tmp_path, make_model):
     with pytest.raises(ValueError, match="no masked LoRA layer"):
         Taso().export(make_model("bert"), tmp_path / "adapter", base_model="tiny", task_type="SEQ_CLS")
     assert not (tmp_path / "adapter").exists()
+
+
+def test_wrapping_exporting_and_loading_an_adapter_prints_no_warning(tiny_model, tmp_path):
+    # Outside pytest's own warning capture: what a stage prints. PEFT's read of a deprecated
+    # transformers property, and its hub lookup at save time, each used to warn on every stage.
+    import subprocess
+    import sys
+
+    script = f"""
+from taso import pretrained
+from taso.methods import MethodConfig, build
+model = build("lora", MethodConfig()).prepare(pretrained.load_model({str(tiny_model)!r}, num_labels=2))
+build("lora", MethodConfig()).export(model, {str(tmp_path / "a")!r}, base_model="org/some-hub-id", task_type="SEQ_CLS")
+pretrained.load_with_adapter({str(tiny_model)!r}, {str(tmp_path / "a")!r})
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert "Warning" not in proc.stderr, proc.stderr

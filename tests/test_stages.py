@@ -311,3 +311,18 @@ def test_the_mask_does_not_depend_on_the_rank_that_trains_on_it(project):
     assert {f: (mask_dir / f).read_bytes() for f in before} == before
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["derive-mask"]["do"]
     assert not any(p.startswith("train.rank") for p in stage["params"])  # so DVC does not rerun it either
+
+
+def test_the_same_params_twice_give_the_same_adapter_and_metrics(tmp_path, tiny_model, monkeypatch):
+    # The demo's figures must repeat on one machine: every RNG (data order, head init, head
+    # warm-up and its dropout, calibration sample, adapter init) follows params.seed.
+    def once(name: str) -> tuple[bytes, dict]:
+        root = make_project(tmp_path / name, tiny_model, monkeypatch)
+        run_all(root)
+        art = root / "artifacts" / "entailment"
+        scores = json.loads((art / "metrics.json").read_text())
+        scores.pop("eval_seconds")
+        return (art / "adapter" / "adapter_model.safetensors").read_bytes(), scores
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    assert once("a") == once("b")

@@ -40,7 +40,9 @@ def run(task: str, root: Path = Path(".")) -> Path:
     inputs = {"calibration": digest_file(paths.calibration_file)}
     with tracking.stage_run(root, stage="score", task=task, params=used, inputs=inputs) as mlrun:
         tok = pretrained.load_tokenizer(params.model.base)
-        model = pretrained.load_model(params.model.base, spec.task_type, num_labels=spec.num_labels, seed=seed)
+        model = pretrained.load_model(
+            params.model.base, spec.task_type, num_labels=spec.num_labels, seed=seed, pooling=params.model.pooling
+        )
         calib = data.encode(data.read_jsonl(paths.calibration_file), tok, spec.max_length)
         warmed = 0
         if params.score.head_warmup_steps and head_names(model):  # a causal LM has no new head to warm up

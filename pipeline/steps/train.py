@@ -17,6 +17,7 @@ from pipeline.params import load_params
 from pipeline.paths import TaskPaths
 from taso import data, pretrained
 from taso.export import PEFT_TASK
+from taso.heads import pooling_of
 from taso.importance import Importance
 from taso.io import atomic_path, digest_file, write_csv, write_json
 from taso.masks import Mask, check_importance, mask_stats
@@ -44,7 +45,10 @@ def run(task: str, root: Path = Path(".")) -> Path:
     checkpoint = paths.checkpoints / f"{run_key}.pt"
     with tracking.stage_run(root, stage="train", task=task, params=used, inputs=inputs) as mlrun:
         tok = pretrained.load_tokenizer(params.model.base)
-        base = pretrained.load_model(params.model.base, spec.task_type, num_labels=spec.num_labels, seed=seed)
+        base = pretrained.load_model(
+            params.model.base, spec.task_type, num_labels=spec.num_labels, seed=seed, pooling=params.model.pooling
+        )
+        pooling = pooling_of(base) if spec.task_type != "causal_lm" else None
         model = method.prepare(base, mask)
         features = data.encode(data.read_rows(spec, "train", seed=seed), tok, spec.max_length)
         result = train(model, features, tp.config(seed), method=method, pad_id=tok.pad_token_id, checkpoint=checkpoint)
@@ -59,6 +63,8 @@ def run(task: str, root: Path = Path(".")) -> Path:
             "text_fields": list(spec.text_fields),
             "max_length": spec.max_length,
             "answer_template": spec.answer_template,
+            # What the head reads; load the base with pretrained.load_model(..., pooling=this) (README).
+            "pooling": pooling,
             "method": method.name,
             "mask_digest": mask.digest if mask else None,
             "mask_source": params.task(task).mask_source if mask else None,
@@ -109,6 +115,8 @@ def run(task: str, root: Path = Path(".")) -> Path:
             "train_seconds": round(result.seconds, 2),
             "final_loss": result.history[-1]["loss"] if result.history else None,
             "resumed_from_step": result.resumed_from,
+            # Regression: the train labels' mean and std, folded into the head after training.
+            "target_scale": list(result.target_scale) if result.target_scale else None,
             "registry_version": int(version),
         }
         write_json(paths.train_metrics, summary)

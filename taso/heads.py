@@ -1,0 +1,118 @@
+"""What a sequence head reads and what it outputs: the declared pooling, and regression's target scale.
+
+:func:`use_pooling` puts a :class:`Pooler` where a BERT-style encoder keeps its pooler, so the
+stock classifier reads the sentence vector the base model was trained to produce
+(:mod:`taso.pooling` reads which). :func:`fold_target_scale` turns a regression head trained on
+standardised targets into one that predicts on the original scale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from taso.pooling import Pooling
+from taso.targets import head_names
+
+
+class Pooler(nn.Module):
+    """A drop-in for an encoder's ``pooler``: pools the last hidden states over real tokens.
+
+    The encoder calls its pooler with the hidden states alone; the attention mask reaches this
+    module through a forward pre-hook on the encoder (:func:`use_pooling`), set for each call.
+    """
+
+    def __init__(self, pooling: Pooling):
+        super().__init__()
+        self.pooling = pooling
+        self._mask: torch.Tensor | None = None
+
+    def remember_mask(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        mask = kwargs.get("attention_mask")
+        self._mask = mask if mask is not None else (args[1] if len(args) > 1 else None)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        mask = self._mask
+        keep = (
+            torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device)
+            if mask is None
+            else mask.to(hidden.dtype)
+        ).unsqueeze(-1)
+        mode = self.pooling.mode
+        if mode == "cls":
+            out = hidden[:, 0]
+        elif mode == "mean":
+            out = (hidden * keep).sum(1) / keep.sum(1).clamp(min=1e-9)
+        else:  # max over real tokens: padding can never win
+            out = hidden.masked_fill(keep == 0, torch.finfo(hidden.dtype).min).amax(1)
+        return nn.functional.normalize(out, dim=-1) if self.pooling.normalize else out
+
+    def extra_repr(self) -> str:
+        return str(self.pooling)
+
+
+def use_pooling(model: nn.Module, pooling: Pooling) -> nn.Module:
+    """Make ``model``'s sequence head read ``pooling`` instead of its architecture's pooler; returns ``model``.
+
+    Raises:
+        ValueError: the model's encoder has no ``pooler`` to replace (its head reads the states
+            another way); load it without a declared pooling to use its own head.
+    """
+    encoder = model.base_model
+    if not hasattr(encoder, "pooler"):
+        raise ValueError(
+            f"{type(model).__name__} has no pooler to replace; taso applies a declared pooling to "
+            "BERT-style encoders only"
+        )
+    pooler = Pooler(pooling)
+    encoder.pooler = pooler
+    encoder.register_forward_pre_hook(pooler.remember_mask, with_kwargs=True)
+    model.config.taso_pooling = str(pooling)
+    return model
+
+
+def pooling_of(model: nn.Module) -> str:
+    """What a sequence model's head reads: a :class:`Pooling` as text, or ``architecture`` (its own pooler)."""
+    return getattr(model.config, "taso_pooling", None) or "architecture"
+
+
+def target_scale(features: Sequence[dict]) -> tuple[float, float] | None:
+    """``(mean, std)`` of float (regression) labels, or None for class ids and token labels."""
+    labels = [f["labels"] for f in features]
+    if not labels or not all(isinstance(y, float) for y in labels):
+        return None
+    mean = sum(labels) / len(labels)
+    std = math.sqrt(sum((y - mean) ** 2 for y in labels) / len(labels))
+    return mean, std or 1.0
+
+
+@torch.no_grad()
+def fold_target_scale(model: nn.Module, mean: float, std: float) -> None:
+    """Make a regression head trained on standardised targets predict on their original scale.
+
+    The output layer ``y = w·h + b`` becomes ``std·w·h + (std·b + mean)``: the same model in
+    one linear layer, so the exported head is a stock one and nothing needs undoing at prediction.
+    """
+    out = output_layer(model)
+    if out.out_features != 1:
+        raise ValueError(f"a regression head has one output, not {out.out_features}")
+    out.weight.mul_(std)
+    out.bias.mul_(std).add_(mean)
+
+
+def output_layer(model: nn.Module) -> nn.Linear:
+    """The linear layer that produces a sequence model's logits (inside a PEFT wrapper too)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    heads = head_names(inner)
+    if not heads:
+        raise ValueError(f"{type(inner).__name__} has no sequence head (classifier or score)")
+    head = getattr(inner, heads[0])
+    if hasattr(head, "modules_to_save"):  # PEFT's trainable copy of the head
+        head = head.modules_to_save["default"]
+    head = getattr(head, "out_proj", head)  # RoBERTa-style heads end in out_proj
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"the head of {type(inner).__name__} does not end in a linear layer")
+    return head

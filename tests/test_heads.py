@@ -1,0 +1,105 @@
+"""Sequence heads: the pooling a model folder declares, and regression on standardised targets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from taso import data, metrics, pretrained
+from taso.heads import Pooler, fold_target_scale, output_layer, pooling_of, target_scale
+from taso.pooling import Pooling, declared_pooling
+from taso.train import TrainConfig, train
+
+
+def sentence_transformers_folder(base: Path, dest: Path, mode_key: str, normalize: bool) -> Path:
+    """``base`` (a saved model) plus sentence-transformers' module files declaring one pooling."""
+    shutil.copytree(base, dest)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (dest / "modules.json").write_text(json.dumps(modules))
+    (dest / "1_Pooling").mkdir()
+    keys = ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens")
+    (dest / "1_Pooling" / "config.json").write_text(json.dumps({k: k == mode_key for k in keys}))
+    return dest
+
+
+def test_declared_pooling_reads_modules_json(tiny_model, tmp_path):
+    mean = sentence_transformers_folder(tiny_model, tmp_path / "mean", "pooling_mode_mean_tokens", True)
+    cls = sentence_transformers_folder(tiny_model, tmp_path / "cls", "pooling_mode_cls_token", False)
+    assert declared_pooling(mean) == Pooling("mean", normalize=True)
+    assert declared_pooling(cls) == Pooling("cls")
+    assert declared_pooling(tiny_model) is None
+    (cls / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_sqrt_len_tokens": True}))
+    with pytest.raises(ValueError, match="taso implements one of"):
+        declared_pooling(cls)
+    assert Pooling.parse(str(Pooling("max", True))) == Pooling("max", True)
+    with pytest.raises(ValueError, match="unknown pooling 'sum'"):
+        Pooling.parse("sum")
+
+
+def test_the_head_reads_the_declared_pooling_over_real_tokens_only(tiny_model, tmp_path):
+    tok = pretrained.load_tokenizer(str(tiny_model))
+    texts = ["the film was good .", "bad"]  # the second is padded in the batch
+    batch = tok(texts, padding=True, return_tensors="pt")
+    alone = tok(texts[1:], return_tensors="pt")
+
+    plain = pretrained.load_model(str(tiny_model)).eval()
+    assert pooling_of(plain) == "architecture" and not isinstance(plain.bert.pooler, Pooler)
+
+    folder = sentence_transformers_folder(tiny_model, tmp_path / "mean", "pooling_mode_mean_tokens", True)
+    model = pretrained.load_model(str(folder)).eval()
+    assert pooling_of(model) == "mean+normalize"
+    with torch.no_grad():
+        states = model.bert(**batch).last_hidden_state
+        pooled = model.bert(**batch).pooler_output
+        pooled_alone = model.bert(**alone).pooler_output
+    keep = batch["attention_mask"].unsqueeze(-1).float()
+    want = torch.nn.functional.normalize((states * keep).sum(1) / keep.sum(1), dim=-1)
+    torch.testing.assert_close(pooled, want)
+    torch.testing.assert_close(pooled[1], pooled_alone[0], atol=1e-5, rtol=1e-5)  # padding changes nothing
+    assert torch.allclose(pooled.norm(dim=-1), torch.ones(2))
+
+    cls = pretrained.load_model(str(folder), pooling="cls").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(cls.bert(**batch).pooler_output, states[:, 0])
+    with torch.no_grad():  # the classifier reads the pooled vector: logits differ from BERT's pooler head
+        assert not torch.allclose(model(**batch).logits, plain(**batch).logits)
+
+
+def test_regression_learns_on_standardised_targets_and_predicts_on_the_original_scale(tiny_model):
+    # A target far from 0 with a large spread: 1000 for "good", 1400 for "bad". Raw MSE at this
+    # scale would swamp a few steps; standardised, a tiny model separates them at once.
+    tok = pretrained.load_tokenizer(str(tiny_model))
+    rows = [{"text": f"the film was {w} .", "label": 1000.0 if w == "good" else 1400.0} for w in ["good", "bad"] * 32]
+    features = data.encode(rows, tok, 16)
+    assert target_scale(features) == (1200.0, 200.0)
+    model = pretrained.load_model(str(tiny_model), "regression", seed=0)
+    result = train(model, features, TrainConfig(lr=3e-3, epochs=3, batch_size=16, seed=0), progress=False)
+    assert result.target_scale == (1200.0, 200.0)
+    model.eval()
+    with torch.no_grad():
+        pred = model(**data.collate(features, tok.pad_token_id)).logits.squeeze(-1).tolist()
+    gold = [f["labels"] for f in features]
+    assert metrics.pearson(pred, gold) > 0.95
+    assert abs(sum(pred) / len(pred) - 1200.0) < 40  # on the labels' scale, not the standardised one
+
+
+def test_folding_the_scale_is_the_affine_map_of_the_output(tiny_model):
+    model = pretrained.load_model(str(tiny_model), "regression", seed=0).eval()
+    tok = pretrained.load_tokenizer(str(tiny_model))
+    batch = tok(["good", "bad film"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        before = model(**batch).logits
+        fold_target_scale(model, 3.0, 0.5)
+        after = model(**batch).logits
+    torch.testing.assert_close(after, before * 0.5 + 3.0)
+    assert output_layer(model) is model.classifier
+    assert target_scale([{"labels": 1}, {"labels": 0}]) is None  # class ids are not rescaled
