@@ -65,6 +65,9 @@ class TaskParams(_Strict):
     max_eval: PositiveInt | None = None
     # causal_lm only: the text the model learns, "{}" standing for the answer in label_field.
     answer_template: str = "{}"
+    # What reads the encoder: the architecture's classifier over one sequence, or (a regression over
+    # sentence pairs) the cosine of the two texts pooled apart; auto picks per task (head()).
+    head: Literal["auto", "classifier", "cosine"] = "auto"
     mask_source: str  # required: dvc.yaml tracks it as a param of derive-mask
 
     @field_validator("answer_template")
@@ -93,6 +96,11 @@ class TaskParams(_Strict):
         if wrong:
             fix = " (a numeric target needs task_type: regression)" if kind == "classification" else ""
             raise ValueError(f"metrics {wrong} do not apply to {what}; use {' or '.join(allowed)}{fix}")
+        if self.head == "cosine" and (self.task_type != "regression" or len(self.text_fields) != 2):
+            raise ValueError(
+                "head cosine scores the similarity of a sentence pair: it needs task_type: regression "
+                "and two text_fields"
+            )
         classes = len(self.labels) if self.labels else 2
         if "f1" in self.metrics and classes != 2:
             raise ValueError(
@@ -129,6 +137,12 @@ class TaskParams(_Strict):
         if missing:
             raise ValueError(f"needs keys train and eval (missing: {', '.join(sorted(missing))})")
         return v
+
+    def head_kind(self) -> str:
+        """The head ``head`` stands for: ``auto`` is the cosine head for a regression over sentence pairs."""
+        if self.head != "auto":
+            return self.head
+        return "cosine" if self.task_type == "regression" and len(self.text_fields) == 2 else "classifier"
 
     def spec(self, name: str, max_length: int) -> TaskSpec:
         """The library's view of this task."""

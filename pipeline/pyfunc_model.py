@@ -91,7 +91,10 @@ class TasoAdapterModel(PythonModel):
         num_labels = len(self.labels) if self.labels else int(meta.get("num_labels") or 2)
         # The head reads what it was trained on; an adapter from before pooling was recorded read BERT's pooler.
         pooling = meta.get("pooling") or "architecture"
-        base = pretrained.load_model(meta["base_model"], self.task_type, num_labels=num_labels, pooling=pooling)
+        self.head = meta.get("head") or "classifier"
+        base = pretrained.load_model(
+            meta["base_model"], self.task_type, num_labels=num_labels, pooling=pooling, head=self.head
+        )
         self.model = PeftModel.from_pretrained(base, context.artifacts["adapter"]).eval()
         self.tokenizer = pretrained.load_tokenizer(meta["base_model"])
 
@@ -115,21 +118,23 @@ class TasoAdapterModel(PythonModel):
         with torch.no_grad():
             for start in range(0, len(texts), batch_size):
                 end = start + batch_size
-                enc = self.tokenizer(
-                    texts[start:end],
-                    pairs[start:end] if pairs is not None else None,
-                    truncation=True,
-                    max_length=self.max_length,
-                    padding=True,
-                    return_tensors="pt",
-                )
-                logits = self.model(**enc).logits
+                logits = self.model(**self._encode(texts[start:end], pairs and pairs[start:end])).logits
                 if self.task_type == "regression":
                     out.extend(float(v) for v in logits.squeeze(-1).tolist())
                 else:
                     ids = logits.argmax(-1).tolist()
                     out.extend(self.labels[i] if self.labels else int(i) for i in ids)
         return out
+
+    def _encode(self, texts: list[str], pairs: list[str] | None) -> dict:
+        """One batch as the head reads it: a pair as one sequence, or (cosine head) as two."""
+        kw = {"truncation": True, "max_length": self.max_length, "padding": True, "return_tensors": "pt"}
+        if self.head != "cosine":
+            return dict(self.tokenizer(texts, pairs, **kw))
+        if pairs is None:
+            raise ValueError("this model scores sentence pairs: give [text, text_pair] pairs or a text_pair column")
+        second = self.tokenizer(pairs, **kw)
+        return {**self.tokenizer(texts, **kw), **{f"pair_{k}": v for k, v in second.items()}}
 
     def _complete(self, prompts: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
         from taso import causal_lm

@@ -327,9 +327,11 @@ def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-def encode(examples: Sequence[dict], tokenizer, max_length: int) -> list[dict]:
+def encode(examples: Sequence[dict], tokenizer, max_length: int, *, pairs_apart: bool = False) -> list[dict]:
     """Tokenize examples (no padding); log how many were truncated to ``max_length``.
 
+    A sentence pair is one sequence (``[CLS] a [SEP] b``), or with ``pairs_apart`` two, the
+    second under ``pair_``-prefixed keys (for a bi-encoder head, :class:`taso.heads.PairCosine`).
     Instruction examples (``causal_lm``) get token labels on their answer only (:func:`taso.causal_lm.encode`).
     """
     if examples and "prompt" in examples[0]:
@@ -338,6 +340,10 @@ def encode(examples: Sequence[dict], tokenizer, max_length: int) -> list[dict]:
         return causal_lm.encode(examples, tokenizer, max_length)
     texts = [e["text"] for e in examples]
     pairs = [e["text_pair"] for e in examples] if examples and "text_pair" in examples[0] else None
+    if pairs_apart and pairs is not None:
+        first = encode([{"text": t, "label": e["label"]} for t, e in zip(texts, examples)], tokenizer, max_length)
+        second = encode([{"text": t, "label": e["label"]} for t, e in zip(pairs, examples)], tokenizer, max_length)
+        return [{**f, **{f"pair_{k}": v for k, v in g.items() if k != "labels"}} for f, g in zip(first, second)]
     full = tokenizer(texts, pairs, truncation=False)
     truncated = sum(len(ids) > max_length for ids in full["input_ids"])
     if truncated:
@@ -357,12 +363,15 @@ def collate(features: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
         from taso import causal_lm
 
         return causal_lm.collate(features, pad_id)
-    longest = max(len(f["input_ids"]) for f in features)
     batch = {}
-    for key in ("input_ids", "token_type_ids", "attention_mask"):
-        if key in features[0]:
-            fill = pad_id if key == "input_ids" else 0
-            batch[key] = torch.tensor([f[key] + [fill] * (longest - len(f[key])) for f in features])
+    for side in ("", "pair_"):  # a pair encoded apart pads each side to its own longest
+        if f"{side}input_ids" not in features[0]:
+            continue
+        longest = max(len(f[f"{side}input_ids"]) for f in features)
+        for key in (f"{side}input_ids", f"{side}token_type_ids", f"{side}attention_mask"):
+            if key in features[0]:
+                fill = pad_id if key.endswith("input_ids") else 0
+                batch[key] = torch.tensor([f[key] + [fill] * (longest - len(f[key])) for f in features])
     labels = [f["labels"] for f in features]
     batch["labels"] = torch.tensor(labels, dtype=torch.float32 if isinstance(labels[0], float) else torch.long)
     return batch

@@ -133,7 +133,9 @@ def evaluate_task(
             max_length=spec.max_length,
             max_new_tokens=max_new_tokens,
         )
-    features = encode(rows, tokenizer, spec.max_length)
+    from taso.heads import head_of
+
+    features = encode(rows, tokenizer, spec.max_length, pairs_apart=head_of(model) == "cosine")
     return evaluate(
         model, features, spec.metrics, task_type=spec.task_type, batch_size=batch_size, pad_id=tokenizer.pad_token_id
     )

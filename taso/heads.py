@@ -116,3 +116,86 @@ def output_layer(model: nn.Module) -> nn.Linear:
     if not isinstance(head, nn.Linear):
         raise ValueError(f"the head of {type(inner).__name__} does not end in a linear layer")
     return head
+
+
+class PairCosine(nn.Module):
+    """A bi-encoder regressor: each text of a pair pooled on its own, their cosine through a 1→1 linear head.
+
+    The sentence-transformers way of reading similarity (all-MiniLM-L6-v2 was trained for it):
+    ``score = w · cos(pool(a), pool(b)) + b``. The encoder keeps its own attribute name
+    (``bert`` for BERT), so target names, masks and importance maps are those of the stock
+    ``*ForSequenceClassification``; the head is called ``classifier``, so the head's learning
+    rate, PEFT's ``modules_to_save`` and :func:`fold_target_scale` treat it as any head. The
+    batch holds the first texts as ``input_ids`` ... and the second as ``pair_input_ids`` ...
+    (:func:`taso.data.encode` with ``pairs_apart``).
+    """
+
+    # Until warm_start_cosine fits it to the training targets: cos 0.5 reads as an average pair.
+    INIT = (4.0, -2.0)
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.prefix = encoder.base_model_prefix or "encoder"
+        setattr(self, self.prefix, encoder)
+        self.config = encoder.config
+        self.config.taso_head = "cosine"
+        self.classifier = nn.Linear(1, 1)
+        with torch.no_grad():
+            self.classifier.weight.fill_(self.INIT[0])
+            self.classifier.bias.fill_(self.INIT[1])
+
+    @property
+    def base_model(self) -> nn.Module:
+        return getattr(self, self.prefix)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.base_model.get_input_embeddings()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, **pair):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        def pooled(ids, mask, types):
+            kwargs = {"attention_mask": mask} | ({"token_type_ids": types} if types is not None else {})
+            return self.base_model(input_ids=ids, **kwargs).pooler_output
+
+        a = pooled(input_ids, attention_mask, token_type_ids)
+        b = pooled(pair["pair_input_ids"], pair.get("pair_attention_mask"), pair.get("pair_token_type_ids"))
+        self.last_cosine = nn.functional.cosine_similarity(a, b, dim=-1).detach()
+        logits = self.classifier(nn.functional.cosine_similarity(a, b, dim=-1).unsqueeze(-1))
+        loss = nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype)) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def head_of(model: nn.Module) -> str:
+    """``cosine`` for a :class:`PairCosine` (inside a PEFT wrapper too), else ``classifier``."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cosine" if isinstance(inner, PairCosine) else "classifier"
+
+
+@torch.no_grad()
+def warm_start_cosine(model: nn.Module, batches, labels: Sequence[float]) -> tuple[float, float] | None:
+    """Fit a cosine head's scale and shift to ``labels`` by least squares on the untrained cosine.
+
+    Adam moves two parameters about one learning rate a step, so a head that starts far from the
+    targets' scale would spend the run there while the encoder bends to make up for it. Returns
+    the fitted ``(scale, shift)``, or None for any other head (which is left alone).
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not isinstance(inner, PairCosine):
+        return None
+    was_training = model.training
+    model.eval()
+    cos = []
+    for batch in batches:
+        batch = {k: v for k, v in batch.items() if k != "labels"}
+        model(**batch)
+        cos += inner.last_cosine.tolist()
+    model.train(was_training)
+    n = len(cos)
+    mc, my = sum(cos) / n, sum(labels[:n]) / n
+    var = sum((c - mc) ** 2 for c in cos)
+    scale = sum((c - mc) * (y - my) for c, y in zip(cos, labels[:n], strict=True)) / var if var else 1.0
+    out = output_layer(model)
+    out.weight.fill_(scale)
+    out.bias.fill_(my - scale * mc)
+    return scale, my - scale * mc

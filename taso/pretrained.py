@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from taso.heads import use_pooling
+from taso.heads import PairCosine, use_pooling
 from taso.names import ADAPTER_SIDECAR, DEFAULT_MODEL, HUB_IDS, SMOLLM2, TASK_TYPES
 from taso.pooling import Pooling, declared_pooling
 
@@ -128,7 +128,13 @@ def fingerprint(ref: str) -> Fingerprint:
 
 
 def load_model(
-    ref: str, task_type: str = "classification", *, num_labels: int = 2, seed: int = 0, pooling: str = "auto"
+    ref: str,
+    task_type: str = "classification",
+    *,
+    num_labels: int = 2,
+    seed: int = 0,
+    pooling: str = "auto",
+    head: str = "classifier",
 ) -> nn.Module:
     """Load a base model with the head for ``task_type``; the new head's init is seeded.
 
@@ -140,8 +146,11 @@ def load_model(
             pooling the model folder declares (sentence-transformers' ``modules.json``), else the
             architecture's own pooler; ``architecture``; or a pooling such as ``mean+normalize``.
             ``taso.json`` in an adapter folder records the one it was trained with.
+        head: ``classifier`` (the architecture's sequence head over one sequence) or, for a
+            regression over sentence pairs, ``cosine`` (:class:`taso.heads.PairCosine`: each
+            text pooled apart, their cosine scaled), also recorded in ``taso.json``.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     if task_type not in TASK_TYPES:
@@ -154,6 +163,10 @@ def load_model(
             torch.manual_seed(seed)
             if task_type == "causal_lm":
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+            elif head == "cosine":
+                if task_type != "regression":
+                    raise ValueError("a cosine head predicts a similarity: it needs task_type regression")
+                model = AutoModel.from_pretrained(path, dtype=torch.float32)
             else:
                 labels = 1 if task_type == "regression" else num_labels
                 # A base saved with a classifier of another size (another task's fine-tune)
@@ -170,7 +183,7 @@ def load_model(
         chosen = declared_pooling(path) if pooling == "auto" else Pooling.parse(pooling)
         if chosen is not None:
             use_pooling(model, chosen)
-    return model
+    return PairCosine(model) if head == "cosine" else model
 
 
 def load_tokenizer(ref: str):
@@ -183,11 +196,14 @@ def load_tokenizer(ref: str):
     return tok
 
 
-def adapter_pooling(adapter_dir) -> str:
-    """The pooling an adapter folder's ``taso.json`` records (``architecture`` when it records none)."""
+def adapter_meta(adapter_dir) -> dict:
+    """What an adapter folder's ``taso.json`` records (its head's pooling and kind among it); {} without one.
+
+    An adapter that records no pooling was trained on the architecture's pooler, and one that
+    records no head on the architecture's classifier.
+    """
     sidecar = Path(adapter_dir) / ADAPTER_SIDECAR
-    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-    return meta.get("pooling") or "architecture"
+    return json.loads(sidecar.read_text()) if sidecar.is_file() else {}
 
 
 def hub_id(ref: str) -> str:
@@ -198,10 +214,17 @@ def hub_id(ref: str) -> str:
 def load_with_adapter(ref: str, adapter_dir, task_type: str = "classification", *, num_labels: int = 2, seed: int = 0):
     """The base model with a PEFT adapter folder loaded through the real ``peft`` library, as a user would.
 
-    The head reads the pooling the adapter was trained with (``taso.json``; an adapter that does
-    not record one was trained on the architecture's pooler).
+    The head is the one the adapter was trained with: its kind and pooling (``taso.json``).
     """
     from peft import PeftModel
 
-    model = load_model(ref, task_type, num_labels=num_labels, seed=seed, pooling=adapter_pooling(adapter_dir))
+    meta = adapter_meta(adapter_dir)
+    model = load_model(
+        ref,
+        task_type,
+        num_labels=num_labels,
+        seed=seed,
+        pooling=meta.get("pooling") or "architecture",
+        head=meta.get("head") or "classifier",
+    )
     return PeftModel.from_pretrained(model, str(adapter_dir))

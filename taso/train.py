@@ -24,14 +24,16 @@ import torch
 from torch import nn
 
 from taso.config import TrainConfig
-from taso.data import batch_order, collate
-from taso.heads import fold_target_scale, target_scale
+from taso.data import batch_order, collate, iterate
+from taso.heads import fold_target_scale, target_scale, warm_start_cosine
 from taso.importance import LossFn, default_loss
 from taso.io import atomic_path
 from taso.lr import effective_rates
 from taso.methods.base import Method
 
 log = logging.getLogger(__name__)
+
+WARM_START_EXAMPLES = 512  # examples a cosine head's least-squares start is fitted on (one forward pass)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -160,6 +162,9 @@ def train(
     scale = target_scale(features)
     if scale is not None:
         features = [{**f, "labels": (f["labels"] - scale[0]) / scale[1]} for f in features]
+    if not (checkpoint and Path(checkpoint).is_file()):  # a resumed run has its head already
+        sample = features[:WARM_START_EXAMPLES]
+        warm_start_cosine(model, iterate(sample, cfg.batch_size, pad_id), [f["labels"] for f in sample])
     step, history = 0, []
     checkpoint = Path(checkpoint) if checkpoint else None
     if checkpoint and checkpoint.is_file():

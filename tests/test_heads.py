@@ -12,6 +12,7 @@ import torch
 from taso import data, metrics, pretrained
 from taso.heads import Pooler, fold_target_scale, output_layer, pooling_of, target_scale
 from taso.pooling import Pooling, declared_pooling
+from taso.targets import find_targets
 from taso.train import TrainConfig, train
 
 
@@ -103,3 +104,67 @@ def test_folding_the_scale_is_the_affine_map_of_the_output(tiny_model):
     torch.testing.assert_close(after, before * 0.5 + 3.0)
     assert output_layer(model) is model.classifier
     assert target_scale([{"labels": 1}, {"labels": 0}]) is None  # class ids are not rescaled
+
+
+def pair_rows(n_repeat: int = 4) -> list[dict]:
+    words = ["good", "bad", "fine", "dull"]
+    rows = [
+        {"text": f"the film was {a} .", "text_pair": f"the film was {b} .", "label": 5.0 if a == b else 1.0}
+        for a in words
+        for b in words
+    ]
+    return rows * n_repeat
+
+
+def test_a_pair_encoded_apart_pads_each_side_on_its_own(tiny_model):
+    tok = pretrained.load_tokenizer(str(tiny_model))
+    rows = [{"text": "good", "text_pair": "the film was very dull .", "label": 1.0}] * 2
+    feats = data.encode(rows, tok, 32, pairs_apart=True)
+    assert feats[0]["input_ids"] == tok("good")["input_ids"]
+    assert feats[0]["pair_input_ids"] == tok("the film was very dull .")["input_ids"]
+    batch = data.collate(feats, tok.pad_token_id)
+    assert batch["input_ids"].shape == (2, 3) and batch["pair_input_ids"].shape == (2, 8)
+    assert "text_pair" not in data.encode(rows, tok, 32, pairs_apart=True)[0]
+
+
+@pytest.mark.parametrize("name", ["taso", "lora"])
+def test_the_cosine_head_learns_pairs_and_its_adapter_reloads_exactly(tiny_model, tmp_path, name):
+    from taso.heads import PairCosine, head_of
+    from taso.importance import score_importance
+    from taso.masks import derive_mask
+    from taso.methods import MethodConfig, build
+
+    # A bi-encoder reads pooled sentence vectors: the tiny BERT's random pooler would make every
+    # pair look alike, so the model declares mean pooling, as sentence-transformers models do.
+    st = str(sentence_transformers_folder(tiny_model, tmp_path / "st", "pooling_mode_mean_tokens", True))
+    tok = pretrained.load_tokenizer(st)
+    feats = data.encode(pair_rows(), tok, 32, pairs_apart=True)
+    model = pretrained.load_model(st, "regression", head="cosine")
+    assert isinstance(model, PairCosine) and head_of(model) == "cosine"
+    # The same target modules as the stock classifier: masks and importance maps carry over.
+    stock = pretrained.load_model(str(tiny_model), "regression")
+    assert set(find_targets(model)) == set(find_targets(stock))
+    method = build(name, MethodConfig())
+    mask = None
+    if method.needs:
+        mask = derive_mask(score_importance(model, data.iterate(feats[:16], 8, tok.pad_token_id)), "global", 0.25)
+    model = method.prepare(model, mask)
+    train(model, feats, TrainConfig(lr=3e-3, epochs=2, batch_size=8), method=method, progress=False)
+    model.eval()
+    batch = data.collate(feats, tok.pad_token_id)
+    gold = batch.pop("labels").tolist()
+    with torch.no_grad():
+        want = model(**batch).logits
+    assert metrics.pearson(want.squeeze(-1).tolist(), gold) > 0.9
+    assert min(gold) < want.mean().item() < max(gold)  # on the labels' scale (standardised, it would sit near 0)
+    extra = {"head": "cosine", "pooling": "mean+normalize"}
+    method.export(model, tmp_path / "a", base_model=st, task_type="SEQ_CLS", extra=extra)
+    loaded = pretrained.load_with_adapter(st, tmp_path / "a", "regression").eval()
+    with torch.no_grad():  # the tiny model's cosines sit close together, so the fitted scale is large and
+        # magnifies fp32 rounding in the exported factors: relative 1e-4 of the output
+        torch.testing.assert_close(loaded(**batch).logits, want, atol=1e-4, rtol=1e-4)
+
+
+def test_the_cosine_head_needs_a_regression_over_pairs(tiny_model):
+    with pytest.raises(ValueError, match="needs task_type regression"):
+        pretrained.load_model(str(tiny_model), "classification", head="cosine")

@@ -40,13 +40,20 @@ def run(task: str, root: Path = Path(".")) -> Path:
     inputs = {"calibration": digest_file(paths.calibration_file)}
     with tracking.stage_run(root, stage="score", task=task, params=used, inputs=inputs) as mlrun:
         tok = pretrained.load_tokenizer(params.model.base)
+        head = params.task(task).head_kind()
         model = pretrained.load_model(
-            params.model.base, spec.task_type, num_labels=spec.num_labels, seed=seed, pooling=params.model.pooling
+            params.model.base,
+            spec.task_type,
+            num_labels=spec.num_labels,
+            seed=seed,
+            pooling=params.model.pooling,
+            head=head,
         )
-        calib = data.encode(data.read_jsonl(paths.calibration_file), tok, spec.max_length)
+        apart = head == "cosine"
+        calib = data.encode(data.read_jsonl(paths.calibration_file), tok, spec.max_length, pairs_apart=apart)
         warmed = 0
         if params.score.head_warmup_steps and head_names(model):  # a causal LM has no new head to warm up
-            train = data.encode(data.read_rows(spec, "train", seed=seed), tok, spec.max_length)
+            train = data.encode(data.read_rows(spec, "train", seed=seed), tok, spec.max_length, pairs_apart=apart)
             batches = data.iterate(train, params.score.batch_size, tok.pad_token_id, seed=seed, shuffle=True)
             warmed = warm_up_head(
                 model, batches, params.score.head_warmup_steps, lr=params.score.head_warmup_lr, seed=seed

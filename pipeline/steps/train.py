@@ -45,12 +45,19 @@ def run(task: str, root: Path = Path(".")) -> Path:
     checkpoint = paths.checkpoints / f"{run_key}.pt"
     with tracking.stage_run(root, stage="train", task=task, params=used, inputs=inputs) as mlrun:
         tok = pretrained.load_tokenizer(params.model.base)
+        head = params.task(task).head_kind()
         base = pretrained.load_model(
-            params.model.base, spec.task_type, num_labels=spec.num_labels, seed=seed, pooling=params.model.pooling
+            params.model.base,
+            spec.task_type,
+            num_labels=spec.num_labels,
+            seed=seed,
+            pooling=params.model.pooling,
+            head=head,
         )
         pooling = pooling_of(base) if spec.task_type != "causal_lm" else None
         model = method.prepare(base, mask)
-        features = data.encode(data.read_rows(spec, "train", seed=seed), tok, spec.max_length)
+        rows = data.read_rows(spec, "train", seed=seed)
+        features = data.encode(rows, tok, spec.max_length, pairs_apart=head == "cosine")
         result = train(model, features, tp.config(seed), method=method, pad_id=tok.pad_token_id, checkpoint=checkpoint)
         counts = method.count_trainable(model)
         fp = pretrained.fingerprint(params.model.base)
@@ -65,6 +72,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
             "answer_template": spec.answer_template,
             # What the head reads; load the base with pretrained.load_model(..., pooling=this) (README).
             "pooling": pooling,
+            "head": head if spec.task_type != "causal_lm" else None,
             "method": method.name,
             "mask_digest": mask.digest if mask else None,
             "mask_source": params.task(task).mask_source if mask else None,
