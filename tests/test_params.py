@@ -150,3 +150,20 @@ def test_code_defaults_are_the_committed_defaults(raw):
     }
     assert not drift, f"params.yaml and pipeline/params.py disagree (code, yaml): {drift}"
     assert defaults["seed"] == raw["seed"]
+
+
+def test_the_head_follows_the_task(tmp_path, raw):
+    pair = {"task_type": "regression", "text_fields": ["a", "b"], "labels": None, "metrics": ["pearson"]}
+    raw["tasks"]["sentiment"] |= pair
+    params = load_params(write(tmp_path, raw))
+    assert params.task("sentiment").head_kind() == "cosine"  # a regression over pairs reads their cosine
+    assert params.task("entailment").head_kind() == "classifier"
+    raw["tasks"]["sentiment"]["head"] = "classifier"
+    assert load_params(write(tmp_path, raw)).task("sentiment").head_kind() == "classifier"
+    raw["tasks"]["entailment"]["head"] = "cosine"
+    with pytest.raises(ParamsError, match=r"tasks\.entailment: .*head cosine .* needs task_type: regression"):
+        load_params(write(tmp_path, raw))
+    raw["tasks"]["entailment"]["head"] = "classifier"
+    raw["model"]["pooling"] = "sum"
+    with pytest.raises(ParamsError, match=r"model\.pooling: .*unknown pooling 'sum'"):
+        load_params(write(tmp_path, raw))

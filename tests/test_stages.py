@@ -326,3 +326,58 @@ def test_the_same_params_twice_give_the_same_adapter_and_metrics(tmp_path, tiny_
 
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     assert once("a") == once("b")
+
+
+def test_a_similarity_task_trains_a_cosine_head_and_the_pyfunc_scores_pairs(tmp_path, tiny_model, monkeypatch):
+    import sys
+
+    import mlflow
+    import pandas as pd
+    from test_heads import pair_rows, sentence_transformers_folder
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # loading a pyfunc prepends its code folder
+    base = sentence_transformers_folder(tiny_model, tmp_path / "st", "pooling_mode_mean_tokens", True)
+    (tmp_path / "project").mkdir()
+    root = make_project(tmp_path / "project", base, monkeypatch)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    lines = "".join(f"{r['text']}\t{r['text_pair']}\t{r['label']}\n" for r in pair_rows(2))
+    for split in ("train.tsv", "dev.tsv"):
+        (data_dir / split).write_text("s1\ts2\tscore\n" + lines)
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["tasks"] = {
+        "sim": {
+            "source": str(data_dir),
+            "splits": {"train": "train.tsv", "eval": "dev.tsv"},
+            "task_type": "regression",
+            "text_fields": ["s1", "s2"],
+            "label_field": "score",
+            "metrics": ["pearson", "spearman"],
+            "mask_source": "own",
+        }
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    run_all(root, "sim")
+    meta = json.loads((root / "artifacts" / "sim" / "adapter" / "taso.json").read_text())
+    assert meta["head"] == "cosine" and meta["pooling"] == "mean+normalize"
+    trained = json.loads((root / "artifacts" / "sim" / "train.json").read_text())
+    assert trained["target_scale"] == pytest.approx([2.0, 3**0.5])
+    scores = json.loads((root / "artifacts" / "sim" / "metrics.json").read_text())
+    assert {"pearson", "spearman", "mse", "label_variance"} <= set(scores)
+
+    model = mlflow.pyfunc.load_model("models:/taso-sim/1")
+    pairs = [["the film was good .", "the film was good ."], ["the film was good .", "the film was dull ."]]
+    got = model.predict(pairs)
+    assert all(isinstance(v, float) for v in got)
+    assert got == model.predict(pd.DataFrame({"text": [a for a, _ in pairs], "text_pair": [b for _, b in pairs]}))
+    from taso.pretrained import load_tokenizer, load_with_adapter
+
+    loaded = load_with_adapter(str(base), root / "artifacts" / "sim" / "adapter", "regression").eval()
+    tok = load_tokenizer(str(base))
+    enc = {**tok([a for a, _ in pairs], padding=True, return_tensors="pt")}
+    enc |= {f"pair_{k}": v for k, v in tok([b for _, b in pairs], padding=True, return_tensors="pt").items()}
+    with torch.no_grad():
+        want = loaded(**enc).logits.squeeze(-1).tolist()
+    assert got == pytest.approx(want, abs=1e-4)
+    with pytest.raises(ValueError, match="scores sentence pairs"):
+        model.predict(["the film was good ."])
