@@ -297,7 +297,8 @@ def test_glue_results_survive_a_torn_line_and_a_failed_run(tmp_path, monkeypatch
     assert [r["key"] for r in glue.load(results)] == ["a"]
     assert "runs.jsonl:2 is not a whole JSON line" in capsys.readouterr().err
 
-    def work(s, spec, phase, seed, max_steps, sources):
+    def work(s, spec, phase, seed, max_steps, sources, pooling):
+        assert pooling == "architecture"  # the recorded runs' head, when the protocol names none
         if s["lr"] == 1.0:
             raise RuntimeError("out of memory")
         return {"main": s["lr"]}
