@@ -360,6 +360,12 @@ class Params(_Strict):
     def spec(self, name: str) -> TaskSpec:
         return self.task(name).spec(name, self.model.max_length)
 
+    def model_kwargs(self, name: str) -> dict:
+        """What :func:`taso.pretrained.load_model` needs besides the base and seed to build task ``name``'s model."""
+        spec = self.spec(name)
+        head = self.task(name).head_kind()
+        return {"task_type": spec.task_type, "num_labels": spec.num_labels, "pooling": self.model.pooling, "head": head}
+
     def composition(self, name: str) -> CompositionParams:
         if name not in self.compositions:
             known = ", ".join(self.compositions) or "none"

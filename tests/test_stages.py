@@ -125,22 +125,31 @@ def test_mask_from_file_source_records_lineage(project, tmp_path_factory):
     assert reused.meta["source"] == f"file:{published}" and reused.meta["source_digest"] == original.digest
 
 
-def test_bad_label_stops_calibrate_naming_file_column_and_row(project, tmp_path):
-    data = tmp_path / "data"
+def own_tsv_task(project: Path, data: Path, files: dict[str, str], **params) -> None:
+    """Write ``files`` (name → text) into ``data`` and make the project's only task ``mine`` read them."""
     data.mkdir()
-    (data / "train.tsv").write_text("sentence\tlabel\ngood film\t1\nbad film\tmaybe\n")
-    (data / "dev.tsv").write_text("sentence\tlabel\ngood film\t1\n")
+    for name, text in files.items():
+        (data / name).write_text(text)
     raw = yaml.safe_load((project / "params.yaml").read_text())
-    raw["tasks"] = {
-        "mine": {
-            "source": str(data),
-            "splits": {"train": "train.tsv", "eval": "dev.tsv"},
-            "text_fields": ["sentence"],
-            "labels": ["0", "1"],
-            "mask_source": "own",
-        }
+    task = {
+        "source": str(data),
+        "splits": {"train": "train.tsv", "eval": "dev.tsv"},
+        "text_fields": ["sentence"],
+        "labels": ["0", "1"],
+        "mask_source": "own",
     }
+    raw["tasks"] = {"mine": task | params.pop("task", {})}
+    for section, values in params.items():
+        raw[section] |= values
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
+
+
+def test_bad_label_stops_calibrate_naming_file_column_and_row(project, tmp_path):
+    files = {
+        "train.tsv": "sentence\tlabel\ngood film\t1\nbad film\tmaybe\n",
+        "dev.tsv": "sentence\tlabel\ngood film\t1\n",
+    }
+    own_tsv_task(project, tmp_path / "data", files)
     from pipeline.steps import calibrate
     from taso.data import DataError
 
@@ -158,21 +167,8 @@ def test_a_missing_eval_file_stops_the_first_stage(project, tmp_path, method):
     from pipeline.steps import calibrate
     from taso.data import DataError
 
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "train.tsv").write_text("sentence\tlabel\ngood film\t1\nbad film\t0\n")
-    raw = yaml.safe_load((project / "params.yaml").read_text())
-    raw["train"]["method"] = method
-    raw["tasks"] = {
-        "mine": {
-            "source": str(data),
-            "splits": {"train": "train.tsv", "eval": "dev.tsv"},
-            "text_fields": ["sentence"],
-            "labels": ["0", "1"],
-            "mask_source": "own",
-        }
-    }
-    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    files = {"train.tsv": "sentence\tlabel\ngood film\t1\nbad film\t0\n"}  # no dev.tsv
+    own_tsv_task(project, tmp_path / "data", files, train={"method": method})
     with pytest.raises(DataError, match=r"task mine: eval file .*dev\.tsv not found \(tasks\.mine\.splits\.eval\)"):
         calibrate.run("mine", project)
     assert not (project / "artifacts" / "mine").exists()
@@ -186,21 +182,8 @@ def test_a_version_whose_evaluation_fails_says_so_in_the_registry(project, tmp_p
     from taso.data import DataError
 
     data = tmp_path / "data"
-    data.mkdir()
     rows = "".join(f"{w} film\t{i % 2}\n" for i, w in enumerate(["good", "bad", "fine", "dull"] * 3))
-    for split in ("train.tsv", "dev.tsv"):
-        (data / split).write_text("sentence\tlabel\n" + rows)
-    raw = yaml.safe_load((project / "params.yaml").read_text())
-    raw["tasks"] = {
-        "mine": {
-            "source": str(data),
-            "splits": {"train": "train.tsv", "eval": "dev.tsv"},
-            "text_fields": ["sentence"],
-            "labels": ["0", "1"],
-            "mask_source": "own",
-        }
-    }
-    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    own_tsv_task(project, data, {split: "sentence\tlabel\n" + rows for split in ("train.tsv", "dev.tsv")})
     for stage in (calibrate, score, derive_mask, train):
         stage.run("mine", project)
     (data / "dev.tsv").unlink()  # gone between training and evaluation

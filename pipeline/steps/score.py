@@ -40,16 +40,9 @@ def run(task: str, root: Path = Path(".")) -> Path:
     inputs = {"calibration": digest_file(paths.calibration_file)}
     with tracking.stage_run(root, stage="score", task=task, params=used, inputs=inputs) as mlrun:
         tok = pretrained.load_tokenizer(params.model.base)
-        head = params.task(task).head_kind()
-        model = pretrained.load_model(
-            params.model.base,
-            spec.task_type,
-            num_labels=spec.num_labels,
-            seed=seed,
-            pooling=params.model.pooling,
-            head=head,
-        )
-        apart = head == "cosine"
+        kwargs = params.model_kwargs(task)
+        model = pretrained.load_model(params.model.base, seed=seed, **kwargs)
+        apart = kwargs["head"] == "cosine"
         calib = data.encode(data.read_jsonl(paths.calibration_file), tok, spec.max_length, pairs_apart=apart)
         warmed = 0
         if params.score.head_warmup_steps and head_names(model):  # a causal LM has no new head to warm up

@@ -45,15 +45,9 @@ def run(task: str, root: Path = Path(".")) -> Path:
     checkpoint = paths.checkpoints / f"{run_key}.pt"
     with tracking.stage_run(root, stage="train", task=task, params=used, inputs=inputs) as mlrun:
         tok = pretrained.load_tokenizer(params.model.base)
-        head = params.task(task).head_kind()
-        base = pretrained.load_model(
-            params.model.base,
-            spec.task_type,
-            num_labels=spec.num_labels,
-            seed=seed,
-            pooling=params.model.pooling,
-            head=head,
-        )
+        kwargs = params.model_kwargs(task)
+        head = kwargs["head"]
+        base = pretrained.load_model(params.model.base, seed=seed, **kwargs)
         pooling = pooling_of(base) if spec.task_type != "causal_lm" else None
         model = method.prepare(base, mask)
         rows = data.read_rows(spec, "train", seed=seed)
