@@ -82,6 +82,22 @@ _stage_command("evaluate", "evaluate", "Evaluate the adapter and record its metr
 _stage_command("promote", "promote", "Apply tracking.promote: make the version champion if it beats the current one.")
 
 
+@main.command("check-params")
+@root_option
+@_fail_clearly
+def check_params_stage(root: Path) -> None:
+    """Validate the whole of params.yaml (the check-params stage; dvc repro runs it every time).
+
+    \b
+    Example:
+      taso check-params
+    """
+    from pipeline.steps import check_params
+
+    check_params.run(root)
+    click.echo("params.yaml: valid")
+
+
 @main.command("compose")
 @click.option("--name", required=True, help="Composition name, a key of params.yaml `compositions`.")
 @root_option
