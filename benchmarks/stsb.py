@@ -123,7 +123,15 @@ def table(done: list[dict], reference: dict, settings, seeds: int) -> str:
         if runs:
             p, s = ([r[m] for r in runs] for m in ("pearson", "spearman"))
             lines.append(f"| {name} | {cell(p, seeds)} | {cell(s, seeds)} | {len(runs)} |")
-    return "\n".join(lines) + "\n\nFigures × 100, mean ± std over seeds; all 1,500 dev pairs."
+    return (
+        "# STS-B dev: the trained defaults beside the untrained model\n\n"
+        "Written by `python benchmarks/stsb.py --no-run --out docs/results-stsb.md` from the runs in\n"
+        "docs/results-stsb.jsonl (`python benchmarks/stsb.py` reruns or resumes them). Each run trains\n"
+        "with params.yaml's defaults on 2,000 seeded training pairs through the pipeline's own stages;\n"
+        "the head for a regression over pairs is the cosine of the two texts pooled apart, unless the\n"
+        "setting says otherwise.\n\n" + "\n".join(lines) + "\n\nFigures × 100, mean ± std over seeds "
+        "(a row with fewer runs than seeds says n); all 1,500 dev pairs."
+    )
 
 
 def main() -> None:
