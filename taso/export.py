@@ -59,10 +59,19 @@ def write_adapter(peft_model: nn.Module, out_dir, extra: dict | None = None) -> 
     return out_dir
 
 
+def adapter_meta(adapter_dir) -> dict:
+    """What an adapter folder's ``taso.json`` records (mask digest, labels, head and its pooling); {} without one.
+
+    An adapter that records no pooling was trained on the architecture's pooler, and one that
+    records no head on the architecture's classifier.
+    """
+    path = Path(adapter_dir) / ADAPTER_SIDECAR
+    return read_json(path) if path.is_file() else {}
+
+
 def adapter_mask_digest(adapter_dir) -> str | None:
     """The digest of the mask an adapter folder was trained on (``taso.json``'s ``mask_digest``), or None."""
-    path = Path(adapter_dir) / ADAPTER_SIDECAR
-    return read_json(path).get("mask_digest") if path.is_file() else None
+    return adapter_meta(adapter_dir).get("mask_digest")
 
 
 def check_adapter_mask(adapter_dir, mask: Mask) -> None:

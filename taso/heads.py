@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from taso.pooling import Pooling
-from taso.targets import head_names
+from taso.targets import head_names, unwrapped
 
 
 class Pooler(nn.Module):
@@ -105,7 +105,7 @@ def fold_target_scale(model: nn.Module, mean: float, std: float) -> None:
 
 def output_layer(model: nn.Module) -> nn.Linear:
     """The linear layer that produces a sequence model's logits (inside a PEFT wrapper too)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrapped(model)
     heads = head_names(inner)
     if not heads:
         raise ValueError(f"{type(inner).__name__} has no sequence head (classifier or score)")
@@ -160,15 +160,16 @@ class PairCosine(nn.Module):
 
         a = pooled(input_ids, attention_mask, token_type_ids)
         b = pooled(pair["pair_input_ids"], pair.get("pair_attention_mask"), pair.get("pair_token_type_ids"))
-        self.last_cosine = nn.functional.cosine_similarity(a, b, dim=-1).detach()
-        logits = self.classifier(nn.functional.cosine_similarity(a, b, dim=-1).unsqueeze(-1))
+        cosine = nn.functional.cosine_similarity(a, b, dim=-1)
+        self.last_cosine = cosine.detach()  # what warm_start_cosine fits the head to
+        logits = self.classifier(cosine.unsqueeze(-1))
         loss = nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype)) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
 def head_of(model: nn.Module) -> str:
     """``cosine`` for a :class:`PairCosine` (inside a PEFT wrapper too), else ``classifier``."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrapped(model)
     return "cosine" if isinstance(inner, PairCosine) else "classifier"
 
 
@@ -180,7 +181,7 @@ def warm_start_cosine(model: nn.Module, batches, labels: Sequence[float]) -> tup
     targets' scale would spend the run there while the encoder bends to make up for it. Returns
     the fitted ``(scale, shift)``, or None for any other head (which is left alone).
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrapped(model)
     if not isinstance(inner, PairCosine):
         return None
     was_training = model.training

@@ -6,7 +6,6 @@ import fcntl
 import functools
 import hashlib
 import importlib.util
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 
 from taso.heads import PairCosine, use_pooling
-from taso.names import ADAPTER_SIDECAR, DEFAULT_MODEL, HUB_IDS, SMOLLM2, TASK_TYPES
+from taso.names import DEFAULT_MODEL, HUB_IDS, SMOLLM2, TASK_TYPES
 from taso.pooling import Pooling, declared_pooling
 
 # PEFT (0.17) reads transformers' deprecated `is_gradient_checkpointing` each time it wraps a
@@ -196,16 +195,6 @@ def load_tokenizer(ref: str):
     return tok
 
 
-def adapter_meta(adapter_dir) -> dict:
-    """What an adapter folder's ``taso.json`` records (its head's pooling and kind among it); {} without one.
-
-    An adapter that records no pooling was trained on the architecture's pooler, and one that
-    records no head on the architecture's classifier.
-    """
-    sidecar = Path(adapter_dir) / ADAPTER_SIDECAR
-    return json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-
-
 def hub_id(ref: str) -> str:
     """The hub id a built-in model reference stands for (anything else as it is)."""
     return HUB_IDS.get(ref, ref)
@@ -217,6 +206,8 @@ def load_with_adapter(ref: str, adapter_dir, task_type: str = "classification", 
     The head is the one the adapter was trained with: its kind and pooling (``taso.json``).
     """
     from peft import PeftModel
+
+    from taso.export import adapter_meta
 
     meta = adapter_meta(adapter_dir)
     model = load_model(

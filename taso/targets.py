@@ -49,6 +49,11 @@ def layer_index(name: str) -> int | None:
     return int(m.group(0).rstrip(".").rsplit(".", 1)[1]) if m else None
 
 
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside a ``PeftModel`` (or ``model`` itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def head_names(model: nn.Module) -> list[str]:
     """Top-level task-head modules that train alongside the adapter (new, randomly initialised).
 

@@ -27,7 +27,7 @@ from torch import nn
 from taso.config import MethodConfig
 from taso.lr import Scaled, linear_schedule, param_groups
 from taso.masks import Mask
-from taso.targets import head_names, in_head
+from taso.targets import head_names, in_head, unwrapped
 
 Need = Literal["mask"] | None
 
@@ -122,7 +122,7 @@ class Method:
 
     def count_trainable(self, model: nn.Module) -> dict[str, int]:
         """Trainable parameters: ``adapter``, ``head``, ``backbone`` (full fine-tuning) and ``total``."""
-        heads = tuple(head_names(_unwrapped(model)))
+        heads = tuple(head_names(unwrapped(model)))
         out = {"adapter": 0, "head": 0, "backbone": 0}
         for name, p in model.named_parameters():
             if p.requires_grad:
@@ -142,8 +142,3 @@ class Method:
             task_type: PEFT task type (``SEQ_CLS``, ``CAUSAL_LM``) or None.
         """
         raise NotImplementedError(f"method {self.name!r} has no export")
-
-
-def _unwrapped(model: nn.Module) -> nn.Module:
-    """The transformers model inside a ``PeftModel`` (or ``model`` itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
