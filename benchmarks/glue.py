@@ -56,6 +56,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
+from harness import probe  # noqa: E402
 from harness.measure import PeakRSS  # noqa: E402
 from harness.pool import InProcess, worker_init  # noqa: E402
 from harness.report import cost, label, paired, plot, sweep_table, table, transfer_settings, transfer_table  # noqa: E402
@@ -92,15 +93,35 @@ def split_rows(spec: data.TaskSpec, phase: str) -> tuple[list[dict], list[dict]]
     return shuffled[held:], shuffled[:held]
 
 
-def majority_share(spec: data.TaskSpec, phase: str) -> float:
-    """The accuracy of always predicting the commonest label on the phase's eval rows: chance."""
+def majority_share(spec: data.TaskSpec, phase: str) -> float | None:
+    """The accuracy of always predicting the commonest label on the phase's eval rows: chance
+    (None for a regression, which has no commonest label)."""
+    if spec.task_type == "regression":
+        return None
     labels = [r["label"] for r in split_rows(spec, phase)[1]]
     return max(map(labels.count, set(labels))) / len(labels)
 
 
+def head_of(spec: data.TaskSpec) -> str:
+    """The pipeline's default head (``head: auto``): a regression over sentence pairs is the cosine of
+    the two texts pooled apart, everything else the architecture's sequence head."""
+    return "cosine" if spec.task_type == "regression" and len(spec.text_fields) == 2 else "classifier"
+
+
+def base_model(spec: data.TaskSpec, seed: int):
+    """The base model with ``spec``'s head, reading this process's pooling."""
+    return pretrained.load_model(
+        "minilm", spec.task_type, num_labels=spec.num_labels, seed=seed, pooling=_POOLING, head=head_of(spec)
+    )
+
+
+def encode(spec: data.TaskSpec, rows: list[dict], tok) -> list[dict]:
+    return data.encode(rows, tok, PROTOCOL["max_length"], pairs_apart=head_of(spec) == "cosine")
+
+
 def build(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int, sources=None, phase="report"):
     """The model to train for setting ``s`` and the method (from taso.methods) that prepared it."""
-    model = pretrained.load_model("minilm", num_labels=spec.num_labels, seed=seed, pooling=_POOLING)
+    model = base_model(spec, seed)
     name, rank = METHOD_OF.get(s["method"], "taso"), s.get("rank", 1)
     if s["method"].startswith("lora-"):
         name, rank = "lora", int(s["method"].split("-r")[1])
@@ -112,7 +133,7 @@ def build(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int,
 def importance_for(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int) -> Importance:
     """TASO's importance for a task, scored on a calibration sample by a model of its own (as the
     pipeline's score stage does), so a head warm-up shapes the gradients but not the training."""
-    scorer = pretrained.load_model("minilm", num_labels=spec.num_labels, seed=seed, pooling=_POOLING)
+    scorer = base_model(spec, seed)
     if s["warmup"]:
         batches = data.iterate(train_feats, PROTOCOL["batch_size"], tok.pad_token_id, seed=seed, shuffle=True)
         warm_up_head(scorer, batches, s["warmup"], seed=seed)
@@ -131,7 +152,7 @@ def mask_for(s: dict, spec: data.TaskSpec, train_feats, tok, seed: int, sources:
         return imp, derive_mask(imp, s["rule"], s["p"])
 
     def other(name: str) -> Importance:
-        feats = data.encode(split_rows(sources[name], phase)[0], tok, PROTOCOL["max_length"])
+        feats = encode(sources[name], split_rows(sources[name], phase)[0], tok)
         return importance_for(s, sources[name], feats, tok, seed)
 
     m = s["method"]
@@ -148,8 +169,10 @@ def mask_for(s: dict, spec: data.TaskSpec, train_feats, tok, seed: int, sources:
 
 def run_one(s: dict, spec: data.TaskSpec, phase: str, seed: int, tok, max_steps: int | None, sources=None) -> dict:
     train_rows, eval_rows = split_rows(spec, phase)
-    train_feats = data.encode(train_rows, tok, PROTOCOL["max_length"])
-    eval_feats = data.encode(eval_rows, tok, PROTOCOL["max_length"])
+    if s["method"] == "reference":  # the base model untrained: nothing trains, nothing to time
+        scores = probe.reference(spec, train_rows, eval_rows, _POOLING)
+        return {**scores, "main": scores[spec.metrics[0]], "threads": torch.get_num_threads()}
+    train_feats, eval_feats = encode(spec, train_rows, tok), encode(spec, eval_rows, tok)
     model, method = build(s, spec, train_feats, tok, seed, sources, phase)
     cfg = TrainConfig(
         lr=s["lr"],
@@ -170,7 +193,7 @@ def run_one(s: dict, spec: data.TaskSpec, phase: str, seed: int, tok, max_steps:
         result = train(
             model, train_feats, cfg, method=method, pad_id=tok.pad_token_id, loss_fn=timed_loss, progress=False
         )
-    scores = evaluate(model, eval_feats, spec.metrics, pad_id=tok.pad_token_id)
+    scores = evaluate(model, eval_feats, spec.metrics, task_type=spec.task_type, pad_id=tok.pad_token_id)
     steps = [b - a for a, b in zip(stamps, stamps[1:])]
     return {
         **scores,
@@ -259,7 +282,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/glue"))
     parser.add_argument("--phase", choices=["sweep", "report", "transfer", "status"], default="sweep")
-    parser.add_argument("--tasks", nargs="+", default=["mrpc", "sst2", "cola", "rte"], help="report/transfer tasks")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        help="report/transfer tasks (default: the four classifications, and STS-B in a report "
+        "whose pooling is not architecture: the recorded runs' cross-encoder head is no head for a similarity)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="report/transfer seeds")
     parser.add_argument("--max-steps", type=int, help="cap each run (smoke runs only: breaks the protocol)")
     parser.add_argument("--results", type=Path, default=Path("docs/results-glue.jsonl"))
@@ -280,18 +308,35 @@ def main() -> None:
         help="what the classifier reads (taso.pretrained.load_model): architecture, the head of the runs in "
         "docs/results-glue.jsonl; auto, the model's declared mean pooling, as the pipeline's default (a new protocol)",
     )
+    parser.add_argument(
+        "--sweep-pooling",
+        help="report/transfer: take each method's setting from the sweep run with this pooling (default: --pooling); "
+        "architecture reuses the recorded sweep for a report with another head",
+    )
+    parser.add_argument(
+        "--methods", nargs="+", help="report: only these methods (the sweep's names: taso, lora-r1, head, ...)"
+    )
     args = parser.parse_args()
 
     limits = {"sst2": SST2_TRAIN}
+    if args.tasks is None:
+        pooled = args.phase == "report" and args.pooling != "architecture"
+        args.tasks = ["mrpc", "sst2", "cola", "rte"] + (["stsb"] if pooled else [])
     if args.quick:
         tasks = ["mrpc", "rte"] if args.phase == "transfer" else ["mrpc"]
         args.max_steps, args.seeds, args.tasks, limits = 3, [0], tasks, {"mrpc": 64, "rte": 64}
     protocol = {**PROTOCOL, "max_steps": args.max_steps, "limits": limits}
     if args.pooling != "architecture":  # the recorded runs' protocol has no pooling key: they read BERT's pooler
         protocol["pooling"] = args.pooling
+    sweep_protocol = {k: v for k, v in protocol.items() if k != "pooling"}
+    if (args.sweep_pooling or args.pooling) != "architecture":
+        sweep_protocol["pooling"] = args.sweep_pooling or args.pooling
     specs = glue_specs(args.data, max_train=None, max_eval=64 if args.quick else None)
     specs = {t: dataclasses.replace(s, max_train=limits.get(t)) for t, s in specs.items()}
-    done = [r for r in load(args.results) if r["protocol"] == protocol]
+    recorded = load(args.results)
+    done = [r for r in recorded if r["protocol"] == protocol]
+    # The records a method's setting is chosen from: this protocol's own, or another head's sweep.
+    swept = done if sweep_protocol == protocol else [r for r in recorded if r["protocol"] == sweep_protocol]
     sweep_tasks = ["mrpc"] if args.quick else list(SWEEP_TASKS)
 
     # --quick: one learning rate per method and one TASO variant, so that every code path runs.
@@ -319,21 +364,26 @@ def main() -> None:
         if args.out:
             write_text(args.out, text + "\n")
     if "report" in phases or "transfer" in phases:
-        keys = {r["key"] for r in done}
-        left = [item for item in sweep(done) if key(*item, protocol) not in keys]
+        keys = {r["key"] for r in swept}
+        left = [item for item in sweep(swept) if key(*item, sweep_protocol) not in keys]
         if left:
             sys.exit(
                 f"glue.py: the sweep is not finished ({len(left)} runs left in {args.results}); "
                 "run --phase sweep first, or the settings would be chosen on part of the grid"
             )
-        settings = chosen(done, sweep_tasks, planned(done))
+        settings = chosen(swept, sweep_tasks, planned(swept))
     if "report" in phases:
-        report_plan = [("report", t, s, seed) for seed in args.seeds for t in args.tasks for s in settings.values()]
+        if args.methods:
+            settings = {m: s for m, s in settings.items() if m in args.methods}
+        # The untrained references first (one each, deterministic: minutes, not hours), then seed by seed.
+        report_plan = [("report", t, {"method": "reference"}, 0) for t in args.tasks]
+        report_plan += [("report", t, s, seed) for seed in args.seeds for t in args.tasks for s in settings.values()]
         if not args.no_run:
             execute(lambda done: report_plan, specs, args, protocol, done)
-        report = [r for r in done if r["phase"] == "report"]
+        report = [r for r in done if r["phase"] == "report" and r["setting"]["method"] != "reference"]
+        references = [r for r in done if r["phase"] == "report" and r["setting"]["method"] == "reference"]
         chance = {t: majority_share(specs[t], "report") for t in args.tasks}
-        text = table(report, settings, specs, args.tasks, len(args.seeds), chance)
+        text = table(report, settings, specs, args.tasks, len(args.seeds), chance, references)
         if "taso" in settings:
             text += "\n\n" + paired(report, settings, specs, args.tasks, len(args.seeds))
         if "lora-r1" in settings:

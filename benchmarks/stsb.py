@@ -27,15 +27,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import torch  # noqa: E402
 import yaml  # noqa: E402
+from harness import probe  # noqa: E402
 from harness.store import append, key, load  # noqa: E402
 from harness.tables import cell  # noqa: E402
 
-from taso import data, metrics, pretrained  # noqa: E402
-from taso.heads import use_pooling  # noqa: E402
+from taso import data  # noqa: E402
 from taso.io import write_text  # noqa: E402
-from taso.pooling import Pooling  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = {
@@ -64,29 +62,10 @@ SETTINGS = {
 def zero_shot(spec: data.TaskSpec) -> dict[str, dict[str, float]]:
     """Pearson and Spearman of the untrained model's cosine similarity, per way of reading a sentence vector."""
     rows = data.read_rows(spec, "eval")
-    tok = pretrained.load_tokenizer("minilm")
-    out = {}
-    for name in ("mean+normalize", "cls", "pooler"):
-        model = pretrained.load_model("minilm", "regression", pooling="architecture").eval()
-        if name != "pooler":
-            use_pooling(model, Pooling.parse(name))
-        sims = []
-        with torch.no_grad():
-            for start in range(0, len(rows), 64):
-                batch = rows[start : start + 64]
-                vecs = []
-                for side in ("text", "text_pair"):
-                    enc = tok(
-                        [r[side] for r in batch], padding=True, truncation=True, max_length=128, return_tensors="pt"
-                    )
-                    vecs.append(model.base_model(**enc).pooler_output)
-                sims += torch.nn.functional.cosine_similarity(*vecs).tolist()
-        gold = [r["label"] for r in rows]
-        out[f"zero-shot cosine, {name}"] = {
-            "pearson": metrics.pearson(sims, gold),
-            "spearman": metrics.spearman(sims, gold),
-        }
-    return out
+    return {
+        f"zero-shot cosine, {name}": probe.zero_shot_cosine(spec, rows, name)
+        for name in ("mean+normalize", "cls", "pooler")
+    }
 
 
 def run_one(overrides: dict, seed: int, source: Path, max_steps: int | None) -> dict:

