@@ -6,6 +6,7 @@ out-of-range value stops with one line that names the key's path, before anythin
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from taso.config import MethodConfig, TrainConfig
+from taso.config import LosiaConfig, MethodConfig, TrainConfig
 from taso.data import TaskSpec
 from taso.metrics import APPLIES_TO
 from taso.names import DEFAULT_RULE, Rule, TaskType
@@ -256,6 +257,23 @@ class TrainParams(_Strict):
         )
 
 
+class LosiaParams(_Strict):
+    # Defaults from taso.config.LosiaConfig, as train's from MethodConfig; params.yaml gives the reasons.
+    p: Fraction = LosiaConfig.p
+    period: PositiveInt | None = LosiaConfig.period
+    cycles: PositiveInt = LosiaConfig.cycles
+    beta1: Annotated[float, Field(ge=0, lt=1)] = LosiaConfig.beta1
+    beta2: Annotated[float, Field(ge=0, lt=1)] = LosiaConfig.beta2
+    taylor: Literal["param_mix", "param_first", "param_second"] = LosiaConfig.taylor
+    schedule: Literal["asynchronous", "all"] = LosiaConfig.schedule
+    strategy: Literal["best", "rows_cols", "rows_first", "cols_first"] = LosiaConfig.strategy
+    min_lr_ratio: Annotated[float, Field(ge=0, lt=1)] = LosiaConfig.min_lr_ratio
+    start: Literal["random", "mask"] = LosiaConfig.start
+
+    def config(self) -> LosiaConfig:
+        return LosiaConfig(**self.model_dump())
+
+
 class EvaluateParams(_Strict):
     batch_size: PositiveInt = 64
     max_new_tokens: PositiveInt = 256  # causal_lm generation tasks: the longest answer generated
@@ -270,6 +288,7 @@ class Params(_Strict):
     score: ScoreParams = ScoreParams()
     mask: MaskParams = MaskParams()
     train: TrainParams = TrainParams()
+    losia: LosiaParams = LosiaParams()
     evaluate: EvaluateParams = EvaluateParams()
     compositions: dict[str, CompositionParams] = Field(default_factory=dict)
 
@@ -313,14 +332,15 @@ class Params(_Strict):
                         f"compositions.{name}.of: task {ref!r} reuses a mask ({self.tasks[ref].mask_source}); "
                         "compose that mask's source instead"
                     )
-        if not _quick(info) and self.train.method_class().needs is None:
+        if not _quick(info) and self.method().needs is None:
             # A method without a core region trains no mask, so nothing may ask it for one.
             for task, t in self.tasks.items():
                 if t.mask_source != "own":
                     raise ValueError(
                         f"tasks.{task}.mask_source: train.method {self.train.method} trains without a mask, so it "
                         f"cannot use {t.mask_source}; set mask_source: own, or choose a method that trains on a core "
-                        f"region ({', '.join(n for n, m in _methods().items() if m.needs == 'mask')})"
+                        f"region ({', '.join(n for n, m in _methods().items() if m.needs == 'mask')}, or losia with "
+                        "losia.start: mask)"
                     )
         for task, t in self.tasks.items():
             if t.mask_source.startswith("composition:"):
@@ -332,11 +352,12 @@ class Params(_Strict):
 
     def method(self) -> Method:
         """The training method params name, built from its config."""
-        return self.train.method_class()(self.train.method_config(self.seed, self.model.targets))
+        config = self.train.method_config(self.seed, self.model.targets)
+        return self.train.method_class()(dataclasses.replace(config, losia=self.losia.config()))
 
     def uses_mask(self) -> bool:
         """Whether the training method trains on a core region (and so the mask stages have work)."""
-        return self.train.method_class().needs == "mask"
+        return self.method().needs == "mask"
 
     def scores(self, task: str) -> bool:
         """Whether ``task`` needs its own importance: a method with a region, and the task's own mask."""
@@ -344,6 +365,11 @@ class Params(_Strict):
 
     def without_region(self) -> str:
         """What the ``meta.json`` of a mask stage says when the training method needs no mask."""
+        if self.method().makes_mask:  # LoSiA: its region comes out of training (the train stage's subnet/)
+            return (
+                f"not needed: train.method is {self.train.method}, which finds its region while training "
+                "(the train stage writes it to subnet/); losia.start: mask starts it from this stage's mask"
+            )
         return f"not needed: train.method is {self.train.method}, which trains without a core region"
 
     def why_not_scored(self, task: str) -> str:

@@ -30,6 +30,9 @@ class TaskPaths:
     importance_file = property(lambda self: self.importance / IMPORTANCE_FILE)
     heatmap = property(lambda self: self.dir / "importance_heatmap.png")
     mask = property(lambda self: self.dir / "mask")
+    # The region a method found while training (LoSiA's last subnets) and how it moved.
+    subnet = property(lambda self: self.dir / "subnet")
+    subnet_history = property(lambda self: self.dir / "subnet_history.csv")
     adapter = property(lambda self: self.dir / "adapter")
     adapter_weights = property(lambda self: self.adapter / ADAPTER_WEIGHTS)
     train_curve = property(lambda self: self.dir / "train_curve.csv")

@@ -14,6 +14,22 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class LosiaConfig:
+    """LoSiA's knobs (../shared/METHODS.md §1); the defaults are the paper's unless a comment says why not."""
+
+    p: float = 0.125  # rank factor: a block of int(p·m) rows × int(p·n) columns per matrix (paper: 1/8)
+    period: int | None = None  # steps per layer slot T; None: short enough for `cycles` moves per layer
+    cycles: int = 3  # with period None: each layer re-localizes this often in the run
+    beta1: float = 0.85  # sensitivity EMA
+    beta2: float = 0.85  # uncertainty EMA
+    taylor: str = "param_mix"  # importance term: param_mix |J - J²/2|, param_first |J|, param_second J²
+    schedule: str = "asynchronous"  # one layer moves at a time; or all (every layer every period)
+    strategy: str = "best"  # best of the three greedy subnets by block mass; or rows_cols, rows_first, cols_first
+    min_lr_ratio: float = 0.1  # floor of the cosine schedule
+    start: str = "random"  # first subnets: random (seeded); mask: from the task's mask (a warm start)
+
+
+@dataclass(frozen=True)
 class MethodConfig:
     """What every method is built from; a method reads the fields it uses. The defaults are the pipeline's."""
 
@@ -22,6 +38,7 @@ class MethodConfig:
     dropout: float = 0.0
     targets: TargetSpec = "all-linear"
     seed: int = 0
+    losia: LosiaConfig = LosiaConfig()
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def test_mask_contract_is_enforced(make_model):
         from taso.masks import Mask
 
         methods.build("lora", CONFIG).prepare(make_model("bert"), Mask({}))
-    with pytest.raises(ValueError, match=r"unknown method 'nope'; choose one of taso, random, lora, head, full"):
+    with pytest.raises(ValueError, match=r"unknown method 'nope'; choose one of taso, random, losia, lora, head, full"):
         methods.build("nope")
     with pytest.raises(ValueError, match="no task head"):
         methods.build("head").prepare(make_model("llama_lm"))
@@ -174,13 +174,23 @@ def test_a_method_runs_through_the_pipeline_and_registers_with_its_tag(name, tmp
     assert trained["method"] == name
     version = MlflowClient(registry_uri=f"sqlite:///{project / 'mlflow.db'}").get_model_version("taso-entailment", "1")
     assert version.tags["method"] == name
-    if METHODS[name].needs is None:  # no core region: the mask stages say so in a meta.json, nothing else
+    history = (art / "subnet_history.csv").read_text().splitlines()
+    if methods.build(name).needs is None:  # no region given: the mask stages say so in a meta.json, nothing else
         for folder in (art / "calibration", art / "mask", project / "artifacts" / "importance" / "entailment"):
             assert files(folder) == ["meta.json"]
             assert f"train.method is {name}" in json.loads((folder / "meta.json").read_text())["skipped"]
-        assert "mask_digest" not in version.tags
         assert json.loads((art / "adapter" / "taso.json").read_text())["mask_digest"] is None
+    if name == "losia":  # the region it ended on is published with the version, and how it moved is a plot
+        from taso.masks import Mask
+
+        subnet = Mask.load(art / "subnet")
+        assert subnet.meta["rule"] == "losia" and version.tags["mask_digest"] == subnet.digest
+        assert history[0] == "step,layer,module,candidate,block_mass,row_overlap,col_overlap" and len(history) > 1
+        assert trained["method_details"]["relocalizations"] == len(history) - 1
+    elif methods.build(name).needs is None:
+        assert "mask_digest" not in version.tags and files(art / "subnet") == ["meta.json"]
     else:  # the mask written is the one the adapter trained on (random: TASO's counts, other rows)
+        assert files(art / "subnet") == ["meta.json"] and history == [history[0]]
         from taso.masks import Mask
 
         mask = Mask.load(art / "mask")

@@ -1,5 +1,9 @@
 """train: the task's adapter, by the training method params name → artifacts/<task>/adapter/ (PEFT format), curve, train.json.
 
+A method that moves its region while training (LoSiA) also writes where it ended, as a mask in
+``subnet/``, and how it got there, ``subnet_history.csv`` (one row per matrix per move); for every
+other method ``subnet/`` holds only a ``meta.json`` naming the region it trained on.
+
 Registers the adapter as a new version of ``<prefix>-<task>`` with alias ``candidate`` and a
 ``method`` tag. An interrupted run leaves a checkpoint under checkpoints/<task>/ that the next
 run resumes.
@@ -12,7 +16,7 @@ import json
 from pathlib import Path
 
 from pipeline import registry, tracking
-from pipeline.meta import write_meta
+from pipeline.meta import write_meta, write_skipped
 from pipeline.params import load_params
 from pipeline.paths import TaskPaths
 from taso import data, pretrained
@@ -23,6 +27,8 @@ from taso.io import atomic_path, digest_file, write_csv, write_json
 from taso.masks import Mask, check_importance, mask_stats
 from taso.names import ADAPTER_WEIGHTS
 from taso.train import train
+
+SUBNET_HISTORY = ["step", "layer", "module", "candidate", "block_mass", "row_overlap", "col_overlap"]
 
 
 def run(task: str, root: Path = Path(".")) -> Path:
@@ -97,16 +103,33 @@ def run(task: str, root: Path = Path(".")) -> Path:
                 adapter=adapter_meta,
             )
         write_csv(paths.train_curve, result.history, ["step", "loss", "lr"])
+        # A method that moves its region (LoSiA) publishes where it ended: the region others reuse.
+        found = method.mask()
+        moved = found is not None and found.digest != (mask.digest if mask else None)
+        published = found if moved else mask
+        write_csv(paths.subnet_history, method.history(), SUBNET_HISTORY)
+        if moved:
+            with atomic_path(paths.subnet) as tmp:
+                found.save(tmp)
+                write_meta(
+                    tmp, stage="train", task=task, root=root, params=used, inputs=inputs, outputs={"mask": found.digest}
+                )
+        else:
+            where = f"artifacts/{task}/mask" if mask else "none: it trains without a core region"
+            write_skipped(
+                paths.subnet, stage="train", task=task, root=root,
+                reason=f"train.method {method.name} does not move its region; the region it trained on: {where}",
+            )  # fmt: skip
         for point in result.history:
             mlrun.log_metrics({"train_loss": point["loss"], "lr": point["lr"]}, step=point["step"])
         name = registry.model_name(params.tracking.registry_prefix, task)
         version = registry.register_adapter(
             name=name,
             adapter_dir=paths.adapter,
-            mask_dir=paths.mask if mask else None,
+            mask_dir=paths.subnet if moved else paths.mask if mask else None,
             meta=adapter_meta,
             run_id=mlrun.run_id,
-            tags=_version_tags(adapter_meta, mask, counts, tp.rank),
+            tags=_version_tags(adapter_meta, published, counts, tp.rank),
         )
         summary = {
             "method": method.name,
@@ -120,6 +143,8 @@ def run(task: str, root: Path = Path(".")) -> Path:
             # Regression: the train labels' mean and std, folded into the head after training.
             "target_scale": list(result.target_scale) if result.target_scale else None,
             "registry_version": int(version),
+            # How the method trained, where it resolves knobs itself (LoSiA's period from the run length).
+            "method_details": method.report(),
         }
         write_json(paths.train_metrics, summary)
         mlrun.log_outputs({"adapter": adapter_digest})
@@ -147,11 +172,9 @@ def _version_tags(meta: dict, mask: Mask | None, counts: dict, rank: int) -> dic
         "rank": str(rank),
     }
     if mask is not None:
-        tags |= {
-            "mask_digest": mask.digest,
-            "mask_source": meta["mask_source"],
-            "density": f"{mask_stats(mask, rank)['density']:.6f}",
-        }
+        tags |= {"mask_digest": mask.digest, "density": f"{mask_stats(mask, rank)['density']:.6f}"}
+        if meta["mask_source"]:
+            tags["mask_source"] = meta["mask_source"]
         for key in ("mask_source_digest", "mask_source_version"):
             if meta[key]:
                 tags[key] = meta[key]

@@ -8,9 +8,10 @@ from taso.methods.base import Method, MethodConfig
 from taso.methods.full import FullFinetune
 from taso.methods.head import HeadOnly
 from taso.methods.lora import Lora
+from taso.methods.losia import Losia
 from taso.methods.taso import RandomMask, Taso
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Taso, RandomMask, Lora, HeadOnly, FullFinetune)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Taso, RandomMask, Losia, Lora, HeadOnly, FullFinetune)}
 
 
 def build(name: str, config: MethodConfig | None = None) -> Method:

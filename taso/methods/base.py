@@ -11,7 +11,8 @@ A method is built from a :class:`MethodConfig` and, for one model, answers:
   after the update), where a method that moves its region during training does so;
 - :meth:`Method.state_dict`: what a checkpoint needs beyond the trainable tensors, for an exact resume;
 - :meth:`Method.export`: a PEFT adapter folder that ``PeftModel.from_pretrained`` loads unchanged;
-- :meth:`Method.mask`: the core region it trained, when it has one.
+- :meth:`Method.mask`: the core region it trained, when it has one;
+- :meth:`Method.report`, :meth:`Method.history`: what a run records about how it trained.
 
 :func:`taso.train.train` calls only this contract; it never asks which method it runs.
 """
@@ -115,6 +116,14 @@ class Method:
     def mask(self) -> Mask | None:
         """The core region this method trained, or None if it has none."""
         return None
+
+    def report(self) -> dict:
+        """What a run should record about how the method trained (resolved knobs, counts); plain values."""
+        return {}
+
+    def history(self) -> list[dict]:
+        """Rows of how the region moved during training (a method whose region moves); none by default."""
+        return []
 
     def is_adapter(self, name: str) -> bool:
         """Whether the trainable parameter ``name`` is adapter state (LoRA factors by default)."""
