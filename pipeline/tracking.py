@@ -183,12 +183,14 @@ def stage_run(
     task: str,
     params: Mapping,
     inputs: Mapping[str, str],
+    method: str | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
 ) -> Iterator[StageRun]:
     """Run the block inside an MLflow run named ``<stage>@<task>``.
 
-    The run is tagged with task, stage, DVC experiment (``DVC_EXP_NAME``, else
-    ``workspace``), git commit and ``taso.input.<name>`` digests, and logs ``params``
+    The run is tagged with task, stage, training method (``taso.method``: every stage of a
+    run, so a search by method finds its masks and metrics too), DVC experiment
+    (``DVC_EXP_NAME``, else ``workspace``), git commit and ``taso.input.<name>`` digests, and logs ``params``
     flattened. It ends FINISHED, FAILED when the block raises, or KILLED when it is
     interrupted; the exception always propagates.
 
@@ -204,6 +206,8 @@ def stage_run(
         "taso.dvc_exp": os.environ.get("DVC_EXP_NAME") or "workspace",
         **{f"taso.input.{k}": v for k, v in inputs.items()},
     }
+    if method:
+        tags["taso.method"] = method
     commit = git_commit(root)
     if commit:
         tags["mlflow.source.git.commit"] = commit

@@ -174,6 +174,10 @@ def test_a_method_runs_through_the_pipeline_and_registers_with_its_tag(name, tmp
     assert trained["method"] == name
     version = MlflowClient(registry_uri=f"sqlite:///{project / 'mlflow.db'}").get_model_version("taso-entailment", "1")
     assert version.tags["method"] == name
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("taso").experiment_id])
+    assert {r.data.tags["taso.stage"] for r in runs} >= {"train", "evaluate"}
+    assert {r.data.tags.get("taso.method") for r in runs} == {name}  # every stage's run says which method
     history = (art / "subnet_history.csv").read_text().splitlines()
     if methods.build(name).needs is None:  # no region given: the mask stages say so in a meta.json, nothing else
         for folder in (art / "calibration", art / "mask", project / "artifacts" / "importance" / "entailment"):

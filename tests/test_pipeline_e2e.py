@@ -107,6 +107,11 @@ def test_repro_writes_every_declared_out(project):
         assert {"adapter_config.json", "adapter_model.safetensors", "meta.json", "taso.json"} <= {
             p.name for p in (d / "adapter").iterdir()
         }
+        # TASO does not move its region: subnet/ says where it is, and the history has no rows.
+        assert "does not move its region" in json.loads((d / "subnet" / "meta.json").read_text())["skipped"]
+        assert (d / "subnet_history.csv").read_text().splitlines() == [
+            "step,layer,module,candidate,block_mass,row_overlap,col_overlap"
+        ]
         for f in ("importance_heatmap.png", "train.json", "train_curve.csv", "metrics.json"):
             assert (d / f).is_file(), f
         assert (d / "importance_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -306,3 +311,29 @@ def _named(node, name: str):
     elif isinstance(node, list):
         for item in node:
             yield from _named(item, name)
+
+
+# Last: the experiment leaves LoSiA's outs and params in the workspace.
+def test_exp_run_with_losia_compares_the_two_methods(project):
+    repo, env, _ = project
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["tasks"] = {t: raw["tasks"][t] for t in TASKS}  # the demo tasks (a task reusing a mask needs losia.start: mask)
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    sh(["dvc", "repro"], repo, env)
+    sh(["git", "add", "-A"], repo, env)
+    sh(["git", "commit", "-qm", "before losia", "--allow-empty"], repo, env)
+    out = sh(["dvc", "exp", "run", "-S", "train.method=losia", "-n", "losia-demo"], repo, env).stdout
+    assert {f"train@{t}" for t in TASKS} <= ran(out)
+    shown = json.loads(sh(["dvc", "exp", "show", "--json"], repo, env).stdout)
+    (exp,) = list(_named(shown, "losia-demo"))
+    assert exp["data"]["params"]["params.yaml"]["data"]["train"]["method"] == "losia"
+    trained = exp["data"]["metrics"]["artifacts/sentiment/train.json"]["data"]
+    assert trained["method"] == "losia" and trained["method_details"]["period"] >= 1
+    assert "accuracy" in exp["data"]["metrics"]["artifacts/sentiment/metrics.json"]["data"]
+    workspace = shown[0]["rev"] == "workspace" and shown[0]
+    assert workspace  # the baseline beside it, trained by TASO
+    art = repo / "artifacts" / "sentiment"  # the workspace holds the experiment's outs after exp run
+    for folder in (art / "calibration", art / "mask", repo / "artifacts" / "importance" / "sentiment"):
+        assert "finds its region while training" in json.loads((folder / "meta.json").read_text())["skipped"]
+    assert sorted(p.name for p in (art / "subnet").iterdir()) == ["mask.json", "mask.safetensors", "meta.json"]
+    assert len((art / "subnet_history.csv").read_text().splitlines()) > 1

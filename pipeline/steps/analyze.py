@@ -25,7 +25,9 @@ def run(root: Path = Path(".")) -> Path:
     used = {"mask": params.mask.model_dump(), "tasks": tasks}
     inputs = {t: m.digest for t, m in masks.items()}
     out = analysis_dir(root)
-    with tracking.stage_run(root, stage="analyze", task="all", params=used, inputs=inputs) as mlrun:
+    with tracking.stage_run(
+        root, method=params.train.method, stage="analyze", task="all", params=used, inputs=inputs
+    ) as mlrun:
         report = overlap(masks)
         pairs = report["overall"]
         profiles = {t: layer_profile(m) for t, m in masks.items()}

@@ -29,7 +29,9 @@ def run(task: str, root: Path = Path(".")) -> Path:
     source_digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
     chosen = calibration_sample(rows, n, seed)
     used = {"seed": seed, "calibrate": params.calibrate.model_dump(), "task": params.task(task).model_dump()}
-    with tracking.stage_run(root, stage="calibrate", task=task, params=used, inputs={"source": source_digest}) as mlrun:
+    with tracking.stage_run(
+        root, method=params.train.method, stage="calibrate", task=task, params=used, inputs={"source": source_digest}
+    ) as mlrun:
         with atomic_path(out) as tmp:
             tmp.mkdir()
             lines = to_jsonl(chosen)

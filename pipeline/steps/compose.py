@@ -31,7 +31,9 @@ def run(name: str, root: Path = Path(".")) -> Path:
     # By position: refs hold characters (``@``, ``/``, ``..``) that MLflow refuses in tag
     # names; the refs themselves are in the taso.composition.inputs tag.
     inputs = {str(i): entry["digest"] for i, entry in enumerate(lineage)}
-    with tracking.stage_run(root, stage="compose", task=name, params=used, inputs=inputs) as mlrun:
+    with tracking.stage_run(
+        root, method=params.train.method, stage="compose", task=name, params=used, inputs=inputs
+    ) as mlrun:
         mask = mask.with_meta(base_model=str(pretrained.fingerprint(params.model.base)))
         stats = mask_stats(mask)
         with atomic_path(out) as tmp:

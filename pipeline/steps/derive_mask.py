@@ -53,7 +53,9 @@ def run(task: str, root: Path = Path(".")) -> Path:
                 "use a mask published for the same base model"
             )
         inputs = {"mask_source": mask.meta["source_digest"]}
-    with tracking.stage_run(root, stage="derive-mask", task=task, params=used, inputs=inputs) as mlrun:
+    with tracking.stage_run(
+        root, method=params.train.method, stage="derive-mask", task=task, params=used, inputs=inputs
+    ) as mlrun:
         region = params.method().region(mask)
         # No code version in the mask's own bytes (meta.json has it): the same inputs give the same
         # folder, so a rerun that changes nothing retrains nothing downstream.

@@ -42,7 +42,9 @@ def run(task: str, root: Path = Path(".")) -> Path:
     name, version = registry.model_name(params.tracking.registry_prefix, task), str(trained["registry_version"])
     with (
         registry.marked_if_failed(name, version),
-        tracking.stage_run(root, stage="evaluate", task=task, params=used, inputs=inputs) as mlrun,
+        tracking.stage_run(
+            root, method=params.train.method, stage="evaluate", task=task, params=used, inputs=inputs
+        ) as mlrun,
     ):
         tok = pretrained.load_tokenizer(params.model.base)
         model = pretrained.load_with_adapter(

@@ -26,7 +26,9 @@ def run(task: str, root: Path = Path(".")) -> Path:
     metric = params.spec(task).metrics[0]
     used = {"policy": policy, "metric": metric}
     inputs = {"metrics": digest_file(paths.metrics), "train": digest_file(paths.train_metrics)}
-    with tracking.stage_run(root, stage="promote", task=task, params=used, inputs=inputs) as mlrun:
+    with tracking.stage_run(
+        root, method=params.train.method, stage="promote", task=task, params=used, inputs=inputs
+    ) as mlrun:
         before = registry.alias_version(name, registry.CHAMPION)
         flag = scores.get("degenerate")
         if policy == "if_better" and not flag:  # a model that learned nothing is promoted by hand or not at all

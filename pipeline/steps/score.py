@@ -38,7 +38,9 @@ def run(task: str, root: Path = Path(".")) -> Path:
         "task": params.task(task).model_dump(),
     }
     inputs = {"calibration": digest_file(paths.calibration_file)}
-    with tracking.stage_run(root, stage="score", task=task, params=used, inputs=inputs) as mlrun:
+    with tracking.stage_run(
+        root, method=params.train.method, stage="score", task=task, params=used, inputs=inputs
+    ) as mlrun:
         tok = pretrained.load_tokenizer(params.model.base)
         kwargs = params.model_kwargs(task)
         model = pretrained.load_model(params.model.base, seed=seed, **kwargs)

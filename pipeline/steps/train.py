@@ -49,7 +49,9 @@ def run(task: str, root: Path = Path(".")) -> Path:
     # A checkpoint resumes only the run it was made for: same params, same mask.
     run_key = hashlib.sha256(json.dumps([used, mask and mask.digest], sort_keys=True).encode()).hexdigest()[:16]
     checkpoint = paths.checkpoints / f"{run_key}.pt"
-    with tracking.stage_run(root, stage="train", task=task, params=used, inputs=inputs) as mlrun:
+    with tracking.stage_run(
+        root, method=params.train.method, stage="train", task=task, params=used, inputs=inputs
+    ) as mlrun:
         tok = pretrained.load_tokenizer(params.model.base)
         kwargs = params.model_kwargs(task)
         head = kwargs["head"]
