@@ -246,3 +246,46 @@ def test_a_block_that_rounds_to_nothing_a_period_past_the_run_and_a_mask_of_othe
     other = Mask({"bert.encoder.layer.0.attention.self.query": ModuleMask([0], [0], (7, 7))})
     with pytest.raises(Exception, match="does not fit|shape"):
         losia(p=0.25, start="mask").prepare(make_model("bert"), other)
+
+
+# --- through the pipeline -----------------------------------------------------------------------
+
+
+def _losia_project(tmp_path, tiny_model, monkeypatch, **losia_knobs):
+    import yaml
+    from test_stages import make_project
+
+    project = make_project(tmp_path, tiny_model, monkeypatch)
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["train"]["method"] = "losia"
+    raw["losia"] |= losia_knobs
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    return project
+
+
+def test_a_warm_start_from_the_tasks_own_mask_runs_the_mask_stages_and_publishes_where_it_ended(
+    tmp_path, tiny_model, monkeypatch
+):
+    import json
+
+    from test_stages import run_all
+
+    project = _losia_project(tmp_path, tiny_model, monkeypatch, p=0.25, start="mask")
+    run_all(project)
+    art = project / "artifacts" / "entailment"
+    start, ended = Mask.load(art / "mask"), Mask.load(art / "subnet")
+    assert start.meta["rule"] == "global" and ended.meta["start_mask"] == start.digest
+    assert json.loads((art / "adapter" / "taso.json").read_text())["mask_digest"] == start.digest
+    assert "accuracy" in json.loads((art / "metrics.json").read_text())  # evaluate checked it against the mask
+
+
+def test_a_period_longer_than_the_run_stops_the_train_stage_before_it_writes(tmp_path, tiny_model, monkeypatch):
+    from pipeline.steps import calibrate, derive_mask, score, train
+
+    project = _losia_project(tmp_path, tiny_model, monkeypatch, period=100)
+    for stage in (calibrate, score, derive_mask):
+        stage.run("entailment", project)
+    with pytest.raises(ValueError, match="losia.period 100 is longer than the run"):
+        train.run("entailment", project)
+    art = project / "artifacts" / "entailment"
+    assert not any((art / name).exists() for name in ("adapter", "subnet", "train.json", "subnet_history.csv"))

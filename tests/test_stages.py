@@ -87,6 +87,8 @@ def test_stages_write_exactly_their_outs(project):
         "mask/meta.json",
         "metrics.json",
         "promotion.json",
+        "subnet/meta.json",
+        "subnet_history.csv",
         "train.json",
         "train_curve.csv",
     ]
