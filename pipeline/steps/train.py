@@ -151,7 +151,9 @@ def run(task: str, root: Path = Path(".")) -> Path:
         write_json(paths.train_metrics, summary)
         mlrun.log_outputs({"adapter": adapter_digest})
         mlrun.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
-        mlrun.log_metrics({f"method.{k}": v for k, v in summary["method_details"].items() if isinstance(v, int | float)})
+        mlrun.log_metrics(
+            {f"method.{k}": v for k, v in summary["method_details"].items() if isinstance(v, int | float)}
+        )
         tags = {
             "taso.method": method.name,
             "taso.registered_model": name,
