@@ -1,4 +1,4 @@
-"""Speed and memory of the masked-LoRA path against PEFT LoRA and the frozen-backbone floor.
+"""Speed and memory of the masked-LoRA path and LoSiA-Pro against PEFT LoRA and the frozen-backbone floor.
 
 Every timing is a ratio of two methods measured in one process on the same batches,
 interleaved step by step (so drift and background load hit all methods alike); medians
@@ -28,6 +28,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 
 from taso import pretrained  # noqa: E402
+from taso.config import LosiaConfig  # noqa: E402
 from taso.importance import score_importance  # noqa: E402
 from taso.masks import Mask, ModuleMask, derive_rows_cols  # noqa: E402
 from taso.methods import MethodConfig  # noqa: E402
@@ -98,7 +99,31 @@ def train_step(model, opt, batch, autocast: bool = False) -> None:
     opt.zero_grad(set_to_none=True)
 
 
+def losia_stepper(in_slot: bool) -> Callable[[dict], None]:
+    """A LoSiA-Pro step at the paper's p = 1/8: outside any importance slot (every layer computes
+    only its block's gradient), or inside one (layer 0's matrices compute their full gradient and
+    update the importance EMAs). The period outlasts the benchmark, so no block moves."""
+    method = build_method("losia", MethodConfig(losia=LosiaConfig(period=10**6)))
+    model = method.prepare(fresh_model())
+    model.train()
+    opt = method.optimizer(method.param_groups(model, 1e-4))
+    method.scheduler(opt, 0, 10**6)  # every step is in layer 0's slot ...
+    if not in_slot:
+        for layer in method.layers().values():  # ... unless no layer records
+            layer.record = False
+
+    def step(batch):
+        model(**batch).loss.backward()
+        method.on_backward(model, 1)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
 def make_stepper(method: str, data, autocast: bool = False) -> Callable[[dict], None]:
+    if method.startswith("losia"):
+        return losia_stepper(in_slot=method == "losia_slot")
     model = build(method, data)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -299,7 +324,7 @@ def encoder_rows(args, report: dict) -> list[tuple[str, str, float, float, str]]
     data = batches(4)
     rows: list[tuple[str, str, float, float, str]] = []
 
-    methods = ("floor", "peft_r1", "taso", "taso_top_half")
+    methods = ("floor", "peft_r1", "taso", "taso_top_half", "losia", "losia_slot")
     t = interleaved({m: make_stepper(m, data) for m in methods}, data, args.warmup, args.steps)
     med = {m: summary(t[m]) for m in methods}
     report["train_step_s"] = {m: med[m][0] for m in methods}
@@ -324,6 +349,20 @@ def encoder_rows(args, report: dict) -> list[tuple[str, str, float, float, str]]
             med["taso_top_half"][0] / med["taso"][0],
             med["taso_top_half"][0],
             f"IQR {med['taso_top_half'][1]:.3f}s",
+        ),
+        (
+            "train step: LoSiA-Pro p 1/8 / PEFT LoRA r=1",
+            "paper (GPU): ~0.73",
+            med["losia"][0] / med["peft_r1"][0],
+            med["losia"][0],
+            f"IQR {med['losia'][1]:.3f}s",
+        ),
+        (
+            "train step: LoSiA-Pro in a layer's slot / outside",
+            "> 1 (full dW of 1 layer)",
+            med["losia_slot"][0] / med["losia"][0],
+            med["losia_slot"][0],
+            f"IQR {med['losia_slot'][1]:.3f}s",
         ),
     ]
 
@@ -372,7 +411,7 @@ def encoder_rows(args, report: dict) -> list[tuple[str, str, float, float, str]]
         n = max(3, args.warmup)
         rss = {
             m: peak_rss_mb(m, n)
-            for m in ("plain_backward", "score", "peft_r1", "taso", "score_first_6", "score_first_36")
+            for m in ("plain_backward", "score", "peft_r1", "taso", "losia", "score_first_6", "score_first_36")
         }
         report["peak_rss_mb"] = rss
         rows += [
@@ -385,6 +424,7 @@ def encoder_rows(args, report: dict) -> list[tuple[str, str, float, float, str]]
                 "MB",
             ),
             ("peak RSS: TASO training / PEFT LoRA r=1", "<= 1.00", rss["taso"] / rss["peft_r1"], rss["taso"], "MB"),
+            ("peak RSS: LoSiA-Pro training / PEFT LoRA r=1", "", rss["losia"] / rss["peft_r1"], rss["losia"], "MB"),
         ]
     if not args.no_startup:
         report["startup_s"] = startup_costs()

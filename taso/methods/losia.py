@@ -119,6 +119,10 @@ class Losia(Method):
         self._mask_meta = {"start": c.start, "start_mask": mask.digest if mask is not None else "none"}
         return model
 
+    def layers(self) -> dict[str, BlockLinear]:
+        """The block layers :meth:`prepare` put in, by module name."""
+        return dict(self._layers)
+
     def is_adapter(self, name: str) -> bool:
         return name.endswith(".block")
 
