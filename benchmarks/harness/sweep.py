@@ -17,6 +17,11 @@ LR_GRID = {  # in the order the sweep runs them: the headline comparison first, 
     "lora-r8": (1e-4, 3e-4, 1e-3),
     "full": (2e-5, 5e-5, 1e-4),
 }
+# Methods a protocol with the pooled head adds (the recorded sweep predates them), swept under it.
+ADDED_GRID = {"losia": (1e-4, 3e-4, 1e-3)}  # LoSiA trains weights directly: full fine-tuning's range and up
+LOSIA_BASE = {"p": 0.125, "start": "random"}  # the paper's rank factor and random first blocks
+# MiniLM: Σ int(m/16)·int(n/16) over the targets equals Σ (m + n), LoRA r=1's count exactly.
+LOSIA_R1_P = 0.0625
 MAX_EXTEND = 2  # rates a method's grid may grow by past a winning end, so no method is cut off by its grid
 TASO_BASE = {"p": 0.25, "rank": 1, "gamma": 0.5, "warmup": 0, "rule": "rows_cols", "calibration": 256}
 TASO_VARIANTS = (  # one knob at a time, at the base's best learning rate
@@ -30,8 +35,27 @@ TASO_VARIANTS = (  # one knob at a time, at the base's best learning rate
 )
 
 
-def setting(method: str, lr: float, **taso) -> dict:
-    return {"method": method, "lr": lr, **({**TASO_BASE, **taso} if method in ("taso", "random") else {})}
+def setting(method: str, lr: float, **knobs) -> dict:
+    base = TASO_BASE if method in ("taso", "random") else LOSIA_BASE if method == "losia" else {}
+    return {"method": method, "lr": lr, **base, **knobs}
+
+
+def grids_of(protocol: dict) -> dict[str, tuple[float, ...]]:
+    """The methods a protocol sweeps: the recorded ones, and LoSiA where the head is pooled."""
+    return {**LR_GRID, **ADDED_GRID} if protocol.get("pooling") else dict(LR_GRID)
+
+
+def losia_variants(settings: dict[str, dict]) -> dict[str, dict]:
+    """LoSiA at LoRA r=1's parameter count, and warm-started from the chosen TASO setting's mask,
+    both at LoSiA's chosen rate (the report's extra rows; none until LoSiA and TASO are chosen)."""
+    if "losia" not in settings or "taso" not in settings:
+        return {}
+    losia, taso = settings["losia"], settings["taso"]
+    region = {k: taso[k] for k in ("p", "warmup", "rule", "calibration")}
+    return {
+        "losia-r1budget": {**losia, "p": LOSIA_R1_P},
+        "losia-warm": {**losia, "start": "mask", "region": region},
+    }
 
 
 def sweep_settings(done: list[dict], tasks, grids=LR_GRID, variants=TASO_VARIANTS, extend=MAX_EXTEND) -> list[dict]:
@@ -118,11 +142,11 @@ def best(done: list[dict], method: str, tasks, where=lambda s: True) -> dict | N
     )  # sorted: ties break the same way every time
 
 
-def chosen(done: list[dict], tasks, planned: list[dict]) -> dict[str, dict]:
-    """Each method's winning setting among the ``planned`` sweep settings (TASO's over its base,
+def chosen(done: list[dict], tasks, planned: list[dict], methods=LR_GRID) -> dict[str, dict]:
+    """Each of ``methods``' winning setting among the ``planned`` sweep settings (TASO's over its base,
     variants and their combination; runs of settings the sweep no longer plans do not count), and
     a random mask with the chosen TASO setting's counts."""
-    out = {m: best(done, m, tasks, lambda s: s in planned) for m in LR_GRID}
-    if out["taso"]:
+    out = {m: best(done, m, tasks, lambda s: s in planned) for m in methods}
+    if out.get("taso"):
         out["random"] = {**out["taso"], "method": "random"}
     return {m: s for m, s in out.items() if s}
