@@ -167,3 +167,22 @@ def test_the_head_follows_the_task(tmp_path, raw):
     raw["model"]["pooling"] = "sum"
     with pytest.raises(ParamsError, match=r"model\.pooling: .*unknown pooling 'sum'"):
         load_params(write(tmp_path, raw))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("p", 0), ("p", 1.5), ("period", 0), ("taylor", "third"), ("schedule", "sometimes"), ("start", "warm")],
+)
+def test_losia_knobs_are_checked_with_their_key_path(tmp_path, raw, key, value):
+    raw["losia"][key] = value
+    with pytest.raises(ParamsError, match=rf"losia\.{key}:"):
+        load_params(write(tmp_path, raw))
+
+
+def test_losia_from_a_random_start_refuses_a_reused_mask_and_from_a_mask_takes_one(tmp_path, raw):
+    raw["train"]["method"] = "losia"
+    raw["tasks"]["entailment"]["mask_source"] = "composition:demo-union"
+    with pytest.raises(ParamsError, match="train.method losia trains without a mask.*losia.start: mask"):
+        load_params(write(tmp_path, raw))
+    raw["losia"]["start"] = "mask"
+    assert load_params(write(tmp_path, raw)).uses_mask()
