@@ -30,8 +30,8 @@ class BlockLinear(nn.Module):
         w = base.weight.detach()
         # The working weight is state, not a parameter: checkpoints hold it through the method.
         self.register_buffer("weight", w.clone(), persistent=False)
-        self.register_buffer("rows", rows.to(torch.long), persistent=False)
-        self.register_buffer("cols", cols.to(torch.long), persistent=False)
+        self.register_buffer("rows", rows.to(w.device, torch.long), persistent=False)
+        self.register_buffer("cols", cols.to(w.device, torch.long), persistent=False)
         self.register_buffer("anchor", w[self.rows.unsqueeze(1), self.cols].clone(), persistent=False)
         self.block = nn.Parameter(torch.zeros(len(rows), len(cols), dtype=w.dtype, device=w.device))
         self.record = False  # the next backward computes the full weight gradient into full_grad
@@ -88,22 +88,22 @@ class _BlockGrad(torch.autograd.Function):
     """``y = x·Wᵀ + b`` whose backward gives ``dX = dY·W`` and ``dW[R, C] = dY[..., R]ᵀ·x[..., C]`` only.
 
     The forward saves ``x[..., C]`` (a fraction p of the input) unless the layer records; then it
-    saves ``x`` whole and the backward adds the full ``dW`` to ``layer.full_grad``. Runs in fp32
-    under autocast too: the block is small and its update must not round away.
+    saves ``x`` whole and the backward adds the full ``dW`` to ``layer.full_grad``. Runs in the
+    weight's dtype, under autocast too: an fp32 block's update must not round away in bf16.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, block, rows, cols, layer):
         ctx.layer, ctx.full, ctx.dtype = layer, layer.record, x.dtype
         with torch.autocast(x.device.type, enabled=False):
-            x = x.float()
+            x = x.to(weight.dtype)
             ctx.save_for_backward(x if ctx.full else x.index_select(-1, cols), weight, rows, cols)
             return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_y):
         saved, weight, rows, cols = ctx.saved_tensors
-        g = grad_y.float().reshape(-1, grad_y.shape[-1])
+        g = grad_y.to(weight.dtype).reshape(-1, grad_y.shape[-1])
         xs = saved.reshape(-1, saved.shape[-1])
         grad_x = None
         if ctx.needs_input_grad[0]:

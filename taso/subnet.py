@@ -38,8 +38,8 @@ class Sensitivity:
     uncertainty: torch.Tensor
 
     @classmethod
-    def zeros(cls, shape) -> Sensitivity:
-        return cls(torch.zeros(shape), torch.zeros(shape))
+    def zeros(cls, shape, device=None) -> Sensitivity:
+        return cls(torch.zeros(shape, device=device), torch.zeros(shape, device=device))
 
     def update(self, importance: torch.Tensor, beta1: float, beta2: float) -> None:
         """``Ī ← β1·Ī + (1−β1)·I``, then ``Ū ← β2·Ū + (1−β2)·|I − Ī|`` with the new ``Ī``."""

@@ -289,3 +289,13 @@ def test_a_period_longer_than_the_run_stops_the_train_stage_before_it_writes(tmp
         train.run("entailment", project)
     art = project / "artifacts" / "entailment"
     assert not any((art / name).exists() for name in ("adapter", "subnet", "train.json", "subnet_history.csv"))
+
+
+def test_a_bf16_model_trains_its_blocks_in_bf16(make_model, make_features):
+    method = losia(p=0.25, period=2)
+    model = method.prepare(make_model("bert").to(torch.bfloat16))
+    train(
+        model, make_features("bert", 16), TrainConfig(lr=1e-2, max_steps=4, batch_size=4), method=method, progress=False
+    )
+    layer = next(iter(method.layers().values()))
+    assert layer.block.dtype == torch.bfloat16 and torch.count_nonzero(layer.delta_weight()) > 0

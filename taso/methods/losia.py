@@ -170,7 +170,7 @@ class Losia(Method):
             if layer.full_grad is None:
                 continue
             if self._schedule.starts_slot(step) or name not in self._ema:
-                self._ema[name] = Sensitivity.zeros(layer.weight.shape)
+                self._ema[name] = Sensitivity.zeros(layer.weight.shape, layer.weight.device)
             self._ema[name].update(taylor_importance(layer.weight, layer.full_grad, c.taylor), c.beta1, c.beta2)
             layer.full_grad = None
 
@@ -324,9 +324,9 @@ def _exact_factors(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | N
     if len(rows) == 0:
         return None
     if len(rows) <= len(cols):
-        b = torch.zeros(delta.shape[0], len(rows), dtype=delta.dtype)
-        b[rows, torch.arange(len(rows))] = 1.0
+        b = torch.zeros(delta.shape[0], len(rows), dtype=delta.dtype, device=delta.device)
+        b[rows, torch.arange(len(rows), device=delta.device)] = 1.0
         return delta[rows].clone(), b
-    a = torch.zeros(len(cols), delta.shape[1], dtype=delta.dtype)
-    a[torch.arange(len(cols)), cols] = 1.0
+    a = torch.zeros(len(cols), delta.shape[1], dtype=delta.dtype, device=delta.device)
+    a[torch.arange(len(cols), device=delta.device), cols] = 1.0
     return a, delta[:, cols].clone()
