@@ -2,7 +2,8 @@
 
 For each task: zero-shot, dense LoRA r=1 and r=8 through ``peft`` (q/k/v/o and gate/up/down
 of every block), and TASO (rows_cols masks from importance on a calibration sample) at a
-quarter of LoRA r=1's budget (p 0.25, rank 1) and at its full budget (p 0.25, rank 4). All
+quarter of LoRA r=1's budget (p 0.25, rank 1) and at its full budget (p 0.25, rank 4), and
+LoSiA (a dense block per matrix, re-picked in training) at p 1/8 and at LoRA r=1's count. All
 train one epoch on the same seeded subset with the answer-only loss, AdamW, linear schedule
 with 6% warmup, and the same base learning rate. BoolQ and ARC are scored by the
 log-likelihood of each option's answer text, GSM8K by exact match of the final number of a
@@ -34,11 +35,14 @@ import torch  # noqa: E402
 from harness.store import append, key, load  # noqa: E402
 
 from taso import causal_lm, data, pretrained  # noqa: E402
+from taso.config import LosiaConfig  # noqa: E402
 from taso.importance import score_importance  # noqa: E402
 from taso.io import write_text  # noqa: E402
 from taso.masks import derive_rows_cols  # noqa: E402
 from taso.methods import MethodConfig  # noqa: E402
 from taso.methods import build as build_method  # noqa: E402
+from taso.subnet import p_for_budget  # noqa: E402
+from taso.targets import find_targets  # noqa: E402
 from taso.train import TrainConfig, train  # noqa: E402
 
 ALPHA = 2.0  # LoRA scale alpha/r = 2 at r=1, as the pipeline's default
@@ -48,6 +52,8 @@ METHODS = {  # name -> (kind, rank, p)
     "lora-r8": ("lora", 8, None),
     "taso-r1": ("taso", 1, 0.25),  # a quarter of LoRA r=1's trainable parameters
     "taso-r4": ("taso", 4, 0.25),  # the same number as LoRA r=1
+    "losia": ("losia", 0, 0.125),  # LoSiA at the paper's rank factor
+    "losia-r1": ("losia", 0, None),  # LoSiA at LoRA r=1's count (p from the model's shapes)
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -102,7 +108,12 @@ def prepare(method: str, spec: data.TaskSpec, tok, train_feats: list[dict], args
     model = pretrained.load_model(args.model, "causal_lm", seed=seed)
     if kind == "none":
         return model, None, {}
-    adapter = build_method(kind, MethodConfig(rank=rank, alpha=ALPHA * rank, targets=TARGETS, seed=seed))
+    if kind == "losia" and p is None:
+        shapes = [tuple(m.weight.shape) for m in find_targets(model, TARGETS).values()]
+        p = p_for_budget(shapes, sum(m + n for m, n in shapes))
+    losia = LosiaConfig(p=p) if kind == "losia" else LosiaConfig()
+    config = MethodConfig(rank=max(rank, 1), alpha=ALPHA * max(rank, 1), targets=TARGETS, seed=seed, losia=losia)
+    adapter = build_method(kind, config)
     if adapter.needs != "mask":
         return adapter.prepare(model), adapter, {}
     start = time.perf_counter()

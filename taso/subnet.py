@@ -147,3 +147,18 @@ def rewarm_factor(step: int, total: int, warmup: int, period: int, last_move: in
     if last_move is not None and 0 <= step - last_move < period:
         return (step - last_move) / period * cosine(last_move / span, floor)
     return cosine((step - warmup) / span, floor)
+
+
+def block_params(shapes, p: float) -> int:
+    """Parameters of LoSiA's blocks at rank factor ``p`` over matrices of ``shapes`` ``(m, n)``."""
+    return sum(int(p * m) * int(p * n) for m, n in shapes)
+
+
+def p_for_budget(shapes, budget: int) -> float:
+    """The largest ``p`` (to 1e-6) whose blocks hold at most ``budget`` parameters: LoSiA at another
+    method's count, e.g. LoRA r=1's ``Σ (m + n)``."""
+    lo, hi = 0.0, 1.0
+    while hi - lo > 1e-6:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if block_params(shapes, mid) <= budget else (lo, mid)
+    return lo

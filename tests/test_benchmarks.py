@@ -51,7 +51,7 @@ def test_decoder_benchmark_smoke_run_and_resume(tmp_path):
         "--model", str(model),
         "--max-train", "8", "gsm8k=4",
         "--max-eval", "4",
-        "--methods", "zero-shot", "lora-r1", "taso-r1",
+        "--methods", "zero-shot", "lora-r1", "taso-r1", "losia-r1",
         "--gsm8k-methods", "zero-shot", "taso-r1",
         "--calibration", "8",
         "--max-new-tokens", "4",
@@ -62,12 +62,14 @@ def test_decoder_benchmark_smoke_run_and_resume(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     runs = [json.loads(line) for line in results.read_text().splitlines()]
     assert [(r["task"], r["method"]) for r in runs] == [
-        ("boolq", "zero-shot"), ("boolq", "lora-r1"), ("boolq", "taso-r1"),
-        ("arc-easy", "zero-shot"), ("arc-easy", "lora-r1"), ("arc-easy", "taso-r1"),
+        ("boolq", "zero-shot"), ("boolq", "lora-r1"), ("boolq", "taso-r1"), ("boolq", "losia-r1"),
+        ("arc-easy", "zero-shot"), ("arc-easy", "lora-r1"), ("arc-easy", "taso-r1"), ("arc-easy", "losia-r1"),
         ("gsm8k", "zero-shot"), ("gsm8k", "taso-r1"),
     ]  # fmt: skip
     by = {(r["task"], r["method"]): r for r in runs}
     assert by[("boolq", "taso-r1")]["trainable"]["total"] < by[("boolq", "lora-r1")]["trainable"]["total"]
+    losia, lora = by[("boolq", "losia-r1")]["trainable"]["adapter"], by[("boolq", "lora-r1")]["trainable"]["adapter"]
+    assert 0.8 * lora <= losia <= lora  # LoSiA at LoRA r=1's count, as close as whole blocks allow
     assert by[("gsm8k", "taso-r1")]["settings"]["max_train"] == 4 and "exact_match" in by[("gsm8k", "zero-shot")]
     lines = table.read_text().splitlines()
     assert lines[0].startswith("| method |") and any(line.startswith("| taso-r1 |") for line in lines)

@@ -299,3 +299,13 @@ def test_a_bf16_model_trains_its_blocks_in_bf16(make_model, make_features):
     )
     layer = next(iter(method.layers().values()))
     assert layer.block.dtype == torch.bfloat16 and torch.count_nonzero(layer.delta_weight()) > 0
+
+
+def test_the_rank_factor_for_a_budget_is_the_largest_that_fits_it():
+    from taso.subnet import block_params, p_for_budget
+
+    minilm = [(384, 384)] * 4 + [(1536, 384), (384, 1536)]  # one block's targets
+    lora_r1 = sum(m + n for m, n in minilm)
+    p = p_for_budget(minilm, lora_r1)
+    assert block_params(minilm, p) == lora_r1 == block_params(minilm, 1 / 16)  # the GLUE protocol's 1/16
+    assert block_params(minilm, p + 1e-3) > lora_r1
