@@ -123,7 +123,7 @@ def test_glue_benchmark_quick_mode_sweeps_reports_and_resumes(tmp_path):
     ]  # fmt: skip
     # Without --quick (which always sweeps first), a report on an empty sweep must refuse.
     early = subprocess.run([*cmd[:2], "--phase", "report", *cmd[3:]], capture_output=True, text=True, timeout=300)
-    assert early.returncode != 0 and "the sweep is not finished" in early.stderr
+    assert early.returncode != 0 and "is not finished" in early.stderr
     assert not results.exists() and not table.exists()
 
     first = subprocess.run([*cmd, "--jobs", "2"], capture_output=True, text=True, timeout=900)
