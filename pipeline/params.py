@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from taso.config import LosiaConfig, MethodConfig, TrainConfig
+from taso.config import ImpConfig, LosiaConfig, MethodConfig, TrainConfig
 from taso.data import TaskSpec
 from taso.metrics import APPLIES_TO
 from taso.names import DEFAULT_RULE, Rule, TaskType
@@ -274,6 +274,16 @@ class LosiaParams(_Strict):
         return LosiaConfig(**self.model_dump())
 
 
+class ImpParams(_Strict):
+    # Defaults from taso.config.ImpConfig; the search ends at mask.p, TASO's kept fraction.
+    q: Annotated[float, Field(gt=0, lt=1)] = ImpConfig.q
+    steps: PositiveInt = ImpConfig.steps
+    rule: Literal["global", "per_matrix"] = ImpConfig.rule
+
+    def config(self) -> ImpConfig:
+        return ImpConfig(**self.model_dump())
+
+
 class EvaluateParams(_Strict):
     batch_size: PositiveInt = 64
     max_new_tokens: PositiveInt = 256  # causal_lm generation tasks: the longest answer generated
@@ -289,6 +299,7 @@ class Params(_Strict):
     mask: MaskParams = MaskParams()
     train: TrainParams = TrainParams()
     losia: LosiaParams = LosiaParams()
+    imp: ImpParams = ImpParams()
     evaluate: EvaluateParams = EvaluateParams()
     compositions: dict[str, CompositionParams] = Field(default_factory=dict)
 
@@ -360,8 +371,14 @@ class Params(_Strict):
         return self.method().needs == "mask"
 
     def scores(self, task: str) -> bool:
-        """Whether ``task`` needs its own importance: a method with a region, and the task's own mask."""
-        return self.uses_mask() and self.task(task).mask_source == "own"
+        """Whether ``task`` needs its own importance: a method with a region, the task's own mask, and
+        a region that comes from importance (IMP's comes from its pruning rounds)."""
+        own = self.uses_mask() and self.task(task).mask_source == "own"
+        return own and not self.method().searches_region
+
+    def searches(self, task: str) -> bool:
+        """Whether derive-mask finds ``task``'s region by the method's search (IMP's rounds)."""
+        return self.uses_mask() and self.task(task).mask_source == "own" and self.method().searches_region
 
     def without_region(self) -> str:
         """What the ``meta.json`` of a mask stage says when the training method needs no mask."""
@@ -376,6 +393,8 @@ class Params(_Strict):
         """Why ``task`` has no importance of its own (for the ``meta.json`` of the stages it skips)."""
         if not self.uses_mask():
             return self.without_region()
+        if self.searches(task):
+            return f"not scored: train.method {self.train.method} finds the region by its search in derive-mask"
         return f"not scored: tasks.{task}.mask_source is {self.task(task).mask_source}"
 
     def task(self, name: str) -> TaskParams:

@@ -30,6 +30,7 @@ class TaskPaths:
     importance_file = property(lambda self: self.importance / IMPORTANCE_FILE)
     heatmap = property(lambda self: self.dir / "importance_heatmap.png")
     mask = property(lambda self: self.dir / "mask")
+    imp_rounds = property(lambda self: self.dir / "imp_rounds.csv")  # IMP: one row per pruning round
     # The region a method found while training (LoSiA's last subnets) and how it moved.
     subnet = property(lambda self: self.dir / "subnet")
     subnet_history = property(lambda self: self.dir / "subnet_history.csv")

@@ -30,6 +30,15 @@ class LosiaConfig:
 
 
 @dataclass(frozen=True)
+class ImpConfig:
+    """IMP's search (train.method: imp): rounds of training, magnitude pruning and rewinding."""
+
+    q: float = 0.5  # fraction of the remaining rows and columns dropped per round: mask.p 0.25 in 2 rounds
+    steps: int = 50  # training steps per round (the final training runs train's full schedule)
+    rule: str = "global"  # ranked across matrices, as mask.rule's default; or per_matrix
+
+
+@dataclass(frozen=True)
 class MethodConfig:
     """What every method is built from; a method reads the fields it uses. The defaults are the pipeline's."""
 

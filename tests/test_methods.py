@@ -90,7 +90,7 @@ def test_mask_contract_is_enforced(make_model):
         from taso.masks import Mask
 
         methods.build("lora", CONFIG).prepare(make_model("bert"), Mask({}))
-    with pytest.raises(ValueError, match=r"unknown method 'nope'; choose one of taso, random, losia, lora, head, full"):
+    with pytest.raises(ValueError, match=r"unknown method 'nope'; choose one of taso, random, imp, losia, lora, head, full"):
         methods.build("nope")
     with pytest.raises(ValueError, match="no task head"):
         methods.build("head").prepare(make_model("llama_lm"))
@@ -200,6 +200,18 @@ def test_a_method_runs_through_the_pipeline_and_registers_with_its_tag(name, tmp
         mask = Mask.load(art / "mask")
         assert (mask.meta["rule"] == "random") == (name == "random") and version.tags["mask_digest"] == mask.digest
         assert json.loads((art / "adapter" / "taso.json").read_text())["mask_digest"] == mask.digest
+    rounds = (art / "imp_rounds.csv").read_text().splitlines()
+    if name == "imp":  # the rounds ran in derive-mask, each round's mask kept, their cost on the run
+        from taso.masks import Mask
+
+        assert [line.split(",")[0] for line in rounds] == ["index", "1", "2"]  # q 0.5 down to mask.p 0.25
+        assert Mask.load(art / "mask").digest == Mask.load(art / "mask" / "rounds" / "round-2").digest
+        assert files(art / "calibration") == ["meta.json"]  # no importance: the search replaces it
+        (derive,) = [r for r in runs if r.data.tags["taso.stage"] == "derive-mask"]
+        assert derive.data.metrics["search_rounds"] == 2 and derive.data.metrics["search_seconds"] > 0
+        assert not list((project / "checkpoints" / "entailment").glob("imp-*"))  # the scratch rounds are gone
+    else:
+        assert rounds == ["index,kept_fraction,final_loss,seconds"]
     assert "accuracy" in json.loads((art / "metrics.json").read_text())
 
 

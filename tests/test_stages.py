@@ -81,6 +81,7 @@ def test_stages_write_exactly_their_outs(project):
         "adapter/taso.json",
         "calibration/calibration.jsonl",
         "calibration/meta.json",
+        "imp_rounds.csv",
         "importance_heatmap.png",
         "mask/mask.json",
         "mask/mask.safetensors",

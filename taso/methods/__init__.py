@@ -7,11 +7,12 @@ here; nothing else in taso/, pipeline/ or the benchmarks branches on method name
 from taso.methods.base import Method, MethodConfig
 from taso.methods.full import FullFinetune
 from taso.methods.head import HeadOnly
+from taso.methods.imp import Imp
 from taso.methods.lora import Lora
 from taso.methods.losia import Losia
 from taso.methods.taso import RandomMask, Taso
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Taso, RandomMask, Losia, Lora, HeadOnly, FullFinetune)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Taso, RandomMask, Imp, Losia, Lora, HeadOnly, FullFinetune)}
 
 
 def build(name: str, config: MethodConfig | None = None) -> Method:

@@ -44,6 +44,9 @@ class Method:
     needs: ClassVar[Need] = None
     # Whether the method ends with a core region (a mask artifact) that others can reuse.
     makes_mask: ClassVar[bool] = False
+    # Whether the method finds its own region by a search that trains (IMP's rounds, run where
+    # TASO's importance would be: derive-mask), rather than from importance.
+    searches_region: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config or MethodConfig()
