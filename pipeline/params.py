@@ -359,6 +359,8 @@ class Params(_Strict):
                 if comp not in self.compositions:
                     known = ", ".join(self.compositions) or "none"
                     raise ValueError(f"tasks.{task}.mask_source: no composition {comp!r} (compositions: {known})")
+                if not _quick(info) and (why := self.unscored_inputs(comp)):
+                    raise ValueError(f"tasks.{task}.mask_source: composition:{comp} is {why}")
         return self
 
     def method(self) -> Method:
@@ -379,6 +381,16 @@ class Params(_Strict):
     def searches(self, task: str) -> bool:
         """Whether derive-mask finds ``task``'s region by the method's search (IMP's rounds)."""
         return self.uses_mask() and self.task(task).mask_source == "own" and self.method().searches_region
+
+    def unscored_inputs(self, name: str) -> str | None:
+        """Why composition ``name`` cannot be built here (a task it reads has no importance), or None."""
+        unscored = [t for t in self.composition(name).of if t in self.tasks and not self.scores(t)]
+        if not unscored:
+            return None
+        return (
+            f"not composed: compositions.{name} reads the importance of {', '.join(unscored)}, which "
+            f"train.method {self.train.method} does not score; compose published masks (registry:, file:) instead"
+        )
 
     def without_region(self) -> str:
         """What the ``meta.json`` of a mask stage says when the training method needs no mask."""

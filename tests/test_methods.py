@@ -90,7 +90,9 @@ def test_mask_contract_is_enforced(make_model):
         from taso.masks import Mask
 
         methods.build("lora", CONFIG).prepare(make_model("bert"), Mask({}))
-    with pytest.raises(ValueError, match=r"unknown method 'nope'; choose one of taso, random, imp, losia, lora, head, full"):
+    with pytest.raises(
+        ValueError, match=r"unknown method 'nope'; choose one of taso, random, imp, losia, lora, head, full"
+    ):
         methods.build("nope")
     with pytest.raises(ValueError, match="no task head"):
         methods.build("head").prepare(make_model("llama_lm"))

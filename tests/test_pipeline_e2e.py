@@ -337,3 +337,21 @@ def test_exp_run_with_losia_compares_the_two_methods(project):
         assert "finds its region while training" in json.loads((folder / "meta.json").read_text())["skipped"]
     assert sorted(p.name for p in (art / "subnet").iterdir()) == ["mask.json", "mask.safetensors", "meta.json"]
     assert len((art / "subnet_history.csv").read_text().splitlines()) > 1
+
+
+def test_exp_run_with_imp_prunes_in_rounds_and_its_region_serves_another_task(project):
+    repo, env, _ = project
+    out = sh(["dvc", "exp", "run", "-S", "train.method=imp", "-S", "imp.steps=2", "-n", "imp-demo"], repo, env).stdout
+    assert {f"derive-mask@{t}" for t in TASKS} <= ran(out)
+    art = repo / "artifacts" / "sentiment"
+    skipped = json.loads((repo / "artifacts" / "importance" / "sentiment" / "meta.json").read_text())["skipped"]
+    assert "finds the region by its search in derive-mask" in skipped  # no importance pass: the rounds replace it
+    assert [line.split(",")[0] for line in (art / "imp_rounds.csv").read_text().splitlines()] == ["index", "1", "2"]
+    assert {p.name for p in (art / "mask" / "rounds").iterdir()} == {"round-1", "round-2"}
+    # IMP's region, published with the version, is a mask source like TASO's.
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["tasks"]["borrower"] = {**raw["tasks"]["sentiment"], "mask_source": "registry:taso-sentiment@candidate"}
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert {"derive-mask@borrower", "train@borrower"} <= ran(sh(["dvc", "repro"], repo, env).stdout)
+    borrowed = json.loads((repo / "artifacts" / "borrower" / "mask" / "mask.json").read_text())
+    assert borrowed["meta"]["rule"] == "imp-global"

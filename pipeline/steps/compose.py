@@ -25,6 +25,8 @@ def run(name: str, root: Path = Path(".")) -> Path:
     out = composition_dir(root, name)
     if not params.uses_mask():
         return write_skipped(out, stage="compose", task=name, root=root, reason=params.without_region())
+    if why := params.unscored_inputs(name):  # IMP's tasks have masks but no importance to compose
+        return write_skipped(out, stage="compose", task=name, root=root, reason=why)
     used = {"composition": comp.model_dump(), "mask": params.mask.model_dump()}
     mask = sources.composition(params, root, name)
     lineage = json.loads(mask.meta["inputs"])
