@@ -23,6 +23,7 @@ from torch import nn
 from taso.config import ImpConfig
 from taso.io import write_json
 from taso.masks import Mask, ModuleMask
+from taso.methods.imp import Imp
 
 
 def kept_fractions(q: float, p: float) -> list[float]:
@@ -135,26 +136,12 @@ def kept_fraction(mask: Mask) -> float:
     return kept / sum(sum(m.shape) for m in mask.modules.values())
 
 
-def initial_factors(model: nn.Module, names: Sequence[str], rank: int, seed: int) -> dict[str, torch.Tensor]:
-    """θ0: each module's full-width LoRA ``A`` (``rank × d_in``, PEFT's Kaiming-uniform init), drawn in
-    the order of ``names`` from ``seed``; a round trains ``A[:, kept columns]`` of it (B starts at
-    zero). Pass every target, emptied ones too, so each module's draw never depends on the mask."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for n in names:
-        d_in = model.get_submodule(n).in_features
-        bound = 1 / math.sqrt(d_in)  # kaiming_uniform_(a=sqrt(5)) on a (rank, d_in) matrix
-        out[n] = (torch.rand(rank, d_in, generator=g) * 2 - 1) * bound
-    return out
-
-
 def round_trainer(
     load: Callable[[], nn.Module], features: Sequence[dict], cfg, method_config, *, pad_id: int = 0
 ) -> Callable[[Mask], tuple[dict[str, torch.Tensor], float | None]]:
     """A ``train_round`` for :func:`search`: a fresh model from ``load()`` (the head re-initialised from
     the seed as well), :class:`~taso.methods.imp.Imp` on the round's mask from θ0, ``cfg``'s steps."""
     from taso.injection import masked_layers
-    from taso.methods.imp import Imp
     from taso.train import train
 
     def run(mask: Mask) -> tuple[dict[str, torch.Tensor], float | None]:

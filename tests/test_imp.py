@@ -8,7 +8,6 @@ import torch
 from taso.config import ImpConfig, MethodConfig
 from taso.imp import (
     full_mask,
-    initial_factors,
     kept_fraction,
     kept_fractions,
     magnitudes,
@@ -18,7 +17,7 @@ from taso.imp import (
 )
 from taso.injection import masked_layers
 from taso.masks import Mask, ModuleMask
-from taso.methods.imp import Imp
+from taso.methods.imp import Imp, initial_factors
 from taso.targets import find_targets
 from taso.train import TrainConfig
 

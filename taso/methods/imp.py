@@ -7,10 +7,12 @@ full-width initial ``A`` of every module restricted to the columns kept, as a lo
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
-from taso.imp import initial_factors
 from taso.injection import masked_layers
 from taso.masks import Mask
 from taso.methods.taso import Taso
@@ -31,3 +33,16 @@ class Imp(Taso):
             for name, layer in layers.items():
                 layer.lora_A.copy_(theta0[name][:, layer.cols])
         return model
+
+
+def initial_factors(model: nn.Module, names: Sequence[str], rank: int, seed: int) -> dict[str, torch.Tensor]:
+    """θ0: each module's full-width LoRA ``A`` (``rank × d_in``, PEFT's Kaiming-uniform init), drawn in
+    the order of ``names`` from ``seed``; a round trains ``A[:, kept columns]`` of it (B starts at
+    zero). Pass every target, emptied ones too, so each module's draw never depends on the mask."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for n in names:
+        d_in = model.get_submodule(n).in_features
+        bound = 1 / math.sqrt(d_in)  # kaiming_uniform_(a=sqrt(5)) on a (rank, d_in) matrix
+        out[n] = (torch.rand(rank, d_in, generator=g) * 2 - 1) * bound
+    return out
