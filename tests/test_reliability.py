@@ -291,6 +291,21 @@ def test_train_refuses_a_mask_derived_from_other_importance(project):
     assert not (project / "mlflow.db").exists()  # refused before any run was logged
 
 
+def test_evaluate_refuses_an_adapter_trained_on_another_mask(project):
+    from pipeline.steps import evaluate as stage
+
+    art = project / "artifacts" / "sentiment"
+    mask, other = derive_mask(importance(0), "rows_cols", 0.25), derive_mask(importance(1), "rows_cols", 0.25)
+    mask.save(art / "mask")
+    fake_adapter(art / "adapter", mask_digest=other.digest)  # trained on another mask: one of them is stale
+    (art / "train.json").write_text("{}")
+    with pytest.raises(ArtifactError) as e:
+        stage.run("sentiment", project)
+    assert mask.digest in str(e.value) and other.digest in str(e.value) and "re-run train" in str(e.value)
+    assert not (art / "metrics.json").exists()
+    assert not (project / "mlflow.db").exists()  # refused before any model loaded or run was logged
+
+
 def test_evaluate_depends_on_the_mask_it_checks():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert "artifacts/${key}/mask" in stages["evaluate"]["do"]["deps"]
