@@ -552,12 +552,12 @@ def experiment_refs(repo: Path, env: dict) -> dict[str, str]:
 
 
 def cached_file(repo: Path, env: dict, rev: str, stage: str, name: str) -> str:
-    """The text of file ``name`` in ``stage``'s (folder) out at ``rev``, read from the DVC cache."""
+    """The text of file ``name`` in ``stage``'s folder out at ``rev``, read from the DVC cache."""
     lock = yaml.safe_load(sh(["git", "show", f"{rev}:dvc.lock"], repo, env).stdout)
-    [out] = lock["stages"][stage]["outs"]
     cache = repo / ".dvc" / "cache" / "files" / "md5"
-    listing = json.loads((cache / out["md5"][:2] / out["md5"][2:]).read_text())
-    [entry] = [e for e in listing if e["relpath"] == name]
+    folders = [o["md5"] for o in lock["stages"][stage]["outs"] if o["md5"].endswith(".dir")]  # not its plots
+    listings = [json.loads((cache / md5[:2] / md5[2:]).read_text()) for md5 in folders]
+    [entry] = [e for listing in listings for e in listing if e["relpath"] == name]
     return (cache / entry["md5"][:2] / entry["md5"][2:]).read_text()
 
 
