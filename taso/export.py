@@ -43,6 +43,16 @@ def copy_heads(trained: nn.Module, peft_model: nn.Module) -> None:
         getattr(inner, h).modules_to_save["default"].load_state_dict(getattr(trained, h).state_dict())
 
 
+def exact_lora_config(ranks: dict[str, int], **kwargs):
+    """A PEFT ``LoraConfig`` whose modules hold an update ``ΔW = B·A`` exactly: each module at its own
+    rank (``ranks``) with alpha equal to it, so the scale is 1; ``kwargs`` go to ``LoraConfig``."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=1, lora_alpha=1, target_modules=sorted(ranks), rank_pattern=ranks, alpha_pattern=ranks, **kwargs
+    )
+
+
 def head_modules(model: nn.Module, task_type: str | None) -> list[str] | None:
     """``modules_to_save`` for the task heads; PEFT adds the classification heads itself for ``SEQ_CLS``."""
     return None if task_type == "SEQ_CLS" else (head_names(model) or None)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from taso.export import head_modules, peft_model_over, write_adapter
+from taso.export import exact_lora_config, head_modules, peft_model_over, write_adapter
 from taso.masks import Mask
 from taso.methods.base import Method
 from taso.targets import head_names
@@ -38,8 +38,6 @@ class FullFinetune(Method):
     def export(
         self, model: nn.Module, out_dir, *, base_model: str, task_type: str | None, extra: dict | None = None
     ) -> Path:
-        from peft import LoraConfig
-
         params = dict(model.named_parameters())
         heads = set(head_names(model))
         linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.split(".")[0] not in heads}
@@ -58,12 +56,8 @@ class FullFinetune(Method):
             and next(m.parameters(recurse=False), None) is not None
         ]
         ranks = {n: min(m.weight.shape) for n, m in linears.items()}
-        config = LoraConfig(
-            r=1,
-            lora_alpha=1,
-            target_modules=sorted(linears),
-            rank_pattern=ranks,
-            alpha_pattern=ranks,  # alpha = r: scaling 1, so B·A is ΔW itself
+        config = exact_lora_config(
+            ranks,
             lora_bias=any(m.bias is not None for m in linears.values()),
             modules_to_save=rest + (head_modules(model, task_type) or []),
             task_type=task_type,

@@ -18,7 +18,8 @@ from torch import nn
 
 from taso.block import BlockLinear
 from taso.config import LosiaConfig
-from taso.export import copy_heads, head_modules, peft_model_over, write_adapter
+from taso.export import copy_heads, exact_lora_config, head_modules, peft_model_over, write_adapter
+from taso.lr import param_groups
 from taso.masks import Mask, ModuleMask, check_fits
 from taso.methods.base import Method
 from taso.subnet import (
@@ -128,8 +129,6 @@ class Losia(Method):
 
     def param_groups(self, model, lr, *, gamma=0.0, head_lr=None, weight_decay=0.0):
         """One group per transformer layer (its rate re-warms on its own), then the head's, as every method's."""
-        from taso.lr import param_groups
-
         layers = sorted(set(self._layer_of.values()))
         scaled = [
             (f"layer.{i}", [self._layers[n].block for n, at in self._layer_of.items() if at == i], 1.0) for i in layers
@@ -273,22 +272,12 @@ class Losia(Method):
     ) -> Path:
         """A PEFT LoRA whose ``B·A`` is each matrix's ``ΔW`` exactly: one factor selects the rows (or
         columns) the update touched, the other holds them, at the smaller of the two counts as rank."""
-        from peft import LoraConfig
-
         factors = {name: _exact_factors(layer.delta_weight()) for name, layer in self._layers.items()}
         factors = {n: f for n, f in factors.items() if f is not None}
         if not factors:
             raise ValueError("LoSiA's update is zero in every matrix: nothing trained (check train.lr and the steps)")
         ranks = {n: a.shape[0] for n, (a, _) in factors.items()}
-        config = LoraConfig(
-            r=1,
-            lora_alpha=1,
-            target_modules=sorted(factors),
-            rank_pattern=ranks,
-            alpha_pattern=ranks,  # alpha = r: scaling 1, so B·A is ΔW itself
-            modules_to_save=head_modules(model, task_type),
-            task_type=task_type,
-        )
+        config = exact_lora_config(ranks, modules_to_save=head_modules(model, task_type), task_type=task_type)
         clean = copy.deepcopy(model)
         for name in self._layers:
             parent, _, child = name.rpartition(".")
