@@ -107,7 +107,7 @@ class MaskedLoraLinear(nn.Module):
 class _MaskedLora(torch.autograd.Function):
     """Frozen linear plus masked LoRA in one autograd node, so training costs about what the frozen backbone costs.
 
-    The factors are scattered into zero-padded ``A (r×d_in)`` and ``B (d_out×r)`` and the
+    The factors are scattered into zero-padded ``A (r×d_in)`` and ``Bᵀ (r×d_out)`` and the
     update is folded into the weight for the one matmul the frozen layer does anyway, in
     the forward and again for the input gradient. What remains are four rank-``r`` passes
     over the activations (``h``, its gradient, and the two factor gradients), instead of
@@ -118,10 +118,10 @@ class _MaskedLora(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, A, B, rows, cols, scaling):
-        A_pad, B_pad = _padded(A, B, rows, cols, weight.shape)
+        A_pad, Bt_pad = _padded(A, B, rows, cols, weight.shape)
         x2 = x.reshape(-1, x.shape[-1])
         h = x2 @ A_pad.t()
-        y = F.linear(x2, torch.addmm(weight, B_pad, A_pad, alpha=scaling), bias)
+        y = F.linear(x2, torch.addmm(weight, Bt_pad.t(), A_pad, alpha=scaling), bias)
         # The merged weight is recomputed in backward, not saved: it is as large as the layer.
         ctx.save_for_backward(x, weight, A, B, rows, cols, h)
         ctx.scaling = scaling
@@ -131,18 +131,23 @@ class _MaskedLora(torch.autograd.Function):
     def backward(ctx, grad_y):
         x, weight, A, B, rows, cols, h = ctx.saved_tensors
         s = ctx.scaling
-        A_pad, B_pad = _padded(A, B, rows, cols, weight.shape)
+        A_pad, Bt_pad = _padded(A, B, rows, cols, weight.shape)
         g = grad_y.reshape(-1, grad_y.shape[-1])
-        grad_h = (g @ B_pad).mul_(s)
+        # The rank-r products are written in the operand order that oneDNN/MKL run fastest on CPU
+        # (benchmarks/speed.py --profile): g·B as F.linear with B stored r×d_out, and B's gradient
+        # as (hᵀg)ᵀ. The textbook orders g @ B and gᵀ @ h took 2-6x longer at rank 4 and cost the
+        # rank-4 default about 5% of its step.
+        grad_h = F.linear(g, Bt_pad).mul_(s)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = (g @ torch.addmm(weight, B_pad, A_pad, alpha=s)).view(x.shape)
+            grad_x = (g @ torch.addmm(weight, Bt_pad.t(), A_pad, alpha=s)).view(x.shape)
         grad_A = (grad_h.t() @ x.reshape(-1, x.shape[-1])).index_select(1, cols)
-        grad_B = (g.t() @ h).index_select(0, rows).mul_(s)
+        grad_B = (h.t() @ g).index_select(1, rows).t().mul_(s)
         return grad_x, None, None, grad_A, grad_B, None, None, None
 
 
 def _padded(A, B, rows, cols, shape) -> tuple[torch.Tensor, torch.Tensor]:
-    """``A (r×|cols|)`` and ``B (|rows|×r)`` placed into zero ``r×d_in`` and ``d_out×r`` matrices."""
+    """``A (r×|cols|)`` and ``B (|rows|×r)`` placed into zero ``r×d_in`` and ``r×d_out`` matrices (B transposed)."""
     d_out, d_in = shape
-    return A.new_zeros(A.shape[0], d_in).index_copy_(1, cols, A), B.new_zeros(d_out, B.shape[1]).index_copy_(0, rows, B)
+    r = A.shape[0]
+    return A.new_zeros(r, d_in).index_copy_(1, cols, A), B.new_zeros(r, d_out).index_copy_(1, rows, B.t())
