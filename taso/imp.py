@@ -78,8 +78,11 @@ def prune(mask: Mask, scores: dict[str, tuple[torch.Tensor, torch.Tensor]], frac
         else:
             owner = torch.cat([torch.full((len(masked[n]),), i) for i, n in enumerate(names)])
             local = torch.cat([torch.arange(len(masked[n])) for n in names])
-            budget = sum(math.ceil(fraction * mask.modules[n].shape[axis]) for n in names)
-            chosen = _top(torch.cat([masked[n] for n in names]), budget)
+            # The budget counts every matrix, emptied ones too: the kept fraction is of the whole
+            # model's rows (or columns), as TASO's global rule counts it, so IMP ends at p's counts.
+            scores_all = torch.cat([masked[n] for n in names])
+            budget = sum(math.ceil(fraction * m.shape[axis]) for m in mask.modules.values())
+            chosen = _top(scores_all, min(budget, int(torch.isfinite(scores_all).sum())))
             for i, n in enumerate(names):
                 picked.setdefault(n, []).append(local[chosen[owner[chosen] == i]])
     modules = {}

@@ -48,6 +48,28 @@ def test_the_global_rule_keeps_the_total_budget_and_favours_concentrated_matrice
     assert sum(rows.values()) == 4 and 0 in pruned.modules["b"].rows.tolist()
 
 
+def test_the_global_rule_counts_emptied_matrices_so_the_search_ends_at_p_of_the_whole_model():
+    # After a round empties matrix a, the next round's budget is still a share of a's and b's rows
+    # (a's share goes to b), so IMP at p holds TASO's global counts at p, not fewer.
+    mask = Mask(
+        {
+            "a": ModuleMask(torch.arange(0), torch.arange(0), (8, 8)),
+            "b": ModuleMask(torch.arange(8), torch.arange(8), (8, 8)),
+        }
+    )
+    pruned = prune(mask, magnitudes({"a": torch.zeros(8, 8), "b": torch.rand(8, 8)}), 0.25, "global")
+    assert pruned.modules["a"].empty
+    assert (pruned.modules["b"].rows.numel(), pruned.modules["b"].cols.numel()) == (4, 4)
+    assert kept_fraction(pruned) == 0.25
+    # The budget never revives what an earlier round dropped: at most everything still kept.
+    assert (
+        prune(mask, magnitudes({"a": torch.zeros(8, 8), "b": torch.rand(8, 8)}), 0.75, "global")
+        .modules["b"]
+        .rows.numel()
+        == 8
+    )
+
+
 def _setup(make_model):
     model = make_model("bert")
     return {n: tuple(m.weight.shape) for n, m in find_targets(model).items()}
