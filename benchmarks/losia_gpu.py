@@ -3,6 +3,7 @@ peak memory against PEFT LoRA on a randomly initialised Llama (random weights co
 ones do), every method interleaved step by step on the same batches.
 
     python benchmarks/losia_gpu.py --out docs/losia-gpu.json    # a CUDA machine: a few minutes
+    python benchmarks/losia_gpu.py --render docs/losia-gpu.json --doc docs/performance.md   # the doc's table
     python benchmarks/losia_gpu.py --tiny                        # any machine (CPU without a GPU): a smoke run
 
 The paper reports LoSiA-Pro about 27% faster per step than LoRA on GPU; this measures that claim
@@ -24,6 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness.docblocks import render_into  # noqa: E402
 
 from taso.block import BlockLinear  # noqa: E402
 from taso.config import LosiaConfig  # noqa: E402
@@ -159,13 +162,43 @@ def timing(size: str, device: str, steps: int, warmup: int) -> dict:
     }
 
 
+NAMES = {
+    "lora-r1": "PEFT LoRA r=1",
+    "lora-r8": "PEFT LoRA r=8",
+    "losia": "LoSiA-Pro p 1/8, no layer in its slot",
+    "losia-slot": "LoSiA-Pro p 1/8, layer 0 in its slot",
+}
+
+
+def table(report: dict) -> str:
+    """The doc's table from the raw figures."""
+    lines = [
+        "| method (trainable parameters) | step | × LoRA r=1 | × LoRA r=8 | step's peak GPU memory above resident |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, step in report["median_step_s"].items():
+        r1, r8 = report["ratio_to_lora_r1"][name], report["ratio_to_lora_r8"][name]
+        bold = "**" if name == "losia" else ""
+        lines.append(
+            f"| {NAMES.get(name, name)} ({report['trainable'][name]:,}) | {1e3 * step:.1f} ms | {bold}{r1:.2f}{bold} "
+            f"| {bold}{r8:.2f}{bold} | {report['step_peak_mib_above_resident'][name]:,.0f} MiB |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: a smoke run on any machine")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", type=Path, help="write the figures here (JSON)")
+    parser.add_argument("--render", type=Path, help="run nothing: the table of this raw JSON (into --doc if given)")
+    parser.add_argument("--doc", type=Path, help="with --render: rewrite this doc's losia_gpu.py table")
     args = parser.parse_args()
+    if args.render:
+        text = table(json.loads(args.render.read_text()))
+        render_into(args.doc, {"table": text}, "losia_gpu.py") if args.doc else print(text)
+        return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     report = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",

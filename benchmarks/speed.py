@@ -1,13 +1,20 @@
-"""Speed and memory of the masked-LoRA path and LoSiA-Pro against PEFT LoRA and the frozen-backbone floor.
+"""Speed and memory of the shipped TASO default and LoSiA-Pro against PEFT LoRA and the frozen-backbone floor.
 
-Every timing is a ratio of two methods measured in one process on the same batches,
-interleaved step by step (so drift and background load hit all methods alike); medians
-over ``--steps`` steps after ``--warmup``. Peak RSS is measured in a fresh subprocess per
-method, since a process's peak only grows.
+The TASO row is the default that ships: rank, alpha, mask rule, p and the head's pooling are read
+from ``--params`` (params.yaml), never copied here; the setting measured before the GLUE sweep
+(rank 1, per-matrix rows x cols) is a second row. Every timing is a ratio of two methods measured
+in one process on the same batches, interleaved step by step (so drift and background load hit
+all methods alike); medians over ``--steps`` steps after ``--warmup``. Peak RSS is measured in a
+fresh subprocess per method, since a process's peak only grows.
 
-    python benchmarks/speed.py                 # full run: real MiniLM, batch 16 x 128 tokens
-    python benchmarks/speed.py --steps 3 --warmup 1 --no-rss   # smoke run
-    python benchmarks/speed.py --decoder       # SmolLM2: loss over the answer window / over every position
+    python benchmarks/speed.py --json docs/speed.json                 # MiniLM, about 10 minutes
+    python benchmarks/speed.py --decoder --json docs/speed-decoder.json  # SmolLM2's answer-window loss
+    python benchmarks/speed.py --render docs/speed.json docs/speed-decoder.json --doc docs/performance.md
+    python benchmarks/speed.py --quick --json /tmp/s.json              # smoke run: 1 step, short batches
+
+The raw JSON is what the doc's tables are rendered from (``--render``): the blocks between
+``<!-- speed.py: NAME -->`` and ``<!-- end NAME -->`` in ``--doc`` are rewritten, nothing else
+(benchmarks/harness/docblocks.py).
 """
 
 from __future__ import annotations
@@ -15,53 +22,179 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import torch  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from taso import pretrained  # noqa: E402
-from taso.config import LosiaConfig  # noqa: E402
-from taso.importance import score_importance  # noqa: E402
-from taso.masks import Mask, ModuleMask, derive_rows_cols  # noqa: E402
-from taso.methods import MethodConfig  # noqa: E402
-from taso.methods import build as build_method  # noqa: E402
-from taso.targets import find_targets, layer_index  # noqa: E402
+from harness.docblocks import render_into, write_atomic  # noqa: E402
 
 BATCH, TOKENS = 16, 128
 DECODER_BATCH, PROMPT, ANSWER = 8, 60, 7  # BoolQ-shaped: a passage-and-question prompt, a short answer + EOS
+# The setting docs/performance.md measured before the GLUE sweep chose today's default.
+OLD = {"rank": 1, "alpha": 2.0, "rule": "rows_cols", "p": 0.25}
 
 
-def batches(n: int, seed: int = 0) -> list[dict]:
+# ---------------------------------------------------------------------------- what is measured
+
+
+def shipped(params_path: Path) -> dict:
+    """The TASO setting params.yaml ships: what the train stage would build."""
+    from pipeline.params import load_params
+
+    params = load_params(params_path)
+    return {
+        "rank": params.train.rank,
+        "alpha": params.train.alpha,
+        "rule": params.mask.rule,
+        "p": params.mask.p,
+        "pooling": params.model.pooling,
+        "targets": params.model.targets,
+    }
+
+
+def batches(n: int, tokens: int = TOKENS, seed: int = 0) -> list[dict]:
     """Fixed random batches of full length (no padding), so every method sees the same work."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     return [
         {
-            "input_ids": torch.randint(1000, 30000, (BATCH, TOKENS), generator=g),
-            "attention_mask": torch.ones(BATCH, TOKENS, dtype=torch.long),
+            "input_ids": torch.randint(1000, 30000, (BATCH, tokens), generator=g),
+            "attention_mask": torch.ones(BATCH, tokens, dtype=torch.long),
             "labels": torch.randint(0, 2, (BATCH,), generator=g),
         }
         for _ in range(n)
     ]
 
 
-def fresh_model():
-    return pretrained.load_model("minilm", num_labels=2, seed=0)
+class Bench:
+    """Builds every method on the same base model, head and batches."""
+
+    def __init__(self, setting: dict, data: list[dict]):
+        self.setting, self.data = setting, data
+        self._importance = None
+
+    def model(self):
+        from taso import pretrained
+
+        return pretrained.load_model("minilm", num_labels=2, seed=0, pooling=self.setting["pooling"])
+
+    def mask(self, rule: str, p: float):
+        from taso.importance import score_importance
+        from taso.masks.rules import derive_mask
+
+        if self._importance is None:
+            self._importance = score_importance(self.model(), self.data[:2], self.setting["targets"])
+        return derive_mask(self._importance, rule, p)
+
+    def taso(self, s: dict, top_half: bool = False):
+        from taso.methods import MethodConfig
+        from taso.methods import build as build_method
+
+        mask = self.mask(s["rule"], s["p"])
+        if top_half:
+            mask = _top_half(mask)
+        config = MethodConfig(rank=s["rank"], alpha=s["alpha"], targets=self.setting["targets"])
+        return build_method("taso", config).prepare(self.model(), mask)
+
+    def build(self, method: str):
+        from taso.methods import MethodConfig
+        from taso.methods import build as build_method
+
+        if method == "floor":  # head-only training, with activation gradients forced through the whole encoder
+            model = build_method("head", MethodConfig()).prepare(self.model())
+            model.bert.embeddings.register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
+            return model
+        if method == "peft_r1":
+            return build_method("lora", MethodConfig(rank=1, alpha=2.0, targets=self.setting["targets"])).prepare(
+                self.model()
+            )
+        return self.taso(OLD if method == "taso_old" else self.setting, top_half=method == "taso_top_half")
+
+    def stepper(self, method: str, autocast: bool = False) -> Callable[[dict], None]:
+        import torch
+
+        if method.startswith("losia"):
+            return self.losia(in_slot=method == "losia_slot")
+        model = self.build(method)
+        model.train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        return lambda batch: train_step(model, opt, batch, autocast)
+
+    def losia(self, in_slot: bool) -> Callable[[dict], None]:
+        """A LoSiA-Pro step at the paper's p = 1/8: outside any importance slot (every layer computes
+        only its block's gradient), or inside one (layer 0's matrices compute their full gradient and
+        update the importance EMAs). The period outlasts the benchmark, so no block moves."""
+        from taso.config import LosiaConfig
+        from taso.methods import MethodConfig
+        from taso.methods import build as build_method
+
+        method = build_method("losia", MethodConfig(losia=LosiaConfig(period=10**6)))
+        model = method.prepare(self.model())
+        model.train()
+        opt = method.optimizer(method.param_groups(model, 1e-4))
+        method.scheduler(opt, 0, 10**6)  # every step is in layer 0's slot ...
+        if not in_slot:
+            for layer in method.layers().values():  # ... unless no layer records
+                layer.record = False
+
+        def step(batch):
+            model(**batch).loss.backward()
+            method.on_backward(model, 1)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return step
+
+    def plain_weight_grads(self) -> Callable[[dict], None]:
+        """The reference for scoring: forward + backward with .grad on the target weights, then drop them."""
+        from taso.targets import find_targets
+
+        model = self.model()
+        model.eval()
+        model.requires_grad_(False)
+        weights = [m.weight for m in find_targets(model, self.setting["targets"]).values()]
+        for w in weights:
+            w.requires_grad_(True)
+
+        def step(batch):
+            model(**batch).loss.backward()
+            for w in weights:
+                w.grad = None
+
+        return step
+
+    def scoring(self, targets=None, autocast: bool = False) -> Callable[[dict], None]:
+        import torch
+
+        from taso.importance import score_importance
+
+        model = self.model()
+        targets = targets if targets is not None else self.setting["targets"]
+
+        def step(batch):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                score_importance(model, [batch], targets)
+
+        return step
 
 
-def default_mask(model, data) -> Mask:
-    return derive_rows_cols(score_importance(model, data[:2]), 0.25)
-
-
-def top_half(mask: Mask, n_layers: int = 6) -> Mask:
+def _top_half(mask, n_layers: int = 6):
     """The same mask with every module below the middle layer emptied."""
+    from taso.masks import Mask, ModuleMask
+    from taso.targets import layer_index
+
     keep = {
         n: m if (layer_index(n) or 0) >= n_layers // 2 else ModuleMask(m.rows[:0], m.cols[:0], m.shape)
         for n, m in mask.modules.items()
@@ -69,29 +202,9 @@ def top_half(mask: Mask, n_layers: int = 6) -> Mask:
     return Mask(keep, mask.meta)
 
 
-def floor_model():
-    """Head-only training, but with activation gradients forced through the whole encoder."""
-    model = build_method("head", MethodConfig()).prepare(fresh_model())
-    model.bert.embeddings.register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
-    return model
-
-
-R1 = MethodConfig(rank=1, alpha=2.0)  # the speed comparison is at rank 1, scale 2, for LoRA and TASO alike
-
-
-def build(method: str, data):
-    model = fresh_model()
-    if method == "floor":
-        return floor_model()
-    if method == "peft_r1":
-        return build_method("lora", R1).prepare(model)
-    mask = default_mask(model, data)
-    if method == "taso_top_half":
-        mask = top_half(mask)
-    return build_method("taso", R1).prepare(model, mask)
-
-
 def train_step(model, opt, batch, autocast: bool = False) -> None:
+    import torch
+
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         loss = model(**batch).loss
     loss.backward()
@@ -99,64 +212,10 @@ def train_step(model, opt, batch, autocast: bool = False) -> None:
     opt.zero_grad(set_to_none=True)
 
 
-def losia_stepper(in_slot: bool) -> Callable[[dict], None]:
-    """A LoSiA-Pro step at the paper's p = 1/8: outside any importance slot (every layer computes
-    only its block's gradient), or inside one (layer 0's matrices compute their full gradient and
-    update the importance EMAs). The period outlasts the benchmark, so no block moves."""
-    method = build_method("losia", MethodConfig(losia=LosiaConfig(period=10**6)))
-    model = method.prepare(fresh_model())
-    model.train()
-    opt = method.optimizer(method.param_groups(model, 1e-4))
-    method.scheduler(opt, 0, 10**6)  # every step is in layer 0's slot ...
-    if not in_slot:
-        for layer in method.layers().values():  # ... unless no layer records
-            layer.record = False
-
-    def step(batch):
-        model(**batch).loss.backward()
-        method.on_backward(model, 1)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
-
-
-def make_stepper(method: str, data, autocast: bool = False) -> Callable[[dict], None]:
-    if method.startswith("losia"):
-        return losia_stepper(in_slot=method == "losia_slot")
-    model = build(method, data)
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    return lambda batch: train_step(model, opt, batch, autocast)
-
-
-def plain_weight_grads(model, targets) -> Callable[[dict], None]:
-    """The reference for scoring: forward + backward with .grad on the target weights, then drop them."""
-    model.eval()
-    model.requires_grad_(False)
-    weights = [m.weight for m in find_targets(model, targets).values()]
-    for w in weights:
-        w.requires_grad_(True)
-
-    def step(batch):
-        model(**batch).loss.backward()
-        for w in weights:
-            w.grad = None
-
-    return step
-
-
-def scoring_stepper(model, targets, autocast: bool = False) -> Callable[[dict], None]:
-    def step(batch):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            score_importance(model, [batch], targets)
-
-    return step
-
-
-def interleaved(steppers: dict[str, Callable[[dict], None]], data, warmup: int, steps: int) -> dict[str, list[float]]:
+def interleaved(steppers: dict[str, Callable[[dict], None]], data, warmup: int, steps: int) -> dict[str, dict]:
     """Time one step of each method in turn, ``warmup + steps`` rounds, the order reversed every other
-    round (so neither method always runs on a cache the other warmed); keep the last ``steps``."""
+    round (so neither method always runs on a cache the other warmed); the median and IQR of the
+    last ``steps``."""
     times: dict[str, list[float]] = {k: [] for k in steppers}
     for i in range(warmup + steps):
         batch = data[i % len(data)]
@@ -165,44 +224,117 @@ def interleaved(steppers: dict[str, Callable[[dict], None]], data, warmup: int, 
             step(batch)
             if i >= warmup:
                 times[name].append(time.perf_counter() - start)
-    return times
+    return {k: summary(v) for k, v in times.items()}
 
 
-def summary(times: list[float]) -> tuple[float, float]:
-    med = statistics.median(times)
-    q = statistics.quantiles(times, n=4) if len(times) >= 4 else [min(times), med, max(times)]
-    return med, q[2] - q[0]
+def summary(times: list[float]) -> dict:
+    q = statistics.quantiles(times, n=4) if len(times) >= 4 else [min(times), 0, max(times)]
+    return {"median": statistics.median(times), "iqr": q[2] - q[0], "n": len(times)}
 
 
-def peak_rss_mb(method: str, steps: int) -> float:
-    """Peak RSS of a fresh process that builds ``method`` and runs ``steps`` of it."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--rss-child", method, "--steps", str(steps)],
-        capture_output=True,
-        text=True,
-        check=True,
+def trainable(model) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora" in n)
+
+
+# ---------------------------------------------------------------------------- the runs
+
+
+def encoder(args, setting: dict) -> dict:
+    """MiniLM: the training steps, scoring, bf16, peak RSS, a per-module profile and start-up costs."""
+    import torch
+
+    data = batches(4, args.tokens)
+    bench = Bench(setting, data)
+    report: dict = {"part": "encoder", "setting": setting, "old_setting": OLD}
+    report["adapter_params"] = {m: trainable(bench.build(m)) for m in ("taso", "taso_old", "peft_r1")}
+    methods = ("floor", "peft_r1", "taso", "taso_old", "taso_top_half", "losia", "losia_slot")
+    report["train_step_s"] = interleaved({m: bench.stepper(m) for m in methods}, data, args.warmup, args.steps)
+    report["score_batch_s"] = interleaved(
+        {"score": bench.scoring(), "plain": bench.plain_weight_grads()}, data, args.warmup, args.steps
     )
+    report["bf16_train_step_s"] = interleaved(
+        {"fp32": bench.stepper("taso"), "bf16": bench.stepper("taso", autocast=True)}, data, args.warmup, args.steps
+    )
+    report["bf16_score_batch_s"] = interleaved(
+        {"fp32": bench.scoring(), "bf16": bench.scoring(autocast=True)}, data, args.warmup, args.steps
+    )
+    if not args.no_profile:
+        report["module_profile"] = module_profile(bench, setting, rounds=max(5, 3 * args.steps))
+    if not args.no_rss:
+        n = max(3, args.warmup)
+        rss = ("plain_backward", "score", "peft_r1", "taso", "taso_old", "losia", "score_first_6", "score_first_36")
+        report["peak_rss_mb"] = {m: peak_rss_mb(m, n, args) for m in rss}
+    if not args.no_startup:
+        report["startup_s"] = startup_costs()
+    report["threads"] = torch.get_num_threads()
+    return report
+
+
+def module_profile(bench: Bench, setting: dict, rounds: int) -> list[dict]:
+    """Forward + backward of one target layer of each shape, alone, on the benchmark's activations
+    (batch × tokens rows): the frozen layer (input gradient only) against the masked LoRA layer at
+    the default's rank and at rank 1, on the default mask's own rows and columns of that layer.
+    Interleaved like the steps; the ratio is to the frozen layer."""
+    import torch
+
+    from taso.layer import MaskedLoraLinear
+    from taso.targets import find_targets
+
+    model, mask = bench.model(), bench.mask(setting["rule"], setting["p"])
+    layers = find_targets(model, setting["targets"])
+    picked: dict[tuple, str] = {}
+    for name, layer in layers.items():  # the first layer of each shape that the mask adapts
+        if not mask.modules[name].empty:
+            picked.setdefault(tuple(layer.weight.shape), name)
+    n = BATCH * bench.data[0]["input_ids"].shape[1]
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for shape, name in picked.items():
+        base, m = layers[name], mask.modules[name]
+        x = torch.randn(n, shape[1], generator=g, requires_grad=True)
+        grad = torch.randn(n, shape[0], generator=g)
+        steps = {"frozen": lambda _batch, base=base, x=x, grad=grad: base(x).backward(grad)}
+        for r in sorted({1, setting["rank"]}):
+            layer = MaskedLoraLinear(base, m.rows, m.cols, r=r, alpha=2.0 * r)
+            torch.nn.init.normal_(layer.lora_B, generator=g)
+
+            def step(_batch, layer=layer, x=x, grad=grad):
+                layer(x).backward(grad)
+                layer.lora_A.grad = layer.lora_B.grad = None
+
+            steps[f"rank {r}"] = step
+        t = interleaved(steps, [None], 3, rounds)
+        out.append({"module": name, "shape": list(shape), "rows": len(m.rows), "cols": len(m.cols), "s": t})
+    return out
+
+
+def peak_rss_mb(method: str, steps: int, args) -> float:
+    """Peak RSS of a fresh process that builds ``method`` and runs ``steps`` of it."""
+    cmd = [sys.executable, __file__, "--rss-child", method, "--steps", str(steps), "--params", str(args.params)]
+    out = subprocess.run([*cmd, "--tokens", str(args.tokens)], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def rss_child(method: str, steps: int) -> None:
-    data = batches(max(steps, 2))
+def rss_child(args) -> None:
+    setting = shipped(args.params)
+    data = batches(max(args.steps, 2), args.tokens)
+    bench = Bench(setting, data)
+    method = args.rss_child
     if method == "score":
-        step = scoring_stepper(fresh_model(), "all-linear")
+        step = bench.scoring()
     elif method == "plain_backward":
-        step = plain_weight_grads(fresh_model(), "all-linear")
-    elif method.startswith("score_first_"):
-        # Scoring a growing number of modules: peak memory should not grow with it.
-        k = int(method.rsplit("_", 1)[1])
-        model = fresh_model()
-        names = list(find_targets(model))[:k]
-        step = scoring_stepper(model, names)
+        step = bench.plain_weight_grads()
+    elif method.startswith("score_first_"):  # scoring a growing number of modules: peak memory should stay flat
+        from taso.targets import find_targets
+
+        names = list(find_targets(bench.model(), setting["targets"]))[: int(method.rsplit("_", 1)[1])]
+        step = bench.scoring(names)
     else:
-        step = make_stepper(method, data)
+        step = bench.stepper(method)
     step(data[0])  # first step allocates optimizer state and caches; then measure from here
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the kernel's peak-RSS mark (VmHWM) to the current RSS
-    for i in range(steps):
+    for i in range(args.steps):
         step(data[i % len(data)])
     print(_vm_hwm_mb())
 
@@ -214,8 +346,8 @@ def _vm_hwm_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def startup_costs() -> dict[str, float]:
-    """Wall time of the imports and the model load each stage pays, each in a fresh interpreter."""
+def startup_costs(runs: int = 3) -> dict[str, float]:
+    """Wall time of the imports and the model load each stage pays, each in a fresh interpreter (median of ``runs``)."""
     probes = {
         "python": "pass",
         "import torch": "import torch",
@@ -227,20 +359,26 @@ def startup_costs() -> dict[str, float]:
     }
     out = {}
     for name, code in probes.items():
-        runs = []
-        for _ in range(3):
+        times = []
+        for _ in range(runs):
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
-            runs.append(time.perf_counter() - start)
-        out[name] = statistics.median(runs)
+            subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=ROOT)
+            times.append(time.perf_counter() - start)
+        out[name] = statistics.median(times)
     return out
 
 
-def decoder_rows(warmup: int, steps: int) -> list[tuple[str, str, float, float, str]]:
+def decoder(args) -> dict:
     """SmolLM2 with a TASO r=1 mask: a training step whose loss runs the LM head over the answer
     window only (taso.causal_lm.answer_loss) against one that takes the model's own loss (logits at
     every position), on the same batches."""
-    from taso import causal_lm
+    import torch
+
+    from taso import causal_lm, pretrained
+    from taso.importance import score_importance
+    from taso.masks.rules import derive_rows_cols
+    from taso.methods import MethodConfig
+    from taso.methods import build as build_method
 
     tok = pretrained.load_tokenizer("smollm2")
     g = torch.Generator().manual_seed(0)
@@ -252,7 +390,8 @@ def decoder_rows(warmup: int, steps: int) -> list[tuple[str, str, float, float, 
 
     def stepper(loss_fn):
         model = pretrained.load_model("smollm2", "causal_lm")
-        model = build_method("taso", R1).prepare(model, derive_rows_cols(score_importance(model, data[:1]), 0.25))
+        mask = derive_rows_cols(score_importance(model, data[:1]), 0.25)
+        model = build_method("taso", MethodConfig(rank=1, alpha=2.0)).prepare(model, mask)
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
@@ -263,172 +402,162 @@ def decoder_rows(warmup: int, steps: int) -> list[tuple[str, str, float, float, 
 
         return step
 
-    t = interleaved(
-        {
-            "window": stepper(causal_lm.answer_loss),
-            "full": stepper(lambda model, batch: model(**batch, use_cache=False).loss),
-        },
-        data,
-        warmup,
-        steps,
+    steps = {
+        "window": stepper(causal_lm.answer_loss),
+        "full": stepper(lambda model, batch: model(**batch, use_cache=False).loss),
+    }
+    return {
+        "part": "decoder",
+        "batch": [DECODER_BATCH, PROMPT + ANSWER],
+        "train_step_s": interleaved(steps, data, args.warmup, args.steps),
+        "threads": torch.get_num_threads(),
+    }
+
+
+# ---------------------------------------------------------------------------- the doc's tables
+
+
+def _ratio_row(figure: str, goal: str, num: dict, den: dict, shown: dict | None = None) -> str:
+    shown = shown or num
+    return (
+        f"| {figure} | {goal} | **{num['median'] / den['median']:.3f}** | {shown['median']:.3f} s | "
+        f"IQR {shown['iqr']:.3f} s |"
     )
-    w, f = summary(t["window"]), summary(t["full"])
-    name = f"SmolLM2 step: answer-window / full logits ({DECODER_BATCH}x{PROMPT + ANSWER})"
-    return [(name, "< 1", w[0] / f[0], w[0], f"IQR {w[1]:.3f}s"), ("SmolLM2 step: full logits", "", 1.0, f[0], "")]
+
+
+def _setting(s: dict) -> str:
+    return f"rank {s['rank']}, alpha {s['alpha']:g}, {s['rule']} rule, p {s['p']:g}"
+
+
+def render(report: dict) -> dict[str, str]:
+    """The doc's tables, by block name, from one raw report."""
+    if report["part"] == "decoder":
+        t = report["train_step_s"]
+        b, n = report["batch"], t["window"]["n"]
+        return {
+            "decoder": "\n".join(
+                [
+                    f"SmolLM2 TASO r=1 p 0.25, batch {b[0]} × {b[1]} tokens, median of {n} interleaved steps.",
+                    "",
+                    "| figure | goal | ratio | median | spread |",
+                    "|---|---|---|---|---|",
+                    _ratio_row("SmolLM2 step: answer window / full logits", "< 1", t["window"], t["full"]),
+                    f"| SmolLM2 step: full logits | | 1.000 | {t['full']['median']:.3f} s | IQR {t['full']['iqr']:.3f} s |",
+                ]
+            )
+        }
+    s, old, params = report["setting"], report["old_setting"], report["adapter_params"]
+    t, n = report["train_step_s"], report["train_step_s"]["taso"]["n"]
+    lines = [
+        f"Shipped default (params.yaml): TASO {_setting(s)}, pooling {s['pooling']}: {params['taso']:,} adapter "
+        f"parameters (PEFT LoRA r=1: {params['peft_r1']:,}). Old setting: {_setting(old)}, "
+        f"{params['taso_old']:,}. Batch {BATCH} × {report.get('tokens', TOKENS)} tokens, {report['threads']} threads, "
+        f"median of {n} interleaved steps.",
+        "",
+        "| figure | goal | ratio | median | spread |",
+        "|---|---|---|---|---|",
+        _ratio_row("train step: TASO default / PEFT LoRA r=1", "≤ 1.00", t["taso"], t["peft_r1"]),
+        _ratio_row("train step: TASO default / floor (head only, full backward)", "≤ 1.05", t["taso"], t["floor"]),
+        _ratio_row("train step: TASO old setting / PEFT LoRA r=1", "≤ 1.00", t["taso_old"], t["peft_r1"]),
+        _ratio_row("train step: TASO old setting / floor", "≤ 1.05", t["taso_old"], t["floor"]),
+        _ratio_row("train step: TASO default, top-half mask / all layers", "< 1", t["taso_top_half"], t["taso"]),
+        _ratio_row("train step: LoSiA-Pro p 1/8 / PEFT LoRA r=1", "paper (GPU): ~0.73", t["losia"], t["peft_r1"]),
+        _ratio_row("train step: LoSiA-Pro in a layer's slot / outside", "> 1", t["losia_slot"], t["losia"]),
+        _ratio_row(
+            "scoring batch / plain fwd+bwd with weight grads",
+            "≤ 1.10",
+            report["score_batch_s"]["score"],
+            report["score_batch_s"]["plain"],
+        ),
+        _ratio_row(
+            "train step: bf16 autocast / fp32 (TASO default)",
+            "< 1 to be the default",
+            report["bf16_train_step_s"]["bf16"],
+            report["bf16_train_step_s"]["fp32"],
+        ),
+        _ratio_row(
+            "scoring batch: bf16 autocast / fp32",
+            "< 1 to be the default",
+            report["bf16_score_batch_s"]["bf16"],
+            report["bf16_score_batch_s"]["fp32"],
+        ),
+    ]
+    if rss := report.get("peak_rss_mb"):
+        for figure, goal, a, b in (
+            ("peak RSS: scoring / plain fwd+bwd", "≤ 1.15", "score", "plain_backward"),
+            ("peak RSS: scoring 36 modules / 6 modules", "~1 (flat)", "score_first_36", "score_first_6"),
+            ("peak RSS: TASO default training / PEFT LoRA r=1", "≤ 1.00", "taso", "peft_r1"),
+            ("peak RSS: TASO old setting / PEFT LoRA r=1", "≤ 1.00", "taso_old", "peft_r1"),
+            ("peak RSS: LoSiA-Pro training / PEFT LoRA r=1", "", "losia", "peft_r1"),
+        ):
+            lines.append(f"| {figure} | {goal} | **{rss[a] / rss[b]:.3f}** | {rss[a]:,.0f} MB | |")
+    blocks = {"encoder": "\n".join(lines)}
+    if prof := report.get("module_profile"):
+        ranks = [k for k in prof[0]["s"] if k != "frozen"]
+        rows = [
+            "| layer (shape, kept rows × cols) | frozen: fwd + input grad | " + " | ".join(ranks) + " |",
+            "|---|---:|" + "---:|" * len(ranks),
+        ]
+        for p in prof:
+            fr = p["s"]["frozen"]["median"]
+            cells = " | ".join(f"{p['s'][k]['median'] / fr:.3f}×" for k in ranks)
+            rows.append(
+                f"| {p['module']} ({p['shape'][0]}×{p['shape'][1]}, {p['rows']} × {p['cols']}) "
+                f"| {1e3 * fr:.2f} ms | {cells} |"
+            )
+        blocks["profile"] = "\n".join(rows)
+    if start := report.get("startup_s"):
+        blocks["startup"] = "\n".join(
+            ["| what | seconds |", "|---|---|", *(f"| {k} | {v:.2f} |" for k, v in start.items())]
+        )
+    return blocks
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="the shipped default is read here")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=TOKENS, help="tokens per example")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
     parser.add_argument("--no-startup", action="store_true", help="skip the start-up cost probes")
-    parser.add_argument("--json", help="also write the raw figures here")
+    parser.add_argument("--no-profile", action="store_true", help="skip the per-layer profile")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 step, 16 tokens, no RSS, start-up or profile"
+    )
     parser.add_argument("--decoder", action="store_true", help="only the SmolLM2 answer-window comparison")
+    parser.add_argument("--json", type=Path, help="write the raw figures here (what --render reads)")
+    parser.add_argument("--render", type=Path, nargs="+", help="print the tables of these raw JSON files")
+    parser.add_argument("--doc", type=Path, help="with --render: rewrite this doc's speed.py blocks instead")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.rss_child:
-        rss_child(args.rss_child, args.steps)
+    if args.render:
+        reports = [json.loads(p.read_text()) for p in args.render]
+        if args.doc:
+            render_into(args.doc, {name: text for r in reports for name, text in render(r).items()}, "speed.py")
+        else:
+            for r in reports:
+                print("\n\n".join(render(r).values()))
         return
+    if args.quick:
+        args.steps, args.warmup, args.tokens = 1, 0, 16
+        args.no_rss = args.no_startup = args.no_profile = True
+    if args.rss_child:
+        rss_child(args)
+        return
+    import torch
+
     torch.manual_seed(0)
-    report: dict = {"threads": torch.get_num_threads(), "batch": [BATCH, TOKENS]}
-    if args.decoder:
-        report["batch"] = [DECODER_BATCH, PROMPT + ANSWER]
-        rows = decoder_rows(args.warmup, args.steps)
-    else:
-        rows = encoder_rows(args, report)
-    batch = " x ".join(map(str, report["batch"]))
-    print(
-        f"torch threads: {report['threads']}, batch {batch} tokens, median of {args.steps} steps after {args.warmup} warm-up"
-    )
-    print(f"| {'figure':<52} | {'goal':<24} | {'ratio':>6} | {'median':>9} | spread |")
-    print(f"|{'-' * 54}|{'-' * 26}|{'-' * 8}|{'-' * 11}|--------|")
-    for name, goal, ratio, value, spread in rows:
-        unit = "MB" if spread == "MB" else "s"
-        print(
-            f"| {name:<52} | {goal:<24} | {ratio:>6.3f} | {value:>7.3f} {unit:<1} | {spread if spread != 'MB' else ''} |"
-        )
-    if "startup_s" in report:
-        print("\n| start-up (fresh interpreter, median of 3) | seconds |\n|---|---|")
-        for name, sec in report["startup_s"].items():
-            print(f"| {name} | {sec:.2f} |")
-    report["rows"] = rows
+    report = decoder(args) if args.decoder else encoder(args, shipped(args.params))
+    report |= {
+        "command": " ".join(["python benchmarks/speed.py", *sys.argv[1:]]),
+        "tokens": args.tokens,
+        "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()},
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    print("\n\n".join(render(report).values()))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-
-
-def encoder_rows(args, report: dict) -> list[tuple[str, str, float, float, str]]:
-    """MiniLM: TASO against PEFT LoRA and the floor, scoring against plain backward, bf16, peak RSS
-    and start-up costs (the last two also go into ``report``)."""
-    data = batches(4)
-    rows: list[tuple[str, str, float, float, str]] = []
-
-    methods = ("floor", "peft_r1", "taso", "taso_top_half", "losia", "losia_slot")
-    t = interleaved({m: make_stepper(m, data) for m in methods}, data, args.warmup, args.steps)
-    med = {m: summary(t[m]) for m in methods}
-    report["train_step_s"] = {m: med[m][0] for m in methods}
-    rows += [
-        (
-            "train step: TASO / PEFT LoRA r=1",
-            "<= 1.00",
-            med["taso"][0] / med["peft_r1"][0],
-            med["taso"][0],
-            f"IQR {med['taso'][1]:.3f}s",
-        ),
-        (
-            "train step: TASO / floor (head only, full backward)",
-            "<= 1.05",
-            med["taso"][0] / med["floor"][0],
-            med["floor"][0],
-            f"IQR {med['floor'][1]:.3f}s",
-        ),
-        (
-            "train step: TASO top-half mask / TASO",
-            "< 1 (skip dead backward)",
-            med["taso_top_half"][0] / med["taso"][0],
-            med["taso_top_half"][0],
-            f"IQR {med['taso_top_half'][1]:.3f}s",
-        ),
-        (
-            "train step: LoSiA-Pro p 1/8 / PEFT LoRA r=1",
-            "paper (GPU): ~0.73",
-            med["losia"][0] / med["peft_r1"][0],
-            med["losia"][0],
-            f"IQR {med['losia'][1]:.3f}s",
-        ),
-        (
-            "train step: LoSiA-Pro in a layer's slot / outside",
-            "> 1 (full dW of 1 layer)",
-            med["losia_slot"][0] / med["losia"][0],
-            med["losia_slot"][0],
-            f"IQR {med['losia_slot'][1]:.3f}s",
-        ),
-    ]
-
-    score_model, plain_model = fresh_model(), fresh_model()
-    t = interleaved(
-        {"score": scoring_stepper(score_model, "all-linear"), "plain": plain_weight_grads(plain_model, "all-linear")},
-        data,
-        args.warmup,
-        args.steps,
-    )
-    s, p = summary(t["score"]), summary(t["plain"])
-    report["score_batch_s"] = {"score": s[0], "plain": p[0]}
-    rows.append(("scoring batch / plain fwd+bwd with weight grads", "<= 1.10", s[0] / p[0], s[0], f"IQR {s[1]:.3f}s"))
-
-    t = interleaved(
-        {"fp32": make_stepper("taso", data), "bf16": make_stepper("taso", data, autocast=True)},
-        data,
-        args.warmup,
-        args.steps,
-    )
-    f32, b16 = summary(t["fp32"]), summary(t["bf16"])
-    rows.append(
-        (
-            "train step: bf16 autocast / fp32 (TASO)",
-            "< 1 to be the default",
-            b16[0] / f32[0],
-            b16[0],
-            f"IQR {b16[1]:.3f}s",
-        )
-    )
-    t = interleaved(
-        {
-            "fp32": scoring_stepper(fresh_model(), "all-linear"),
-            "bf16": scoring_stepper(fresh_model(), "all-linear", autocast=True),
-        },
-        data,
-        args.warmup,
-        args.steps,
-    )
-    f32, b16 = summary(t["fp32"]), summary(t["bf16"])
-    rows.append(
-        ("scoring batch: bf16 autocast / fp32", "< 1 to be the default", b16[0] / f32[0], b16[0], f"IQR {b16[1]:.3f}s")
-    )
-
-    if not args.no_rss:
-        n = max(3, args.warmup)
-        rss = {
-            m: peak_rss_mb(m, n)
-            for m in ("plain_backward", "score", "peft_r1", "taso", "losia", "score_first_6", "score_first_36")
-        }
-        report["peak_rss_mb"] = rss
-        rows += [
-            ("peak RSS: scoring / plain fwd+bwd", "<= 1.15", rss["score"] / rss["plain_backward"], rss["score"], "MB"),
-            (
-                "peak RSS: scoring 36 modules / 6 modules",
-                "~1 (flat)",
-                rss["score_first_36"] / rss["score_first_6"],
-                rss["score_first_36"],
-                "MB",
-            ),
-            ("peak RSS: TASO training / PEFT LoRA r=1", "<= 1.00", rss["taso"] / rss["peft_r1"], rss["taso"], "MB"),
-            ("peak RSS: LoSiA-Pro training / PEFT LoRA r=1", "", rss["losia"] / rss["peft_r1"], rss["losia"], "MB"),
-        ]
-    if not args.no_startup:
-        report["startup_s"] = startup_costs()
-    return rows
+        write_atomic(args.json, json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

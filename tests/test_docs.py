@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -32,3 +33,53 @@ def test_the_docs_cite_tests_at_all():
 def test_every_test_a_doc_cites_exists(doc, file, name):
     assert (ROOT / "tests" / file).is_file(), f"{doc} cites tests/{file}, which does not exist"
     assert name in _tests_in(file), f"{doc} cites tests/{file}::{name}, which is not a test there"
+
+
+def _rendered(monkeypatch) -> dict[str, dict[str, str]]:
+    """docs/performance.md's blocks by the script that renders them, from the committed raw files."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import losia_gpu
+    import precision
+    import speed
+
+    raw = {f: json.loads((ROOT / "docs" / f).read_text()) for f in ("speed.json", "speed-decoder.json")}
+    return {
+        "speed.py": {name: text for r in raw.values() for name, text in speed.render(r).items()},
+        "precision.py": {"table": precision.table(json.loads((ROOT / "docs" / "precision.json").read_text())["runs"])},
+        "losia_gpu.py": {"table": losia_gpu.table(json.loads((ROOT / "docs" / "losia-gpu.json").read_text()))},
+    }
+
+
+def test_performance_tables_are_rendered_from_the_committed_raw_output(monkeypatch):
+    from_raw = _rendered(monkeypatch)
+    from harness.docblocks import fill
+
+    doc = (ROOT / "docs" / "performance.md").read_text()
+    for script, blocks in from_raw.items():
+        assert fill(doc, blocks, script) == doc, (
+            f"docs/performance.md's {script} tables differ from the raw files they are rendered from; "
+            "rerender them with the commands at the top of the doc"
+        )
+
+
+def test_a_hand_edited_figure_is_caught_and_a_missing_block_named(monkeypatch):
+    blocks = _rendered(monkeypatch)["speed.py"]
+    from harness.docblocks import fill
+
+    doc = (ROOT / "docs" / "performance.md").read_text()
+    edited = re.sub(r"\*\*(\d)\.(\d)", lambda m: f"**{(int(m.group(1)) + 1) % 10}.{m.group(2)}", doc, count=1)
+    assert edited != doc and fill(edited, blocks, "speed.py") == doc
+    with pytest.raises(ValueError, match="no speed.py block for encoder"):
+        fill(doc.replace("<!-- speed.py: encoder -->", "<!-- moved -->"), blocks, "speed.py")
+
+
+def test_blocks_of_one_script_never_reach_into_another_scripts_block_of_the_same_name(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from harness.docblocks import fill
+
+    doc = "<!-- a.py: table -->\n<!-- end table -->\ntext\n<!-- b.py: table -->\nold\n<!-- end table -->\n"
+    once = fill(doc, {"table": "A"}, "a.py")
+    assert once == doc.replace("<!-- a.py: table -->\n", "<!-- a.py: table -->\nA\n")
+    assert (
+        fill(fill(once, {"table": "B"}, "b.py"), {"table": "A"}, "a.py").count("text\n<!-- b.py: table -->\nB\n") == 1
+    )
