@@ -284,6 +284,10 @@ class ImpParams(_Strict):
         return ImpConfig(**self.model_dump())
 
 
+class DistributedParams(_Strict):
+    nproc: PositiveInt = 1
+
+
 class EvaluateParams(_Strict):
     batch_size: PositiveInt = 64
     max_new_tokens: PositiveInt = 256  # causal_lm generation tasks: the longest answer generated
@@ -301,6 +305,7 @@ class Params(_Strict):
     losia: LosiaParams = LosiaParams()
     imp: ImpParams = ImpParams()
     evaluate: EvaluateParams = EvaluateParams()
+    distributed: DistributedParams = DistributedParams()
     compositions: dict[str, CompositionParams] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -310,6 +315,12 @@ class Params(_Strict):
         for task in self.tasks:
             if task in RESERVED or not NAME.match(task):
                 raise ValueError(f"tasks.{task}: {_bad_name(task)}")
+        if self.distributed.nproc > 1 and self.train.method == "losia":
+            # Its importance EMAs and block moves read each rank's own gradients; summing them is not built.
+            raise ValueError(
+                "distributed.nproc: train.method losia runs in one process only (its blocks would move "
+                "apart on each rank); set distributed.nproc: 1"
+            )
         for name, comp in self.compositions.items():
             if not NAME.match(name):
                 raise ValueError(f"compositions.{name}: {_bad_name(name)}")

@@ -62,12 +62,37 @@ def _stop_when_dvc_goes() -> None:
     threading.Thread(target=watch, name="watch-dvc", daemon=True).start()
 
 
-def stage_main(run: Callable[..., object], *, per: str | None = "task") -> None:
+def _nproc(root: Path) -> int:
+    """``distributed.nproc`` from params.yaml; 1 when it does not validate (the stage then says why)."""
+    from pipeline.params import ParamsError, load_params
+
+    try:
+        return load_params(root / "params.yaml", quick=True).distributed.nproc
+    except ParamsError:
+        return 1
+
+
+def _torchrun(nproc: int) -> int:
+    """Run this same stage command under torchrun with ``nproc`` local processes; its exit status.
+
+    torchrun stops every rank when one fails and prints that rank's error; only rank 0 writes outs,
+    so a failed stage leaves none half-written (DVC removed the old ones before it started).
+    """
+    import subprocess
+
+    module = sys.modules["__main__"].__spec__.name  # stages.<name>, as dvc.yaml runs it
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.run([*cmd, "-m", module, *sys.argv[1:]]).returncode
+
+
+def stage_main(run: Callable[..., object], *, per: str | None = "task", distributed: bool = False) -> None:
     """Parse ``--<per>`` and ``--root``, run the stage, and turn known errors into one clear line.
 
     Args:
         per: what one run of the stage is for (``task``, ``name`` of a composition), or None
             for a stage that runs once over the whole project: ``run(root)``.
+        distributed: the stage can run data-parallel; with ``distributed.nproc`` above 1 in
+            params.yaml it starts itself again under torchrun, which sets ``WORLD_SIZE``.
 
     Exit status: 0 done, 2 bad input (one ``error:`` line, no traceback), 130 interrupted by
     SIGINT or SIGTERM (outputs untouched; training leaves a checkpoint the next run resumes).
@@ -82,8 +107,16 @@ def stage_main(run: Callable[..., object], *, per: str | None = "task") -> None:
         signal.signal(signal.SIGTERM, _terminate)
     if os.environ.get("DVC_STAGE"):  # set by dvc for every stage command it runs
         _stop_when_dvc_goes()
+    if distributed and int(os.environ.get("WORLD_SIZE", "1")) == 1 and (nproc := _nproc(args.root)) > 1:
+        sys.exit(_torchrun(nproc))
     try:
+        if distributed:
+            from taso import distributed as dist
+
+            dist.init()
         run(args.what, args.root) if per else run(args.root)
+        if distributed:
+            dist.close()
     except Exception as e:
         # Imported only now: the errors live beside torch code, and a quick stage (check-params)
         # should not pay for torch's import to succeed.

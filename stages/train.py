@@ -7,4 +7,4 @@ from pipeline.steps.train import run
 from stages._args import stage_main
 
 if __name__ == "__main__":
-    stage_main(run)
+    stage_main(run, distributed=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from taso import distributed
 from taso.io import ArtifactError, digest_tensors, load_safetensors, save_safetensors
 from taso.targets import TargetSpec, find_targets, head_names
 
@@ -112,7 +113,8 @@ def score_importance(
             every module, or a collection of module names (e.g. one matrix for a heatmap).
 
     Returns:
-        Row and column marginals per target module (and full maps when asked).
+        Row and column marginals per target module (and full maps when asked). Under torchrun,
+        each rank scores every ``world``-th batch and every rank returns the sums over all ranks.
 
     Raises:
         FloatingPointError: a batch's loss is NaN or infinite.
@@ -136,6 +138,8 @@ def score_importance(
 
         return hook
 
+    if distributed.active():  # each rank scores its share of the batches; the sums are added below
+        batches = distributed.share(list(batches))
     hooks = []
     n_batches = 0
     try:
@@ -158,6 +162,9 @@ def score_importance(
             p.requires_grad_(flag)
             p.grad = None
         model.train(was_training)
+    count = torch.tensor([float(n_batches)])
+    distributed.sum_([*rows.values(), *cols.values(), *(full or {}).values(), count])
+    n_batches = int(count.item())
     if n_batches == 0:
         raise ValueError("no calibration batches: the calibration set is empty")
     return Importance(rows, cols, full, {"n_batches": str(n_batches), "targets": str(targets)})

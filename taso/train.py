@@ -1,7 +1,8 @@
 """The training loop: plain torch, seeded, resumable, and strict about non-finite losses.
 
-Written so that DDP can wrap the model later: the loop only calls ``loss_fn(model, batch)``,
-``backward`` and the optimizer. Everything method-specific (parameter groups, optimizer,
+Under ``torchrun`` each rank takes its share of every global batch and the gradients are added
+over ranks before the step (:mod:`taso.distributed`), so N ranks train as one process with the
+whole batch does. Everything method-specific (parameter groups, optimizer,
 schedule, per-step hooks, extra checkpoint state) comes from a :class:`~taso.methods.base.Method`,
 so the loop never asks which method it runs. Batch order is a pure function of ``(seed, epoch)`` and every
 RNG that matters is checkpointed, so an interrupted run resumed from its checkpoint reaches
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from taso import distributed
 from taso.config import TrainConfig
 from taso.data import batch_order, collate, iterate
 from taso.heads import fold_target_scale, target_scale, warm_start_cosine
@@ -115,6 +117,32 @@ def _non_finite(what: str, value: torch.Tensor, step: int, checkpoint: Path | No
     return NonFiniteLossError(f"{what} is {value.item()} at step {step}{where}; lower train.lr or check the data")
 
 
+def _forward_backward(model, features, idx, pad_id, loss_fn, params, bf16: bool) -> torch.Tensor:
+    """Loss and gradients of the global batch ``idx``. Under torchrun each rank takes its share of
+    the batch and the gradients are added over ranks after weighting each rank's mean by its share,
+    so N ranks give the gradient of the whole batch's mean, as one process does."""
+    local = distributed.share(idx)
+    if local:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(model, collate([features[i] for i in local], pad_id))
+        if torch.isfinite(loss):
+            loss.backward()
+        loss = loss.detach()
+    else:  # a last batch smaller than the number of ranks: this rank adds nothing
+        loss = torch.zeros(())
+    if distributed.active():
+        share = len(local) / len(idx)
+        grads = []
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad.mul_(share))
+        total = loss.reshape(1).float() * share
+        distributed.sum_([*grads, total])
+        loss = total[0]
+    return loss
+
+
 def train(
     model: nn.Module,
     features: Sequence[dict],
@@ -192,11 +220,9 @@ def train(
             for idx in order[offset:]:
                 if step >= steps:
                     break
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                    loss = loss_fn(model, collate([features[i] for i in idx], pad_id))
-                if not torch.isfinite(loss):
+                loss = _forward_backward(model, features, idx, pad_id, loss_fn, params, cfg.bf16)
+                if distributed.any_(not torch.isfinite(loss)):
                     raise _non_finite("loss", loss, step, checkpoint, saved)
-                loss.backward()
                 method.on_backward(model, step)
                 # A finite loss can still have a non-finite gradient (an overflow in backward);
                 # stepping on it would put NaN into the weights, and from there into the next
@@ -215,7 +241,8 @@ def train(
                     history.append({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
                     bar.set_postfix(loss=f"{loss.item():.4f}")
                 if checkpoint and (step % cfg.checkpoint_every == 0 or flag):
-                    _save_checkpoint(checkpoint, model, method, opt, sched, step, history)
+                    if distributed.is_main():  # every rank holds the same state; one writes it
+                        _save_checkpoint(checkpoint, model, method, opt, sched, step, history)
                     saved = step
                 if flag:
                     raise TrainingInterrupted(

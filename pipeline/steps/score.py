@@ -16,8 +16,8 @@ from pipeline.meta import write_meta, write_skipped
 from pipeline.params import load_params
 from pipeline.paths import TaskPaths
 from pipeline.plots import importance_heatmap, placeholder
-from taso import data, pretrained
-from taso.importance import score_importance, warm_up_head
+from taso import data, distributed, pretrained
+from taso.importance import Importance, score_importance, warm_up_head
 from taso.io import atomic_path, digest_file
 from taso.names import IMPORTANCE_FILE
 from taso.targets import find_targets, head_names
@@ -26,8 +26,10 @@ from taso.targets import find_targets, head_names
 def run(task: str, root: Path = Path(".")) -> Path:
     """Write ``importance.safetensors`` (row and column marginals) and ``meta.json``, and the heatmap plot."""
     params = load_params(root / "params.yaml")
-    spec, paths, seed = params.spec(task), TaskPaths(root, task), params.seed
+    paths, seed = TaskPaths(root, task), params.seed
     if not params.scores(task):
+        if not distributed.is_main():
+            return paths.importance
         reason = params.why_not_scored(task)
         placeholder(paths.heatmap, reason)
         return write_skipped(paths.importance, stage="score", task=task, root=root, reason=reason)
@@ -37,34 +39,14 @@ def run(task: str, root: Path = Path(".")) -> Path:
         "score": params.score.model_dump(),
         "task": params.task(task).model_dump(),
     }
+    if not distributed.is_main():  # a helper rank under torchrun: its share of the batches, nothing written
+        _importance(params, task, paths)
+        return paths.importance
     inputs = {"calibration": digest_file(paths.calibration_file)}
     with tracking.stage_run(
         root, method=params.train.method, stage="score", task=task, params=used, inputs=inputs
     ) as mlrun:
-        tok = pretrained.load_tokenizer(params.model.base)
-        kwargs = params.model_kwargs(task)
-        model = pretrained.load_model(params.model.base, seed=seed, **kwargs)
-        apart = kwargs["head"] == "cosine"
-        calib = data.encode(data.read_jsonl(paths.calibration_file), tok, spec.max_length, pairs_apart=apart)
-        warmed = 0
-        if params.score.head_warmup_steps and head_names(model):  # a causal LM has no new head to warm up
-            train = data.encode(data.read_rows(spec, "train", seed=seed), tok, spec.max_length, pairs_apart=apart)
-            batches = data.iterate(train, params.score.batch_size, tok.pad_token_id, seed=seed, shuffle=True)
-            warmed = warm_up_head(
-                model, batches, params.score.head_warmup_steps, lr=params.score.head_warmup_lr, seed=seed
-            )
-        heat_module = next(iter(find_targets(model, params.model.targets)))
-        keep = True if params.score.keep_full else [heat_module]
-        # bf16 autocast runs the matmuls in bf16; the gradients and the sums stay fp32.
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=params.score.precision == "bf16"):
-            imp = score_importance(
-                model,
-                data.iterate(calib, params.score.batch_size, tok.pad_token_id),
-                params.model.targets,
-                keep_full=keep,
-            )
-        heat = imp.full.pop(heat_module) if not params.score.keep_full else imp.full[heat_module]
-        imp.full = imp.full or None
+        imp, heat, heat_module, warmed = _importance(params, task, paths)
         fp = pretrained.fingerprint(params.model.base)
         imp.meta.update(base_model=str(fp), task=task, head_warmup_steps=str(warmed))
         with atomic_path(paths.importance) as tmp:
@@ -86,3 +68,30 @@ def run(task: str, root: Path = Path(".")) -> Path:
         mlrun.log_outputs({"importance": digest})
         mlrun.log_artifact(paths.heatmap)
     return paths.importance
+
+
+def _importance(params, task: str, paths: TaskPaths) -> tuple[Importance, torch.Tensor, str, int]:
+    """The task's importance after the head warm-up (summed over ranks under torchrun), the full map of
+    the module the heatmap shows, that module's name, and the warm-up steps taken."""
+    spec, seed = params.spec(task), params.seed
+    tok = pretrained.load_tokenizer(params.model.base)
+    kwargs = params.model_kwargs(task)
+    model = pretrained.load_model(params.model.base, seed=seed, **kwargs)
+    apart = kwargs["head"] == "cosine"
+    calib = data.encode(data.read_jsonl(paths.calibration_file), tok, spec.max_length, pairs_apart=apart)
+    warmed = 0
+    if params.score.head_warmup_steps and head_names(model):  # a causal LM has no new head to warm up
+        train = data.encode(data.read_rows(spec, "train", seed=seed), tok, spec.max_length, pairs_apart=apart)
+        batches = data.iterate(train, params.score.batch_size, tok.pad_token_id, seed=seed, shuffle=True)
+        # Every rank warms up the same head from the same seed: the warm-up is not split.
+        warmed = warm_up_head(model, batches, params.score.head_warmup_steps, lr=params.score.head_warmup_lr, seed=seed)
+    heat_module = next(iter(find_targets(model, params.model.targets)))
+    keep = True if params.score.keep_full else [heat_module]
+    # bf16 autocast runs the matmuls in bf16; the gradients and the sums stay fp32.
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=params.score.precision == "bf16"):
+        imp = score_importance(
+            model, data.iterate(calib, params.score.batch_size, tok.pad_token_id), params.model.targets, keep_full=keep
+        )
+    heat = imp.full.pop(heat_module) if not params.score.keep_full else imp.full[heat_module]
+    imp.full = imp.full or None
+    return imp, heat, heat_module, warmed

@@ -19,7 +19,7 @@ from pipeline import registry, tracking
 from pipeline.meta import write_meta, write_skipped
 from pipeline.params import load_params
 from pipeline.paths import TaskPaths
-from taso import data, pretrained
+from taso import data, distributed, pretrained
 from taso.export import PEFT_TASK
 from taso.heads import pooling_of
 from taso.importance import Importance
@@ -49,18 +49,16 @@ def run(task: str, root: Path = Path(".")) -> Path:
     # A checkpoint resumes only the run it was made for: same params, same mask.
     run_key = hashlib.sha256(json.dumps([used, mask and mask.digest], sort_keys=True).encode()).hexdigest()[:16]
     checkpoint = paths.checkpoints / f"{run_key}.pt"
+    if not distributed.is_main():  # a helper rank under torchrun: its share of each batch, nothing written
+        model, features, pad_id, _ = _model_and_features(params, task, method, mask)
+        train(model, features, tp.config(seed), method=method, pad_id=pad_id, checkpoint=checkpoint, progress=False)
+        return paths.adapter
     with tracking.stage_run(
         root, method=params.train.method, stage="train", task=task, params=used, inputs=inputs
     ) as mlrun:
-        tok = pretrained.load_tokenizer(params.model.base)
-        kwargs = params.model_kwargs(task)
-        head = kwargs["head"]
-        base = pretrained.load_model(params.model.base, seed=seed, **kwargs)
-        pooling = pooling_of(base) if spec.task_type != "causal_lm" else None
-        model = method.prepare(base, mask)
-        rows = data.read_rows(spec, "train", seed=seed)
-        features = data.encode(rows, tok, spec.max_length, pairs_apart=head == "cosine")
-        result = train(model, features, tp.config(seed), method=method, pad_id=tok.pad_token_id, checkpoint=checkpoint)
+        model, features, pad_id, pooling = _model_and_features(params, task, method, mask)
+        head = params.model_kwargs(task)["head"]
+        result = train(model, features, tp.config(seed), method=method, pad_id=pad_id, checkpoint=checkpoint)
         counts = method.count_trainable(model)
         fp = pretrained.fingerprint(params.model.base)
         adapter_meta = {
@@ -165,6 +163,20 @@ def run(task: str, root: Path = Path(".")) -> Path:
         mlrun.set_tags({k: v for k, v in tags.items() if v is not None})
     checkpoint.unlink(missing_ok=True)
     return paths.adapter
+
+
+def _model_and_features(params, task: str, method, mask: Mask | None) -> tuple:
+    """The model the method prepared (on ``mask``), the task's tokenized training rows, the pad id, and
+    what the head reads (None for a causal LM)."""
+    spec, seed = params.spec(task), params.seed
+    tok = pretrained.load_tokenizer(params.model.base)
+    kwargs = params.model_kwargs(task)
+    base = pretrained.load_model(params.model.base, seed=seed, **kwargs)
+    pooling = pooling_of(base) if spec.task_type != "causal_lm" else None
+    features = data.encode(
+        data.read_rows(spec, "train", seed=seed), tok, spec.max_length, pairs_apart=kwargs["head"] == "cosine"
+    )
+    return method.prepare(base, mask), features, tok.pad_token_id, pooling
 
 
 def _version_tags(meta: dict, mask: Mask | None, counts: dict, rank: int) -> dict[str, str]:

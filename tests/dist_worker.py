@@ -1,0 +1,45 @@
+"""Run by tests/test_distributed.py under ``torchrun --nproc-per-node 2`` (and in-process as the
+single-process reference): importance, a mask and four training steps on a tiny BERT; rank 0
+writes what it computed to the safetensors file named by the first argument."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from conftest import build_batches, build_features, build_model  # noqa: E402
+
+from taso import distributed  # noqa: E402
+from taso.importance import score_importance  # noqa: E402
+from taso.masks import derive_mask  # noqa: E402
+from taso.methods import MethodConfig, build  # noqa: E402
+from taso.train import TrainConfig, train  # noqa: E402
+
+BATCH = 8  # the global batch: each of 2 ranks takes 4 of it (the last batch, 7 examples, splits 4 + 3)
+
+
+def compute(fail_rank: int | None = None) -> dict:
+    imp = score_importance(build_model("bert"), build_batches("bert", n_batches=5, batch_size=4))
+    mask = derive_mask(imp, "global", 0.5)
+    method = build("taso", MethodConfig(rank=2, alpha=4.0, seed=0))
+    model = method.prepare(build_model("bert"), mask)
+    if distributed.rank() == fail_rank:
+        raise RuntimeError(f"rank {fail_rank} failed on purpose")
+    cfg = TrainConfig(lr=1e-2, batch_size=BATCH, max_steps=3, seed=0, warmup_ratio=0.0)
+    train(model, build_features("bert", 23), cfg, method=method, progress=False)
+    out = {f"imp.{n}.rows": t for n, t in imp.rows.items()} | {f"imp.{n}.cols": t for n, t in imp.cols.items()}
+    out |= {f"mask.{n}.rows": m.rows for n, m in mask.modules.items()}
+    out |= {f"mask.{n}.cols": m.cols for n, m in mask.modules.items()}
+    return out | {f"trained.{n}": p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+if __name__ == "__main__":
+    from safetensors.torch import save_file
+
+    distributed.init()
+    state = compute(int(sys.argv[2]) if len(sys.argv) > 2 else None)
+    if distributed.is_main():
+        save_file({k: v.contiguous() for k, v in state.items()}, sys.argv[1])
+    distributed.close()
