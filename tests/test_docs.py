@@ -83,3 +83,17 @@ def test_blocks_of_one_script_never_reach_into_another_scripts_block_of_the_same
     assert (
         fill(fill(once, {"table": "B"}, "b.py"), {"table": "A"}, "a.py").count("text\n<!-- b.py: table -->\nB\n") == 1
     )
+
+
+def test_readme_demo_figures_are_rendered_from_the_committed_demo_run(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import demo
+    from harness.docblocks import fill
+
+    readme = (ROOT / "README.md").read_text()
+    blocks = demo.render(json.loads((ROOT / "docs" / "demo.json").read_text()))
+    assert set(blocks) == {"tasks", "timing", "methods"}
+    assert fill(readme, blocks, "demo.py") == readme, (
+        "README's demo tables differ from docs/demo.json; rerender them with "
+        "python benchmarks/demo.py --render docs/demo.json --doc README.md"
+    )
