@@ -70,14 +70,11 @@ def tiny_params(raw: dict) -> dict:
     return raw
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A fresh git repo holding the project, after one `dvc repro`."""
-    repo = copy_project(tmp_path_factory.mktemp("project"))
-    params = tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+def project_env(**extra: str) -> dict:
+    """This environment for a project's commands: this venv first on PATH, offline, no inherited
+    MLflow store or DVC settings, a fixed git identity; ``extra`` on top."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "DVC_"))}
-    env |= {
+    return env | {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
@@ -87,7 +84,17 @@ def project(tmp_path_factory):
         "GIT_AUTHOR_EMAIL": "t@t",
         "GIT_COMMITTER_NAME": "t",
         "GIT_COMMITTER_EMAIL": "t@t",
+        **extra,
     }
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A fresh git repo holding the project, after one `dvc repro`."""
+    repo = copy_project(tmp_path_factory.mktemp("project"))
+    params = tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = project_env()
     sh(["git", "init", "-q", "-b", "main"], repo, env)
     sh(["dvc", "config", "--local", "core.site_cache_dir", str(repo.parent / "dvc-site")], repo, env)
     sh(["git", "add", "-A"], repo, env)

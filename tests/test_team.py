@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline_e2e import ROOT, copy_project, ran, sh
+from test_pipeline_e2e import ROOT, copy_project, project_env, ran, sh
 
 pytestmark = pytest.mark.slow
 
@@ -64,20 +64,8 @@ def server(tmp_path_factory):
 
 
 def _env(url: str, home: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "DVC_"))}
-    return env | {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-        "MLFLOW_TRACKING_URI": url,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "DVC_NO_ANALYTICS": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-        "HOME": str(home),  # no user-level DVC or git config leaks in
-    }
+    # HOME: no user-level DVC or git config leaks in.
+    return project_env(MLFLOW_TRACKING_URI=url, HOME=str(home))
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from harness.report import by_seed
+from harness.report import by_seed, finish
 from harness.tables import SPREAD_NOTE, cell, gap
-from taso.io import atomic_path
 
 REGIONS = ("taso", "imp", "random")
 REFERENCES = ("lora-r1", "lora-r8", "head")
@@ -109,10 +108,4 @@ def plot(report: list[dict], curve: dict, specs, tasks, path: Path) -> None:
         ax.set_xscale("log")
         ax.set_title(f"{task} ({specs[task].metrics[0]})")
         ax.set_xlabel("adapter parameters (head-only: left edge)")
-    axes[0][0].set_ylabel("dev metric (%)")
-    handles, names = max((ax.get_legend_handles_labels() for ax in axes[0]), key=lambda hl: len(hl[0]))
-    axes[0][-1].legend(handles, names, fontsize=7, loc="lower right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    finish(fig, axes, path)

@@ -181,6 +181,13 @@ def plot(report: list[dict], settings: dict[str, dict], specs, tasks, path: Path
         ax.set_xscale("log")
         ax.set_title(f"{task} ({specs[task].metrics[0]})")
         ax.set_xlabel("trainable parameters")
+    finish(fig, axes, path)
+
+
+def finish(fig, axes, path: Path) -> None:
+    """Label, legend and save a row of metric panels (atomically), then free the figure."""
+    import matplotlib.pyplot as plt
+
     axes[0][0].set_ylabel("dev metric (%)")
     # The legend goes on the last panel, with the handles of the fullest one (a partial report may
     # have no runs of the last task yet).
