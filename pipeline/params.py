@@ -315,12 +315,6 @@ class Params(_Strict):
         for task in self.tasks:
             if task in RESERVED or not NAME.match(task):
                 raise ValueError(f"tasks.{task}: {_bad_name(task)}")
-        if self.distributed.nproc > 1 and self.train.method == "losia":
-            # Its importance EMAs and block moves read each rank's own gradients; summing them is not built.
-            raise ValueError(
-                "distributed.nproc: train.method losia runs in one process only (its blocks would move "
-                "apart on each rank); set distributed.nproc: 1"
-            )
         for name, comp in self.compositions.items():
             if not NAME.match(name):
                 raise ValueError(f"compositions.{name}: {_bad_name(name)}")

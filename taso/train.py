@@ -117,7 +117,7 @@ def _non_finite(what: str, value: torch.Tensor, step: int, checkpoint: Path | No
     return NonFiniteLossError(f"{what} is {value.item()} at step {step}{where}; lower train.lr or check the data")
 
 
-def _forward_backward(model, features, idx, pad_id, loss_fn, params, bf16: bool) -> torch.Tensor:
+def _forward_backward(model, features, idx, pad_id, loss_fn, params, method, bf16: bool) -> torch.Tensor:
     """Loss and gradients of the global batch ``idx``. Under torchrun each rank takes its share of
     the batch and the gradients are added over ranks after weighting each rank's mean by its share,
     so N ranks give the gradient of the whole batch's mean, as one process does."""
@@ -137,6 +137,7 @@ def _forward_backward(model, features, idx, pad_id, loss_fn, params, bf16: bool)
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             grads.append(p.grad.mul_(share))
+        grads += [g.mul_(share) for g in method.extra_gradients(model)]
         total = loss.reshape(1).float() * share
         distributed.sum_([*grads, total])
         loss = total[0]
@@ -220,7 +221,7 @@ def train(
             for idx in order[offset:]:
                 if step >= steps:
                     break
-                loss = _forward_backward(model, features, idx, pad_id, loss_fn, params, cfg.bf16)
+                loss = _forward_backward(model, features, idx, pad_id, loss_fn, params, method, cfg.bf16)
                 if distributed.any_(not torch.isfinite(loss)):
                     raise _non_finite("loss", loss, step, checkpoint, saved)
                 method.on_backward(model, step)

@@ -4,6 +4,7 @@ writes what it computed to the safetensors file named by the first argument."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import build_batches, build_features, build_model  # noqa: E402
 
 from taso import distributed  # noqa: E402
+from taso.config import LosiaConfig  # noqa: E402
 from taso.importance import score_importance  # noqa: E402
 from taso.masks import derive_mask  # noqa: E402
 from taso.methods import MethodConfig, build  # noqa: E402
@@ -32,7 +34,16 @@ def compute(fail_rank: int | None = None) -> dict:
     out = {f"imp.{n}.rows": t for n, t in imp.rows.items()} | {f"imp.{n}.cols": t for n, t in imp.cols.items()}
     out |= {f"mask.{n}.rows": m.rows for n, m in mask.modules.items()}
     out |= {f"mask.{n}.cols": m.cols for n, m in mask.modules.items()}
-    return out | {f"trained.{n}": p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    out |= {f"trained.{n}": p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    # LoSiA, whose importance EMAs read the full gradient in a layer's slot: its blocks must move
+    # to the same rows and columns on every rank (period 1 on 2 layers: 2 moves in 4 steps).
+    losia = build("losia", MethodConfig(seed=0, losia=LosiaConfig(p=0.5, period=1)))
+    blocks = losia.prepare(build_model("bert"))
+    train(blocks, build_features("bert", 23), dataclasses.replace(cfg, max_steps=4), method=losia, progress=False)
+    assert losia.history(), "no block moved: the comparison would not test the relocalization"
+    out |= {f"losia.{n}.rows": m.rows for n, m in losia.mask().modules.items()}
+    out |= {f"losia.{n}.cols": m.cols for n, m in losia.mask().modules.items()}
+    return out | {f"losia.{n}.delta": layer.delta_weight() for n, layer in losia.layers().items()}
 
 
 if __name__ == "__main__":

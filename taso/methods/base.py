@@ -103,6 +103,12 @@ class Method:
         """Linear warm-up over ``warmup`` steps, then linear decay to zero at ``total``."""
         return torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, total))
 
+    def extra_gradients(self, model: nn.Module) -> list[torch.Tensor]:
+        """Gradients the method keeps outside ``.grad`` (LoSiA's full gradient in a layer's slot), in
+        the same order and shapes on every rank: under torchrun they are summed over ranks with the
+        parameters' gradients, before :meth:`on_backward` reads them."""
+        return []
+
     def on_backward(self, model: nn.Module, step: int) -> None:
         """Called with the step's gradients in place, before clipping and the update."""
 

@@ -163,6 +163,16 @@ class Losia(Method):
         for name, layer in self._layers.items():
             layer.record, layer.full_grad = self._layer_of[name] in recording, None
 
+    def extra_gradients(self, model: nn.Module) -> list[torch.Tensor]:
+        # Every recording layer's full gradient, zeros where this rank had no examples to give one.
+        out = []
+        for layer in self._layers.values():
+            if layer.record:
+                if layer.full_grad is None:
+                    layer.full_grad = torch.zeros_like(layer.weight)
+                out.append(layer.full_grad)
+        return out
+
     def on_backward(self, model: nn.Module, step: int) -> None:
         c = self.config.losia
         for name, layer in self._layers.items():
