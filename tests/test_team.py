@@ -136,6 +136,11 @@ def test_a_fresh_clone_pulls_every_artifact_and_has_nothing_to_reproduce(first):
     for out in ("importance/sentiment/importance.safetensors", "sentiment/mask/mask.safetensors"):
         assert (clone / "artifacts" / out).read_bytes() == (repo / "artifacts" / out).read_bytes()
     assert ran(sh(["dvc", "repro"], clone, env).stdout) == {"check-params"}  # always runs; nothing else
+    # The pulled mask serves another task as a mask source, as the first clone's does.
+    from pipeline.sources import load_mask
+
+    pulled = load_mask("file:artifacts/sentiment/mask", root=clone)
+    assert pulled.digest == json.loads((repo / "artifacts/sentiment/mask/mask.json").read_text())["digest"]
 
     # Deleted artifacts come back from the cache or the remote, not from training again.
     for name in ("adapter", "mask"):
