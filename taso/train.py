@@ -213,7 +213,7 @@ def train(
     model.train()
     # As a context the bar is also cleared when the loop raises, so a one-line error printed
     # next starts on a line of its own instead of trailing the progress bar.
-    bar = tqdm(total=steps, initial=step, disable=not progress, desc="train", leave=False)
+    bar = tqdm(total=steps, initial=step, disable=not progress or not distributed.is_main(), desc="train", leave=False)
     with bar, _deferred_signals(flag):
         while step < steps:
             epoch, offset = divmod(step, per_epoch)
@@ -241,6 +241,9 @@ def train(
                 if step % cfg.log_every == 0 or step == steps:
                     history.append({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
                     bar.set_postfix(loss=f"{loss.item():.4f}")
+                # A signal reaches the ranks at different moments; they stop after the same step.
+                if distributed.any_(bool(flag)):
+                    flag.setdefault("signal", signal.SIGTERM)  # a rank without it stops with the others
                 if checkpoint and (step % cfg.checkpoint_every == 0 or flag):
                     if distributed.is_main():  # every rank holds the same state; one writes it
                         _save_checkpoint(checkpoint, model, method, opt, sched, step, history)
