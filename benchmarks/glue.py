@@ -30,10 +30,10 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
 
     python benchmarks/glue.py --phase sweep --jobs 2              # hours on 2 cores; resumable
     python benchmarks/glue.py --phase status --out docs/results-glue-sweep.md
-    python benchmarks/glue.py --phase report --jobs 2 --out docs/results-glue.md --plot docs/results-glue.png
+    python benchmarks/glue.py --phase report --methods taso lora-r1 lora-r8 head full --jobs 2 --out docs/results-glue.md --plot docs/results-glue.png
     python benchmarks/glue.py --phase transfer --jobs 2 --out docs/transfer-glue.md
     python benchmarks/glue.py --phase budget --jobs 2 --out docs/budget-glue.md --plot docs/budget-glue.png
-    python benchmarks/glue.py --phase report --no-run --out docs/results-glue.md   # the table so far
+    python benchmarks/glue.py --phase report --no-run --methods taso lora-r1 lora-r8 head full --out docs/results-glue.md
     python benchmarks/glue.py --quick --results /tmp/q.jsonl      # one task, one seed, 3 steps
 
 Every finished run is one line of ``--results`` (JSON); a run already there (same phase, task,
@@ -376,6 +376,10 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    # The methods a phase reads: a transfer only TASO's setting, a budget curve TASO's and its references.
+    args.methods = args.methods or {"transfer": ["taso"], "budget": ["taso", "lora-r1", "lora-r8", "head"]}.get(
+        args.phase
+    )
     limits = {"sst2": SST2_TRAIN}
     if args.tasks is None and args.phase == "budget":
         args.tasks = ["mrpc", "cola", "rte"]

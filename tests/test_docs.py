@@ -97,3 +97,26 @@ def test_readme_demo_figures_are_rendered_from_the_committed_demo_run(monkeypatc
         "README's demo tables differ from docs/demo.json; rerender them with "
         "python benchmarks/demo.py --render docs/demo.json --doc README.md"
     )
+
+
+GLUE_DATA = ROOT.parent / "shared" / "datasets" / "glue"
+
+
+@pytest.mark.parametrize(
+    ("args", "doc"),
+    [
+        (["--phase", "report", "--methods", "taso", "lora-r1", "lora-r8", "head", "full"], "results-glue.md"),
+        (["--phase", "transfer"], "transfer-glue.md"),
+    ],
+)
+def test_glue_tables_are_printed_from_the_committed_runs(args, doc, tmp_path):
+    if not GLUE_DATA.is_dir():
+        pytest.skip("the GLUE data (../shared/datasets/glue) is not on this machine; the tables need its labels")
+    import subprocess
+    import sys
+
+    out = tmp_path / doc
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "glue.py"), *args, "--no-run", "--out", str(out)]
+    done = subprocess.run([*cmd, "--data", str(GLUE_DATA)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert out.read_text() == (ROOT / "docs" / doc).read_text(), f"docs/{doc} differs from what glue.py prints"
