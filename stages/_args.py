@@ -77,12 +77,19 @@ def _torchrun(nproc: int) -> int:
 
     torchrun stops every rank when one fails and prints that rank's error; only rank 0 writes outs,
     so a failed stage leaves none half-written (DVC removed the old ones before it started).
+    SIGINT and SIGTERM are passed on to torchrun, which passes them to every rank: each finishes
+    its step, rank 0 checkpoints, and all stop. torchrun reports any rank's failure as status 1
+    (a rank's own 2 or 130 is in its printed error); a torchrun ended by a signal gives 128 + N.
     """
     import subprocess
 
     module = sys.modules["__main__"].__spec__.name  # stages.<name>, as dvc.yaml runs it
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return subprocess.run([*cmd, "-m", module, *sys.argv[1:]]).returncode
+    proc = subprocess.Popen([*cmd, "-m", module, *sys.argv[1:]])
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, lambda signum, _frame: proc.send_signal(signum))
+    code = proc.wait()
+    return 128 - code if code < 0 else code
 
 
 def stage_main(run: Callable[..., object], *, per: str | None = "task", distributed: bool = False) -> None:

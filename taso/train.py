@@ -117,11 +117,24 @@ def _non_finite(what: str, value: torch.Tensor, step: int, checkpoint: Path | No
     return NonFiniteLossError(f"{what} is {value.item()} at step {step}{where}; lower train.lr or check the data")
 
 
-def _forward_backward(model, features, idx, pad_id, loss_fn, params, method, bf16: bool) -> torch.Tensor:
+def _units(features: Sequence[dict], items: Sequence[int]) -> int:
+    """What a batch's mean loss averages over: its labelled tokens (a causal LM's answer tokens, the
+    first position never scored) for token labels, else its examples."""
+    return sum(
+        sum(1 for x in features[i]["labels"][1:] if x != -100) if isinstance(features[i]["labels"], list) else 1
+        for i in items
+    )
+
+
+def _forward_backward(model, features, idx, pad_id, loss_fn, params, method, bf16: bool, seed: int) -> torch.Tensor:
     """Loss and gradients of the global batch ``idx``. Under torchrun each rank takes its share of
-    the batch and the gradients are added over ranks after weighting each rank's mean by its share,
-    so N ranks give the gradient of the whole batch's mean, as one process does."""
+    the batch and the gradients are added over ranks after weighting each rank's mean by its share
+    of what the batch's mean averages over, so N ranks give the gradient of the whole batch's mean,
+    as one process does. Each rank then draws its dropout from ``(seed, rank)``, so a resumed run
+    repeats an uninterrupted one on every rank."""
     local = distributed.share(idx)
+    if distributed.active():
+        torch.manual_seed(seed * 1_000_003 + distributed.rank())
     if local:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(model, collate([features[i] for i in local], pad_id))
@@ -131,7 +144,10 @@ def _forward_backward(model, features, idx, pad_id, loss_fn, params, method, bf1
     else:  # a last batch smaller than the number of ranks: this rank adds nothing
         loss = torch.zeros(())
     if distributed.active():
-        share = len(local) / len(idx)
+        whole = _units(features, idx)
+        share = _units(features, local) / whole if whole else 0.0
+        # A parameter no rank gave a gradient keeps none (so the optimizer skips it, as one process does).
+        present = torch.tensor([float(p.grad is not None) for p in params])
         grads = []
         for p in params:
             if p.grad is None:
@@ -139,7 +155,10 @@ def _forward_backward(model, features, idx, pad_id, loss_fn, params, method, bf1
             grads.append(p.grad.mul_(share))
         grads += [g.mul_(share) for g in method.extra_gradients(model)]
         total = loss.reshape(1).float() * share
-        distributed.sum_([*grads, total])
+        distributed.sum_([*grads, total, present])
+        for p, given in zip(params, present.tolist()):
+            if not given:
+                p.grad = None
         loss = total[0]
     return loss
 
@@ -221,7 +240,8 @@ def train(
             for idx in order[offset:]:
                 if step >= steps:
                     break
-                loss = _forward_backward(model, features, idx, pad_id, loss_fn, params, method, cfg.bf16)
+                seed = cfg.seed + step  # dropout under torchrun: per step and rank (see _forward_backward)
+                loss = _forward_backward(model, features, idx, pad_id, loss_fn, params, method, cfg.bf16, seed)
                 if distributed.any_(not torch.isfinite(loss)):
                     raise _non_finite("loss", loss, step, checkpoint, saved)
                 method.on_backward(model, step)

@@ -43,7 +43,19 @@ def compute(fail_rank: int | None = None) -> dict:
     assert losia.history(), "no block moved: the comparison would not test the relocalization"
     out |= {f"losia.{n}.rows": m.rows for n, m in losia.mask().modules.items()}
     out |= {f"losia.{n}.cols": m.cols for n, m in losia.mask().modules.items()}
-    return out | {f"losia.{n}.delta": layer.delta_weight() for n, layer in losia.layers().items()}
+    out |= {f"losia.{n}.delta": layer.delta_weight() for n, layer in losia.layers().items()}
+    # A causal LM whose examples hold different numbers of answer tokens: the loss is a mean over
+    # tokens, so each rank's share is its tokens, not its examples.
+    feats = build_features("llama_lm", 23)
+    for i, f in enumerate(feats):
+        f["labels"] = [-100] * (i % 6) + f["labels"][i % 6 :]
+    lm_method = build("taso", MethodConfig(rank=2, alpha=4.0, seed=0))
+    lm = lm_method.prepare(
+        build_model("llama_lm"),
+        derive_mask(score_importance(build_model("llama_lm"), build_batches("llama_lm", 2)), "global", 0.5),
+    )
+    train(lm, feats, cfg, method=lm_method, progress=False)
+    return out | {f"lm.{n}": p.detach() for n, p in lm.named_parameters() if p.requires_grad}
 
 
 if __name__ == "__main__":

@@ -35,6 +35,10 @@ def test_two_ranks_score_and_train_as_one_process_with_the_whole_batch(tmp_path)
             torch.testing.assert_close(two[key], one[key], rtol=1e-6, atol=0)
         elif key.startswith(("mask.", "losia.")) and not key.endswith(".delta"):  # the same rows and columns
             assert torch.equal(two[key], one[key]), key
+        elif key.startswith("lm."):
+            # Token-weighted shares. Adam turns rounding in a near-zero gradient into up to a step's
+            # size (1e-4 here); weighting by examples instead is off by 3e-2, the size of B itself.
+            torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-3)
         else:  # each rank's share of every batch, gradients added: the same three steps
             torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6)
     assert any(k.startswith("trained.") and "lora" in k for k in one)
