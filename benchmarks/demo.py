@@ -61,16 +61,16 @@ def figures(clone: Path) -> dict:
     return out
 
 
-def _named(node, name: str):
+def named(node, name: str):
     """Every dict in ``dvc exp show --json`` output whose ``name`` is ``name``."""
     if isinstance(node, dict):
         if node.get("name") == name and "data" in node:
             yield node
         for value in node.values():
-            yield from _named(value, name)
+            yield from named(value, name)
     elif isinstance(node, list):
         for item in node:
-            yield from _named(item, name)
+            yield from named(item, name)
 
 
 def experiments(clone: Path) -> dict:
@@ -78,7 +78,7 @@ def experiments(clone: Path) -> dict:
     shown = json.loads(sh(["dvc", "exp", "show", "--json"], clone)[1])
     out = {}
     for name in EXPERIMENTS:
-        for exp in _named(shown, name):
+        for exp in named(shown, name):
             files = exp["data"].get("metrics") or {}
             out[name] = {task: files.get(f"artifacts/{task}/metrics.json", {}).get("data", {}) for task in TASKS}
     return out

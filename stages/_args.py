@@ -121,6 +121,8 @@ def stage_main(run: Callable[..., object], *, per: str | None = "task", distribu
             from taso import distributed as dist
 
             dist.init()
+            if dist.active():
+                logging.getLogger(run.__module__).info("rank %d of %d", dist.rank(), dist.world())
         run(args.what, args.root) if per else run(args.root)
         if distributed:
             dist.close()

@@ -133,10 +133,10 @@ class _MaskedLora(torch.autograd.Function):
         s = ctx.scaling
         A_pad, Bt_pad = _padded(A, B, rows, cols, weight.shape)
         g = grad_y.reshape(-1, grad_y.shape[-1])
-        # The rank-r products are written in the operand order that oneDNN/MKL run fastest on CPU
-        # (benchmarks/speed.py --profile): g·B as F.linear with B stored r×d_out, and B's gradient
-        # as (hᵀg)ᵀ. The textbook orders g @ B and gᵀ @ h took 2-6x longer at rank 4 and cost the
-        # rank-4 default about 5% of its step.
+        # The rank-r products are written in the operand order CPU BLAS runs fastest: g·B as
+        # F.linear with B stored r×d_out, and B's gradient as (hᵀg)ᵀ. At rank 4 the textbook
+        # orders g @ B and gᵀ @ h were markedly slower (benchmarks/speed.py's per-layer profile
+        # shows what the layer costs now).
         grad_h = F.linear(g, Bt_pad).mul_(s)
         grad_x = None
         if ctx.needs_input_grad[0]:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from taso import distributed
+from taso.causal_lm import IGNORE
 from taso.config import TrainConfig
 from taso.data import batch_order, collate, iterate
 from taso.heads import fold_target_scale, target_scale, warm_start_cosine
@@ -121,7 +122,7 @@ def _units(features: Sequence[dict], items: Sequence[int]) -> int:
     """What a batch's mean loss averages over: its labelled tokens (a causal LM's answer tokens, the
     first position never scored) for token labels, else its examples."""
     return sum(
-        sum(1 for x in features[i]["labels"][1:] if x != -100) if isinstance(features[i]["labels"], list) else 1
+        sum(1 for x in features[i]["labels"][1:] if x != IGNORE) if isinstance(features[i]["labels"], list) else 1
         for i in items
     )
 

@@ -19,6 +19,9 @@ import yaml
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from demo import named  # noqa: E402  (dvc exp show --json: the experiments of a name; README's figures use it too)
+
 PROJECT_FILES = [
     "taso",
     "pipeline",
@@ -261,7 +264,7 @@ def test_exp_run_with_set_param(project):
     text = json.dumps(shown)
     assert "dense-half" in text and '"p": 0.5' in text
     # The experiment's own metrics, not only its params: metrics files are git-tracked outs.
-    (exp,) = list(_named(shown, "dense-half"))
+    (exp,) = list(named(shown, "dense-half"))
     metrics = exp["data"]["metrics"]
     assert {"artifacts/sentiment/metrics.json", "artifacts/sentiment/train.json"} <= set(metrics)
     assert "accuracy" in metrics["artifacts/sentiment/metrics.json"]["data"]
@@ -308,18 +311,6 @@ def test_a_new_task_trains_on_the_published_champion_mask(project):
     assert derive.data.tags["taso.mask_source_digest"] == published
 
 
-def _named(node, name: str):
-    """Every dict in ``dvc exp show --json`` output whose ``name`` is ``name``."""
-    if isinstance(node, dict):
-        if node.get("name") == name and "data" in node:
-            yield node
-        for value in node.values():
-            yield from _named(value, name)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _named(item, name)
-
-
 # Last: the experiment leaves LoSiA's outs and params in the workspace.
 def test_exp_run_with_losia_compares_the_two_methods(project):
     repo, env, _ = project
@@ -332,7 +323,7 @@ def test_exp_run_with_losia_compares_the_two_methods(project):
     out = sh(["dvc", "exp", "run", "-S", "train.method=losia", "-n", "losia-demo"], repo, env).stdout
     assert {f"train@{t}" for t in TASKS} <= ran(out)
     shown = json.loads(sh(["dvc", "exp", "show", "--json"], repo, env).stdout)
-    (exp,) = list(_named(shown, "losia-demo"))
+    (exp,) = list(named(shown, "losia-demo"))
     assert exp["data"]["params"]["params.yaml"]["data"]["train"]["method"] == "losia"
     trained = exp["data"]["metrics"]["artifacts/sentiment/train.json"]["data"]
     assert trained["method"] == "losia" and trained["method_details"]["period"] >= 1

@@ -86,7 +86,8 @@ def first(server, tmp_path_factory):
     sh(["dvc", "remote", "add", "-d", "team", str(base / "remote")], repo, env)  # a path: S3/GCS/SSH alike
     sh(["git", "add", "-A"], repo, env)
     sh(["git", "commit", "-qm", "init"], repo, env)
-    out = sh(["dvc", "repro"], repo, env).stdout
+    done = sh(["dvc", "repro"], repo, env)
+    out = done.stdout + done.stderr  # the ranks log to stderr
     sh(["git", "add", "-A"], repo, env)
     sh(["git", "commit", "-qm", "what ran"], repo, env)
     sh(["dvc", "push"], repo, env)
@@ -97,6 +98,8 @@ def test_score_and_train_ran_on_two_ranks_and_wrote_once(first):
     repo, _, out, _ = first
     for stage in ("score@sentiment", "train@sentiment"):
         assert stage in ran(out)
+    for step in ("score", "train"):  # each stage ran as two processes, not one
+        assert out.count(f"pipeline.steps.{step}: rank 0 of 2") == 1 and f"pipeline.steps.{step}: rank 1 of 2" in out
     meta = json.loads((repo / "artifacts/sentiment/adapter/meta.json").read_text())
     assert meta["stage"] == "train"
     assert not list((repo / "artifacts").rglob("*.tmp*"))
