@@ -25,7 +25,13 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
                   (rounds of 50 steps pruning half of what is left, rewound to θ0) and a random
                   mask at each --ps kept fraction, at the chosen TASO setting's rank (so parameters
                   grow with p), beside PEFT LoRA r=1, r=8 and head-only (the report's runs, shared);
-                  the table, the paired gaps and each region's search time (--out), the curve (--plot).
+                  the table, the paired gaps and each region's search time (--out), the curve (--plot);
+                  --variants adds TASO's importance variants (below) at each p.
+  --phase variants  does another importance help? The chosen TASO setting against its variants, LoSiA's
+                  sensitivity × uncertainty score taken once (score.statistic sensitivity) and q/k/v
+                  rows in whole attention heads (mask.unit head), on the sweep tasks' held-out slices,
+                  seeds 0 1 2; the table and TASO's paired gaps to each (--out). A variant stays an
+                  option only where it beats TASO beyond the seed spread.
   --phase status  runs nothing: the sweep's table so far (--out), with each method's current choice.
 
     python benchmarks/glue.py --phase sweep --jobs 2              # hours on 2 cores; resumable
@@ -33,6 +39,7 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
     python benchmarks/glue.py --phase report --methods taso lora-r1 lora-r8 head full --jobs 2 --out docs/results-glue.md --plot docs/results-glue.png
     python benchmarks/glue.py --phase transfer --jobs 2 --out docs/transfer-glue.md
     python benchmarks/glue.py --phase budget --jobs 2 --out docs/budget-glue.md --plot docs/budget-glue.png
+    python benchmarks/glue.py --phase variants --pooling auto --sweep-pooling architecture --jobs 2 --out docs/variants-glue.md
     python benchmarks/glue.py --phase report --no-run --methods taso lora-r1 lora-r8 head full --out docs/results-glue.md
     python benchmarks/glue.py --quick --results /tmp/q.jsonl      # one task, one seed, 3 steps
 
@@ -161,7 +168,8 @@ def importance_for(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, s
         batches = data.iterate(train_feats, PROTOCOL["batch_size"], tok.pad_token_id, seed=seed, shuffle=True)
         warm_up_head(scorer, batches, s["warmup"], seed=seed)
     calib = train_feats[: s["calibration"]]
-    return score_importance(scorer, data.iterate(calib, PROTOCOL["batch_size"], tok.pad_token_id))
+    batches = data.iterate(calib, PROTOCOL["batch_size"], tok.pad_token_id)
+    return score_importance(scorer, batches, statistic=s.get("statistic", "taylor"))
 
 
 def mask_for(s: dict, spec: data.TaskSpec, train_feats, tok, seed: int, sources: dict, phase: str) -> Mask:
@@ -172,7 +180,7 @@ def mask_for(s: dict, spec: data.TaskSpec, train_feats, tok, seed: int, sources:
 
     def own() -> tuple[Importance, Mask]:
         imp = importance_for(s, spec, train_feats, tok, seed)
-        return imp, derive_mask(imp, s["rule"], s["p"])
+        return imp, derive_mask(imp, s["rule"], s["p"], s.get("unit", "row"))
 
     def other(name: str) -> Importance:
         feats = encode(sources[name], split_rows(sources[name], phase)[0], tok)
@@ -333,7 +341,9 @@ def execute(plan, specs, args, protocol, done: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/glue"))
-    parser.add_argument("--phase", choices=["sweep", "report", "transfer", "budget", "status"], default="sweep")
+    parser.add_argument(
+        "--phase", choices=["sweep", "report", "transfer", "budget", "variants", "status"], default="sweep"
+    )
     parser.add_argument(
         "--tasks",
         nargs="+",
@@ -374,12 +384,15 @@ def main() -> None:
     parser.add_argument(
         "--ps", nargs="+", type=float, default=[0.05, 0.1, 0.25], help="budget: the kept fractions of the curve"
     )
+    parser.add_argument("--variants", action="store_true", help="budget: add TASO's importance variants at each p")
     args = parser.parse_args()
 
     # The methods a phase reads: a transfer only TASO's setting, a budget curve TASO's and its references.
-    args.methods = args.methods or {"transfer": ["taso"], "budget": ["taso", "lora-r1", "lora-r8", "head"]}.get(
-        args.phase
-    )
+    args.methods = args.methods or {
+        "transfer": ["taso"],
+        "variants": ["taso"],
+        "budget": ["taso", "lora-r1", "lora-r8", "head"],
+    }.get(args.phase)
     limits = {"sst2": SST2_TRAIN}
     if args.tasks is None and args.phase == "budget":
         args.tasks = ["mrpc", "cola", "rte"]
@@ -421,8 +434,8 @@ def main() -> None:
         return list({as_key(item[2]): item[2] for item in sweep(done, grids)}.values())
 
     phases = (args.phase,)
-    if args.quick and args.phase != "status":  # a quick run sweeps, then reports (or transfers, or curves)
-        phases = ("sweep", args.phase if args.phase in ("transfer", "budget") else "report")
+    if args.quick and args.phase != "status":  # a quick run sweeps, then reports (or transfers, curves, compares)
+        phases = ("sweep", args.phase if args.phase in ("transfer", "budget", "variants") else "report")
     if "sweep" in phases:
         execute(sweep, specs, args, protocol, done)
     if "status" in phases:  # runs nothing: the sweep's table so far
@@ -431,7 +444,7 @@ def main() -> None:
         print(text)
         if args.out:
             write_text(args.out, text + "\n")
-    if {"report", "transfer", "budget"} & set(phases):
+    if {"report", "transfer", "budget", "variants"} & set(phases):
         # Each method's setting from the sweep it was swept in: another head's recorded sweep for the
         # methods it holds, this protocol's own for the methods it adds (LoSiA).
         sources = [(swept, sweep_protocol, grids(sweep_protocol))]
@@ -475,7 +488,7 @@ def main() -> None:
         if args.plot:
             plot(report, settings, specs, args.tasks, args.plot)
     if "budget" in phases:  # the report's runs at its own p and its references are shared: same keys
-        curve = budget.settings(settings, args.ps)
+        curve = budget.settings(settings, args.ps, variants=args.variants)
         plan = [("report", t, s, seed) for seed in args.seeds for t in args.tasks for s in curve.values()]
         if not args.no_run:
             execute(lambda done: plan, specs, args, protocol, done)
@@ -486,6 +499,18 @@ def main() -> None:
             write_text(args.out, text + "\n")
         if args.plot:
             budget.plot(report, curve, specs, args.tasks, args.plot)
+    if "variants" in phases:  # held-out slices, as the sweep that chose TASO's setting: never the dev sets
+        contenders = {"taso": settings["taso"], **budget.variant_settings(settings["taso"])}
+        plan = [("sweep", t, s, seed) for seed in args.seeds for t in sweep_tasks for s in contenders.values()]
+        if not args.no_run:
+            execute(lambda done: plan, specs, args, protocol, done)
+        held = [r for r in done if r["phase"] == "sweep"]
+        majority = {t: majority_share(specs[t], "sweep") for t in sweep_tasks}
+        text = table(held, contenders, specs, sweep_tasks, len(args.seeds), majority)
+        text += "\n\n" + paired(held, contenders, specs, sweep_tasks, len(args.seeds))
+        print(text)
+        if args.out:
+            write_text(args.out, text + "\n")
     if "transfer" in phases:  # the report's own and random runs are shared: same phase, same settings
         taso = settings["taso"]
         plan = [

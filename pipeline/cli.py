@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from taso.names import DEFAULT_RULE, RULES
+from taso.names import DEFAULT_RULE, RULES, UNITS
 
 task_option = click.option("--task", required=True, help="Task name, a key of params.yaml `tasks`.")
 root_option = click.option(
@@ -184,6 +184,13 @@ def mask_show(path: Path, rank: int, as_json: bool) -> None:
     show_default=True,
     help="weighted: how to derive the mask.",
 )
+@click.option(
+    "--unit",
+    type=click.Choice(UNITS),
+    default="row",
+    show_default=True,
+    help="weighted: keep attention q/k/v rows one by one (row) or in whole heads (head).",
+)
 @click.option("--rank", default=1, show_default=True, help="Rank for the trainable-parameter count.")
 @root_option
 @tracking_option
@@ -195,6 +202,7 @@ def mask_compose(
     weights: str | None,
     p: float | None,
     rule: str,
+    unit: str,
     rank: int,
     root: Path,
     tracking_uri: str | None,
@@ -226,7 +234,7 @@ def mask_compose(
         raise click.BadParameter(f"{len(parsed)} weights for {len(refs)} inputs", param_hint="--weights")
     if any(r.startswith(sources.REGISTRY_PREFIXES) for r in refs):
         _configure(root, tracking_uri)
-    mask = sources.compose_refs(op, list(refs), root=Path("."), weights=parsed, p=p, rule=rule)
+    mask = sources.compose_refs(op, list(refs), root=Path("."), weights=parsed, p=p, rule=rule, unit=unit)
     with atomic_path(out) as tmp:
         tmp.mkdir()
         digest = mask.save(tmp, rank=rank)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from taso.config import ImpConfig, LosiaConfig, MethodConfig, TrainConfig
 from taso.data import TaskSpec
 from taso.metrics import APPLIES_TO
-from taso.names import DEFAULT_RULE, Rule, TaskType
+from taso.names import DEFAULT_RULE, Rule, TaskType, Unit
 from taso.pooling import Pooling
 
 if TYPE_CHECKING:
@@ -192,11 +192,22 @@ class ScoreParams(_Strict):
     head_warmup_lr: Annotated[float, Field(gt=0)] = 1e-3
     keep_full: bool = False
     precision: Literal["fp32", "bf16"] = "fp32"
+    # sensitivity: LoSiA's score with LoSiA's own defaults (taso.importance.score_importance), taken once
+    statistic: Literal["taylor", "sensitivity"] = "taylor"
 
 
 class MaskParams(_Strict):
     rule: Rule = DEFAULT_RULE
     p: Fraction = 0.25
+    unit: Unit = "row"
+
+    @model_validator(mode="after")
+    def _unit(self) -> MaskParams:
+        if self.unit == "head" and self.rule == "elementwise":
+            raise ValueError(
+                "unit head keeps whole heads of rows; the elementwise rule keeps single entries: use unit row"
+            )
+        return self
 
 
 class TrainParams(_Strict):
@@ -307,6 +318,15 @@ class Params(_Strict):
     evaluate: EvaluateParams = EvaluateParams()
     distributed: DistributedParams = DistributedParams()
     compositions: dict[str, CompositionParams] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _ranks(self) -> Params:
+        if self.score.statistic == "sensitivity" and self.distributed.nproc > 1:
+            raise ValueError(
+                "score.statistic sensitivity is a running average over the calibration batches in order, not a "
+                "sum, so it cannot be split over ranks: set distributed.nproc to 1 or score.statistic to taylor"
+            )
+        return self
 
     @model_validator(mode="after")
     def _lineage(self, info: ValidationInfo) -> Params:

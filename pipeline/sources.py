@@ -76,7 +76,7 @@ def own_mask(params: Params, root: Path, task: str) -> Mask:
     mask records the importance it came from (``importance_digest``).
     """
     imp = own_importance(root, task)
-    return derive_mask(imp, params.mask.rule, params.mask.p).with_meta(importance_digest=imp.digest)
+    return derive_mask(imp, params.mask.rule, params.mask.p, params.mask.unit)
 
 
 def compose_refs(
@@ -88,6 +88,7 @@ def compose_refs(
     weights: Sequence[float] | None = None,
     p: float | None = None,
     rule: str = DEFAULT_RULE,
+    unit: str = "row",
 ) -> Mask:
     """Compose masks (``union``, ``intersection``) or importance maps (``weighted``) named by ``refs``.
 
@@ -107,7 +108,7 @@ def compose_refs(
         p = p if p is not None else (params.mask.p if params is not None else None)
         if p is None:
             raise ValueError("a weighted composition needs p, the kept fraction of the merged importance")
-        mask = derive_mask(merge_importance(imps, weights), rule, p)
+        mask = derive_mask(merge_importance(imps, weights), rule, p, unit)
         digests = [imp.digest for imp in imps]
     else:
         parts = [own_mask(params, root, r) if r in tasks else load_mask(r, root) for r in refs]
@@ -123,7 +124,14 @@ def composition(params: Params, root: Path, name: str) -> Mask:
     """The mask of ``compositions.<name>`` in params.yaml, with its lineage."""
     comp = params.composition(name)
     mask = compose_refs(
-        comp.op, comp.of, root=root, params=params, weights=comp.weights, p=comp.p, rule=params.mask.rule
+        comp.op,
+        comp.of,
+        root=root,
+        params=params,
+        weights=comp.weights,
+        p=comp.p,
+        rule=params.mask.rule,
+        unit=params.mask.unit,
     )
     return mask.with_meta(composition=name)
 

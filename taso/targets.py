@@ -66,3 +66,22 @@ def head_names(model: nn.Module) -> list[str]:
 def in_head(name: str, heads: Sequence[str]) -> bool:
     """Whether the parameter ``name`` belongs to one of the ``heads`` (also inside a PEFT wrapper's names)."""
     return name.split(".")[0] in heads or any(f".{h}." in name for h in heads)
+
+
+# The projections whose output rows are attention heads, laid out head after head (BERT, Llama, GPT-NeoX, ...).
+_HEADED = ("query", "key", "value", "q_proj", "k_proj", "v_proj")
+
+
+def attention_heads(model: nn.Module, names: Sequence[str]) -> dict[str, int]:
+    """The head width of each of ``names`` whose output rows are attention heads (q, k and v).
+
+    Rows ``[h·d, (h+1)·d)`` of such a matrix make head ``h``. A name that is not a q/k/v
+    projection, or a model whose config names no heads, has no entry.
+    """
+    config = getattr(unwrapped(model), "config", None)
+    heads = getattr(config, "num_attention_heads", None)
+    if not heads:
+        return {}
+    width = getattr(config, "head_dim", None) or config.hidden_size // heads
+    modules = dict(model.named_modules())
+    return {n: width for n in names if n.rsplit(".", 1)[-1] in _HEADED and modules[n].out_features % width == 0}

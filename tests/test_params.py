@@ -186,3 +186,16 @@ def test_losia_from_a_random_start_refuses_a_reused_mask_and_from_a_mask_takes_o
         load_params(write(tmp_path, raw))
     raw["losia"]["start"] = "mask"
     assert load_params(write(tmp_path, raw)).uses_mask()
+
+
+def test_variants_of_importance_and_unit_are_validated_together(tmp_path, raw):
+    raw["mask"] |= {"unit": "head", "rule": "elementwise"}
+    with pytest.raises(ParamsError, match=r"mask: .*unit head .*use unit row"):
+        load_params(write(tmp_path, raw))
+    raw["mask"] |= {"unit": "head", "rule": "global"}
+    raw["score"]["statistic"] = "sensitivity"
+    params = load_params(write(tmp_path, raw))
+    assert (params.score.statistic, params.mask.unit) == ("sensitivity", "head")
+    raw["distributed"] = {"nproc": 2}
+    with pytest.raises(ParamsError, match="sensitivity .*cannot be split over ranks.*distributed.nproc to 1"):
+        load_params(write(tmp_path, raw))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -367,3 +368,34 @@ def test_a_similarity_task_trains_a_cosine_head_and_the_pyfunc_scores_pairs(tmp_
     assert got == pytest.approx(want, abs=1e-4)
     with pytest.raises(ValueError, match="scores sentence pairs"):
         model.predict(["the film was good ."])
+
+
+def test_the_importance_variants_reach_the_mask_through_the_stages(project):
+    """score.statistic and mask.unit, set in params.yaml, change what score and derive-mask write and
+    are recorded there: LoSiA's Ī ⊙ Ū in the importance map, whole heads in the mask."""
+    from pipeline.steps import calibrate, derive_mask, score
+    from taso.importance import Importance
+    from taso.masks import Mask
+
+    art = project / "artifacts"
+    calibrate.run("entailment", project)
+    score.run("entailment", project)
+    plain = Importance.load(art / "importance" / "entailment" / "importance.safetensors")
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["score"]["statistic"] = "sensitivity"
+    raw["mask"] |= {"unit": "head", "rule": "rows_cols", "p": 0.5}  # 16 of 32 rows: one head of 16
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    shutil.rmtree(art / "importance" / "entailment")
+    score.run("entailment", project)
+    derive_mask.run("entailment", project)
+    imp = Importance.load(art / "importance" / "entailment" / "importance.safetensors")
+    assert imp.meta["statistic"] == "sensitivity" and plain.meta["statistic"] == "taylor"
+    assert imp.digest != plain.digest
+    meta = json.loads((art / "importance" / "entailment" / "meta.json").read_text())
+    assert meta["params"]["score"]["statistic"] == "sensitivity"
+    mask = Mask.load(art / "entailment" / "mask")
+    assert mask.meta["unit"] == "head"
+    width = imp.heads["bert.encoder.layer.0.attention.self.query"]
+    for name in imp.heads:
+        rows = mask.modules[name].rows
+        assert len(rows) % width == 0 and (rows.view(-1, width) % width == torch.arange(width)).all()

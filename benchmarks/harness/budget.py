@@ -14,20 +14,36 @@ from pathlib import Path
 from harness.report import by_seed, finish
 from harness.tables import SPREAD_NOTE, cell, gap
 
-REGIONS = ("taso", "imp", "random")
 REFERENCES = ("lora-r1", "lora-r8", "head")
-GAPS = (("taso", "random"), ("imp", "random"), ("taso", "imp"))
 IMP = {"q": 0.5, "steps": 50, "imp_rule": "global"}  # taso.config.ImpConfig's defaults, the pipeline's
+# TASO's importance variants (the pipeline's score.statistic and mask.unit): LoSiA's sensitivity ×
+# uncertainty score taken once, and q/k/v rows kept in whole attention heads.
+VARIANTS = {"taso-sensitivity": {"statistic": "sensitivity"}, "taso-heads": {"unit": "head"}}
+REGIONS = ("taso", "imp", "random", *VARIANTS)
+GAPS = (
+    ("taso", "random"),
+    ("imp", "random"),
+    ("taso", "imp"),
+    *((v, "taso") for v in VARIANTS),
+)
 
 
-def settings(chosen: dict[str, dict], ps: list[float]) -> dict[tuple[str, float | None], dict]:
-    """Every setting of the curve by (method, p): the region methods at each p, the references once."""
+def variant_settings(taso: dict) -> dict[str, dict]:
+    """TASO's chosen setting with each importance variant's knob changed."""
+    return {name: {**taso, **knob} for name, knob in VARIANTS.items()}
+
+
+def settings(chosen: dict[str, dict], ps: list[float], variants: bool = False) -> dict[tuple[str, float | None], dict]:
+    """Every setting of the curve by (method, p): the region methods at each p (TASO's importance
+    variants too, with ``variants``), the references once."""
     taso = chosen["taso"]
     out: dict[tuple[str, float | None], dict] = {}
     for p in ps:
         out["taso", p] = {**taso, "p": p}
         out["random", p] = {**taso, "p": p, "method": "random"}
         out["imp", p] = {**taso, "p": p, "method": "imp", **IMP}
+        if variants:
+            out |= {(name, p): {**s, "p": p} for name, s in variant_settings(taso).items()}
     for name in REFERENCES:
         if name in chosen:
             out[name, None] = chosen[name]
@@ -57,6 +73,8 @@ def table(report: list[dict], curve: dict, specs, tasks, seeds: int) -> str:
     lines += ["", "| gap (points) | p | " + " | ".join(tasks) + " |", "|---|---:|" + "---:|" * len(tasks)]
     for a, b in GAPS:
         for p in ps:
+            if (a, p) not in curve or (b, p) not in curve:
+                continue
             cells = [
                 gap(by_seed(_runs(report, curve[a, p], t), t), by_seed(_runs(report, curve[b, p], t), t), seeds)
                 for t in tasks

@@ -14,7 +14,9 @@ from taso.io import atomic_path
 
 def label(s: dict) -> str:
     if s["method"] in ("taso", "random"):
-        knobs = ", ".join(f"{k} {s[k]}" for k in ("p", "rank", "gamma", "warmup", "rule", "calibration"))
+        # The importance variants' knobs show only where a setting has them (the recorded runs do not).
+        names = ("p", "rank", "gamma", "warmup", "rule", "calibration", "statistic", "unit")
+        knobs = ", ".join(f"{k} {s[k]}" for k in names if k in s)
         return f"{s['method']} (lr {s['lr']:g}; {knobs})"
     if s["method"] == "losia":
         start = "TASO's mask" if s["start"] == "mask" else s["start"]

@@ -64,7 +64,8 @@ def run(task: str, root: Path = Path(".")) -> Path:
                 head_warmup_steps=warmed,
                 modules=len(imp.rows),
             )
-        importance_heatmap(heat, paths.heatmap, title=f"{task}: top 5% of |W ⊙ ∂L/∂W| in {heat_module}")
+        what = "|W ⊙ ∂L/∂W|" if params.score.statistic == "taylor" else "Ī ⊙ Ū"
+        importance_heatmap(heat, paths.heatmap, title=f"{task}: top 5% of {what} in {heat_module}")
         mlrun.log_outputs({"importance": digest})
         mlrun.log_artifact(paths.heatmap)
     return paths.importance
@@ -90,7 +91,11 @@ def _importance(params, task: str, paths: TaskPaths) -> tuple[Importance, torch.
     # bf16 autocast runs the matmuls in bf16; the gradients and the sums stay fp32.
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=params.score.precision == "bf16"):
         imp = score_importance(
-            model, data.iterate(calib, params.score.batch_size, tok.pad_token_id), params.model.targets, keep_full=keep
+            model,
+            data.iterate(calib, params.score.batch_size, tok.pad_token_id),
+            params.model.targets,
+            keep_full=keep,
+            statistic=params.score.statistic,
         )
     heat = imp.full.pop(heat_module) if not params.score.keep_full else imp.full[heat_module]
     imp.full = imp.full or None

@@ -66,7 +66,10 @@ def merge_importance(imps: Sequence[Importance], weights: Sequence[float] | None
             n: sum(w * get(imp)[n] / get(imp)[n].sum().clamp_min(1e-30) for w, imp in zip(weights, imps)) for n in names
         }
 
-    return Importance(merged(lambda i: i.rows), merged(lambda i: i.cols), None, {"rule": "weighted"})
+    meta = {"rule": "weighted"}
+    if all(imp.meta.get("heads") == imps[0].meta.get("heads") for imp in imps) and "heads" in imps[0].meta:
+        meta["heads"] = imps[0].meta["heads"]  # one base model: its heads are the maps' heads
+    return Importance(merged(lambda i: i.rows), merged(lambda i: i.cols), None, meta)
 
 
 def compose(masks: Sequence[Mask], op: str) -> Mask:

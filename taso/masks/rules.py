@@ -11,7 +11,7 @@ import torch
 
 from taso.importance import Importance
 from taso.masks.mask import Mask, ModuleMask
-from taso.names import RULES
+from taso.names import RULES, UNITS
 
 
 def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -77,12 +77,42 @@ def derive_global(imp: Importance, p: float) -> Mask:
     return Mask(modules, {"rule": "global", "p": str(p)})
 
 
-def derive_mask(imp: Importance, rule: str, p: float) -> Mask:
-    """Derive a mask by rule name: ``rows_cols``, ``elementwise`` or ``global``."""
+def head_rows(imp: Importance) -> Importance:
+    """``imp`` with each q/k/v row's mass replaced by its attention head's mean row mass.
+
+    A rule then ranks whole heads: the rows of one head tie and a stable sort keeps them
+    together, so every head is kept whole except at most one at the edge of a budget. Which
+    rows form heads comes from the scorer (``imp.heads``); the module means are unchanged,
+    so the global rule's scaling between matrices is too.
+    """
+    heads = imp.heads
+    if not heads:
+        raise ValueError(
+            "this importance map records no attention heads (it was scored before heads were recorded, "
+            "or the model has none): re-run the score stage, or set mask.unit to row"
+        )
+    rows = dict(imp.rows)
+    for n, width in heads.items():
+        per_head = rows[n].view(-1, width).mean(1, keepdim=True)
+        rows[n] = per_head.expand(-1, width).reshape(-1).clone()
+    return Importance(rows, imp.cols, imp.full, imp.meta)
+
+
+def derive_mask(imp: Importance, rule: str, p: float, unit: str = "row") -> Mask:
+    """Derive a mask by rule name: ``rows_cols``, ``elementwise`` or ``global``; ``unit="head"``
+    keeps the rows of attention q/k/v in whole heads (:func:`head_rows`)."""
     fns = {"rows_cols": derive_rows_cols, "elementwise": derive_elementwise, "global": derive_global}
     if rule not in fns:
         raise ValueError(f"unknown mask rule {rule!r}; choose one of {', '.join(RULES)}")
-    return fns[rule](imp, p).with_meta(importance_digest=imp.digest)
+    if unit not in UNITS:
+        raise ValueError(f"unknown mask unit {unit!r}; choose one of {', '.join(UNITS)}")
+    if unit == "head":
+        if rule == "elementwise":
+            raise ValueError("the elementwise rule keeps single entries, not rows: use mask.unit row with it")
+        mask = fns[rule](head_rows(imp), p).with_meta(unit="head")
+    else:
+        mask = fns[rule](imp, p)
+    return mask.with_meta(importance_digest=imp.digest)
 
 
 def _check_fraction(name: str, p: float) -> None:
