@@ -236,6 +236,7 @@ def run_one(s: dict, spec: data.TaskSpec, phase: str, seed: int, tok, max_steps:
     cfg = TrainConfig(
         lr=s["lr"],
         gamma=s.get("gamma", 0.5),
+        head_lr=s.get("head_lr"),  # absent in the recorded settings: the head trains at the method's rate
         epochs=PROTOCOL["epochs"],
         max_steps=max_steps,
         batch_size=PROTOCOL["batch_size"],

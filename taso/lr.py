@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from taso.targets import head_names, in_head
+from taso.targets import head_names, in_head, unwrapped
 
 # (group name, its parameters, ρ): one block of parameters whose rate scales with its kept fraction.
 Scaled = tuple[str, Sequence[nn.Parameter], float]
@@ -43,7 +43,8 @@ def param_groups(
         groups.append(
             {"params": params, "lr": lr * (1 / rho) ** gamma, "name": name, "rho": rho, "weight_decay": weight_decay}
         )
-    heads = tuple(head_names(model))
+    # A PEFT model's head sits under base_model.model; its names still contain the head's (in_head).
+    heads = tuple(head_names(unwrapped(model)))
     head, rest = [], []
     for name, p in model.named_parameters():
         if p.requires_grad and id(p) not in seen:

@@ -270,3 +270,19 @@ def test_bf16_runs_the_forward_under_autocast_and_keeps_fp32_state(make_model, m
     after = trainable_state(model)
     assert all(t.dtype == torch.float32 for t in after.values())
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("name", ["lora", "full", "losia"])
+def test_head_lr_reaches_the_head_of_every_method_peft_wrapped_too(name, make_model):
+    """PEFT wraps the model (its head under base_model.model, as modules_to_save): train.head_lr must
+    still find it. Before, a PEFT LoRA's head silently trained at the adapter's rate."""
+    from taso.methods import MethodConfig, build
+
+    method = build(name, MethodConfig(rank=2, alpha=4.0))
+    model = method.prepare(make_model("bert"), None)
+    groups = method.param_groups(model, 1e-3, head_lr=5e-2)
+    head = next(g for g in groups if g["name"] == "head")
+    assert head["lr"] == 5e-2 and head["params"]
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all("classifier" in names[id(p)] for p in head["params"])
+    assert not any("classifier" in names[id(p)] for g in groups if g["name"] != "head" for p in g["params"])
