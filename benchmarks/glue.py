@@ -167,9 +167,10 @@ def importance_for(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, s
     if s["warmup"]:
         batches = data.iterate(train_feats, PROTOCOL["batch_size"], tok.pad_token_id, seed=seed, shuffle=True)
         warm_up_head(scorer, batches, s["warmup"], seed=seed)
-    calib = train_feats[: s["calibration"]]
-    batches = data.iterate(calib, PROTOCOL["batch_size"], tok.pad_token_id)
-    return score_importance(scorer, batches, statistic=s.get("statistic", "taylor"))
+    calib, statistic = train_feats[: s["calibration"]], s.get("statistic", "taylor")
+    # An EMA weighs the last batches most, so its batches come in a seeded random order (as the pipeline's).
+    batches = data.iterate(calib, PROTOCOL["batch_size"], tok.pad_token_id, seed=seed, shuffle=statistic != "taylor")
+    return score_importance(scorer, batches, statistic=statistic)
 
 
 def mask_for(s: dict, spec: data.TaskSpec, train_feats, tok, seed: int, sources: dict, phase: str) -> Mask:
@@ -500,13 +501,14 @@ def main() -> None:
             write_text(args.out, text + "\n")
         if args.plot:
             budget.plot(report, curve, specs, args.tasks, args.plot)
-    if "variants" in phases:  # held-out slices, as the sweep that chose TASO's setting: never the dev sets
+    if "variants" in phases:  # the sweep's held-out slices, never the dev sets; a phase of its own, so
+        # that its seeds 1 and 2 cannot enter the sweep's choice (which reads seed 0 per setting)
         contenders = {"taso": settings["taso"], **budget.variant_settings(settings["taso"])}
-        plan = [("sweep", t, s, seed) for seed in args.seeds for t in sweep_tasks for s in contenders.values()]
+        plan = [("variants", t, s, seed) for seed in args.seeds for t in sweep_tasks for s in contenders.values()]
         if not args.no_run:
             execute(lambda done: plan, specs, args, protocol, done)
-        held = [r for r in done if r["phase"] == "sweep"]
-        majority = {t: majority_share(specs[t], "sweep") for t in sweep_tasks}
+        held = [r for r in done if r["phase"] == "variants"]
+        majority = {t: majority_share(specs[t], "variants") for t in sweep_tasks}
         text = table(held, contenders, specs, sweep_tasks, len(args.seeds), majority)
         text += "\n\n" + paired(held, contenders, specs, sweep_tasks, len(args.seeds))
         print(text)

@@ -187,9 +187,8 @@ def mask_show(path: Path, rank: int, as_json: bool) -> None:
 @click.option(
     "--unit",
     type=click.Choice(UNITS),
-    default="row",
-    show_default=True,
-    help="weighted: keep attention q/k/v rows one by one (row) or in whole heads (head).",
+    default=None,
+    help="weighted: keep attention q/k/v rows one by one (row, the default) or in whole heads (head).",
 )
 @click.option("--rank", default=1, show_default=True, help="Rank for the trainable-parameter count.")
 @root_option
@@ -202,7 +201,7 @@ def mask_compose(
     weights: str | None,
     p: float | None,
     rule: str,
-    unit: str,
+    unit: str | None,
     rank: int,
     root: Path,
     tracking_uri: str | None,
@@ -220,8 +219,8 @@ def mask_compose(
     from taso.io import atomic_path
     from taso.masks import mask_stats
 
-    if op != "weighted" and (weights is not None or p is not None):
-        raise click.UsageError("--weights and --p apply to --op weighted only")
+    if op != "weighted" and (weights is not None or p is not None or unit is not None):
+        raise click.UsageError("--weights, --p and --unit apply to --op weighted only")
     if op == "weighted" and p is None:
         raise click.UsageError("--op weighted needs --p, the kept fraction of rows and columns (e.g. --p 0.25)")
     try:
@@ -234,7 +233,7 @@ def mask_compose(
         raise click.BadParameter(f"{len(parsed)} weights for {len(refs)} inputs", param_hint="--weights")
     if any(r.startswith(sources.REGISTRY_PREFIXES) for r in refs):
         _configure(root, tracking_uri)
-    mask = sources.compose_refs(op, list(refs), root=Path("."), weights=parsed, p=p, rule=rule, unit=unit)
+    mask = sources.compose_refs(op, list(refs), root=Path("."), weights=parsed, p=p, rule=rule, unit=unit or "row")
     with atomic_path(out) as tmp:
         tmp.mkdir()
         digest = mask.save(tmp, rank=rank)

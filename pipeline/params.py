@@ -320,15 +320,6 @@ class Params(_Strict):
     compositions: dict[str, CompositionParams] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _ranks(self) -> Params:
-        if self.score.statistic == "sensitivity" and self.distributed.nproc > 1:
-            raise ValueError(
-                "score.statistic sensitivity is a running average over the calibration batches in order, not a "
-                "sum, so it cannot be split over ranks: set distributed.nproc to 1 or score.statistic to taylor"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _lineage(self, info: ValidationInfo) -> Params:
         # Compositions read tasks' own importance, so a task that reuses a mask cannot be an
         # input, and one that uses a composition cannot be in it: each would be a cycle.

@@ -11,6 +11,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.params import Params
 
 # The shells DVC may run a stage command through (``$SHELL -c <cmd>``, else ``/bin/sh -c``).
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "fish", "ksh"})
@@ -62,14 +66,16 @@ def _stop_when_dvc_goes() -> None:
     threading.Thread(target=watch, name="watch-dvc", daemon=True).start()
 
 
-def _nproc(root: Path) -> int:
-    """``distributed.nproc`` from params.yaml; 1 when it does not validate (the stage then says why)."""
+def _nproc(root: Path, splits: Callable[[Params], bool]) -> int:
+    """``distributed.nproc`` from params.yaml where ``splits`` says the stage's work splits over
+    ranks; 1 otherwise, or when params.yaml does not validate (the stage then says why)."""
     from pipeline.params import ParamsError, load_params
 
     try:
-        return load_params(root / "params.yaml", quick=True).distributed.nproc
+        params = load_params(root / "params.yaml", quick=True)
     except ParamsError:
         return 1
+    return params.distributed.nproc if splits(params) else 1
 
 
 def _torchrun(nproc: int) -> int:
@@ -92,14 +98,17 @@ def _torchrun(nproc: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def stage_main(run: Callable[..., object], *, per: str | None = "task", distributed: bool = False) -> None:
+def stage_main(
+    run: Callable[..., object], *, per: str | None = "task", distributed: bool | Callable[[Params], bool] = False
+) -> None:
     """Parse ``--<per>`` and ``--root``, run the stage, and turn known errors into one clear line.
 
     Args:
         per: what one run of the stage is for (``task``, ``name`` of a composition), or None
             for a stage that runs once over the whole project: ``run(root)``.
-        distributed: the stage can run data-parallel; with ``distributed.nproc`` above 1 in
-            params.yaml it starts itself again under torchrun, which sets ``WORLD_SIZE``.
+        distributed: the stage can run data-parallel (True, or a function of the params that
+            says whether it can with these); with ``distributed.nproc`` above 1 in params.yaml
+            it then starts itself again under torchrun, which sets ``WORLD_SIZE``.
 
     Exit status: 0 done, 2 bad input (one ``error:`` line, no traceback), 130 interrupted by
     SIGINT or SIGTERM (outputs untouched; training leaves a checkpoint the next run resumes).
@@ -114,8 +123,10 @@ def stage_main(run: Callable[..., object], *, per: str | None = "task", distribu
         signal.signal(signal.SIGTERM, _terminate)
     if os.environ.get("DVC_STAGE"):  # set by dvc for every stage command it runs
         _stop_when_dvc_goes()
-    if distributed and int(os.environ.get("WORLD_SIZE", "1")) == 1 and (nproc := _nproc(args.root)) > 1:
-        sys.exit(_torchrun(nproc))
+    if distributed and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        splits = distributed if callable(distributed) else lambda _params: True
+        if (nproc := _nproc(args.root, splits)) > 1:
+            sys.exit(_torchrun(nproc))
     try:
         if distributed:
             from taso import distributed as dist

@@ -147,7 +147,8 @@ def score_importance(
     if statistic == "sensitivity" and distributed.active():
         raise ValueError(
             "the sensitivity statistic is a running average over batches in order, not a sum, so it cannot "
-            "be split over ranks: set distributed.nproc to 1 or score.statistic to taylor"
+            "be split over ranks: score in one process (distributed.nproc 1, or without torchrun), or use "
+            "score.statistic taylor"
         )
     modules = find_targets(model, targets)
     flags = {p: p.requires_grad for p in model.parameters()}

@@ -68,8 +68,10 @@ def in_head(name: str, heads: Sequence[str]) -> bool:
     return name.split(".")[0] in heads or any(f".{h}." in name for h in heads)
 
 
-# The projections whose output rows are attention heads, laid out head after head (BERT, Llama, GPT-NeoX, ...).
-_HEADED = ("query", "key", "value", "q_proj", "k_proj", "v_proj")
+# The projections whose output rows are attention heads, laid out head after head: BERT's names and
+# Llama's (Mistral, Qwen and others share them). Fused projections (GPT-2's c_attn, GPT-NeoX's
+# query_key_value) and other names (DeBERTa's query_proj, T5's q) are not recognised.
+HEADED = ("query", "key", "value", "q_proj", "k_proj", "v_proj")
 
 
 def attention_heads(model: nn.Module, names: Sequence[str]) -> dict[str, int]:
@@ -84,4 +86,4 @@ def attention_heads(model: nn.Module, names: Sequence[str]) -> dict[str, int]:
         return {}
     width = getattr(config, "head_dim", None) or config.hidden_size // heads
     modules = dict(model.named_modules())
-    return {n: width for n in names if n.rsplit(".", 1)[-1] in _HEADED and modules[n].out_features % width == 0}
+    return {n: width for n in names if n.rsplit(".", 1)[-1] in HEADED and modules[n].out_features % width == 0}

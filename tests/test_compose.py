@@ -307,7 +307,9 @@ def test_cli_composes_folders_and_importance_maps(two_tasks, monkeypatch):
     assert result.exit_code == 0, result.output
     assert json.loads(Mask.load(two_tasks / "w").meta["weights"]) == [2.0, 1.0]
     result = runner.invoke(main, ["mask", "compose", "--op", "union", "x", "--weights", "1", "--out", "z"])
-    assert result.exit_code == 2 and "--weights and --p apply to --op weighted only" in result.output
+    assert result.exit_code == 2 and "--weights, --p and --unit apply to --op weighted only" in result.output
+    result = runner.invoke(main, ["mask", "compose", "--op", "union", "x", "--unit", "head", "--out", "z"])
+    assert result.exit_code == 2 and "--unit apply to --op weighted only" in result.output
     result = runner.invoke(main, ["mask", "compose", "--op", "weighted", "artifacts/importance/topic", "--out", "z"])
     assert result.exit_code == 2 and "--op weighted needs --p" in result.output
     assert not (two_tasks / "z").exists()

@@ -253,3 +253,25 @@ def test_the_scorer_records_the_heads_of_q_k_and_v_only(kind, suffixes, make_mod
     assert len(headed) == 3 * 2  # three projections in each of two layers
     assert imp.heads == dict.fromkeys(headed, 16)  # hidden 32 over 2 heads
     assert imp.meta["statistic"] == "taylor"
+
+
+def test_head_widths_follow_the_config_with_grouped_query_attention_and_an_explicit_head_dim():
+    """Llama with 4 query heads of width 16 over hidden 32 (head_dim set apart from hidden/heads) and
+    one shared key/value head: q has 4 heads of 16 rows, k and v one of 16 each."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from taso.targets import attention_heads
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config)
+    names = list(find_targets(model))
+    heads = attention_heads(model, names)
+    shapes = {n: model.get_submodule(n).out_features for n in heads}
+    assert {n.rsplit(".", 1)[-1]: (w, shapes[n]) for n, w in heads.items()} == {
+        "q_proj": (16, 64),
+        "k_proj": (16, 16),
+        "v_proj": (16, 16),
+    }

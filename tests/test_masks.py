@@ -256,6 +256,11 @@ def test_merge_importance_weights_unit_mass_maps():
     other = random_importance(0, shapes={"layer.0.q": (12, 8)}, full=False)
     with pytest.raises(ArtifactError):
         merge_importance([a, other])
+    # Maps of two statistics (Σ|W ⊙ G| and LoSiA's Ī ⊙ Ū) do not add up, even at unit mass.
+    ema = Importance(a.rows, a.cols, None, {"statistic": "sensitivity"})
+    with pytest.raises(ArtifactError, match="different statistics \\(sensitivity, taylor\\).*same score.statistic"):
+        merge_importance([a, ema])
+    assert merge_importance([ema, ema]).meta["statistic"] == "sensitivity"
 
 
 # --- comparison, statistics, random baseline ----------------------------------------------------
@@ -429,19 +434,20 @@ def test_the_head_unit_keeps_whole_heads_where_rows_would_split_them(rule):
     by_row = derive_mask(imp, rule, 0.5)
     by_head = derive_mask(imp, rule, 0.5, unit="head")
     q_row, q_head = by_row.modules["layer.0.q"].rows.tolist(), by_head.modules["layer.0.q"].rows.tolist()
-    assert 4 in q_row and not {5, 6, 7} & set(q_row)  # rows: the outstanding row alone, head 1 split
-    assert q_head == [0, 1, 2, 3]  # heads: head 0 whole (mean 1.0 beats head 1's 0.75)
-    assert by_head.meta["unit"] == "head" and "unit" not in by_row.meta
-    # Only the rows of recorded heads change: columns, and the MLP's rows, are chosen as before.
-    assert by_head.modules["layer.0.q"].cols.tolist() == by_row.modules["layer.0.q"].cols.tolist()
+    # The rule decides how many rows each matrix keeps; the unit only which: head 0 (mean 1.0) whole
+    # first, then head 1's (mean 0.75) best rows, the outstanding row 4 before its zeros.
+    assert len(q_head) == len(q_row) and q_head == list(range(len(q_row)))
     if rule == "rows_cols":
-        assert by_head.modules["layer.0.mlp"].rows.tolist() == by_row.modules["layer.0.mlp"].rows.tolist()
-    assert by_head.trainable_params(1) == by_row.trainable_params(1)
+        assert q_row == [0, 1, 2, 4]  # rows: the outstanding row splits head 0
+    assert by_head.meta["unit"] == "head" and "unit" not in by_row.meta
+    for name in ("layer.0.q", "layer.0.mlp"):  # columns, and rows of a matrix without heads, as the rule chose
+        assert by_head.modules[name].cols.tolist() == by_row.modules[name].cols.tolist()
+    assert by_head.modules["layer.0.mlp"].rows.tolist() == by_row.modules["layer.0.mlp"].rows.tolist()
 
 
 def test_the_head_unit_needs_recorded_heads_and_a_row_rule():
     imp = headed_importance()
-    with pytest.raises(ValueError, match="records no attention heads.*re-run the score stage"):
+    with pytest.raises(ValueError, match="records no attention heads.*re-run the score stage.*not named query"):
         derive_mask(Importance(imp.rows, imp.cols), "global", 0.5, unit="head")
     with pytest.raises(ValueError, match="elementwise rule keeps single entries"):
         derive_mask(imp, "elementwise", 0.5, unit="head")
@@ -450,4 +456,4 @@ def test_the_head_unit_needs_recorded_heads_and_a_row_rule():
     # A weighted composition of one model's maps keeps its heads, so it can use the head unit.
     merged = merge_importance([imp, headed_importance()])
     assert merged.heads == {"layer.0.q": 4}
-    assert derive_mask(merged, "global", 0.5, unit="head").modules["layer.0.q"].rows.tolist() == [0, 1, 2, 3]
+    assert derive_mask(merged, "rows_cols", 0.5, unit="head").modules["layer.0.q"].rows.tolist() == [0, 1, 2, 3]

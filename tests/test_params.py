@@ -196,6 +196,3 @@ def test_variants_of_importance_and_unit_are_validated_together(tmp_path, raw):
     raw["score"]["statistic"] = "sensitivity"
     params = load_params(write(tmp_path, raw))
     assert (params.score.statistic, params.mask.unit) == ("sensitivity", "head")
-    raw["distributed"] = {"nproc": 2}
-    with pytest.raises(ParamsError, match="sensitivity .*cannot be split over ranks.*distributed.nproc to 1"):
-        load_params(write(tmp_path, raw))

@@ -399,3 +399,18 @@ def test_the_importance_variants_reach_the_mask_through_the_stages(project):
     for name in imp.heads:
         rows = mask.modules[name].rows
         assert len(rows) % width == 0 and (rows.view(-1, width) % width == torch.arange(width)).all()
+
+
+def test_score_runs_in_one_process_where_its_statistic_does_not_split_over_ranks(project):
+    """With distributed.nproc 2 the score stage relaunches under torchrun for a sum (taylor), but
+    not for the sensitivity statistic, whose EMA runs over the batches in order; train still would."""
+    from stages._args import _nproc
+    from stages.score import splits
+
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["distributed"] = {"nproc": 2}
+    for statistic, ranks in (("taylor", 2), ("sensitivity", 1)):
+        raw["score"]["statistic"] = statistic
+        (project / "params.yaml").write_text(yaml.safe_dump(raw))
+        assert _nproc(project, splits) == ranks
+        assert _nproc(project, lambda _params: True) == 2

@@ -87,12 +87,14 @@ def _importance(params, task: str, paths: TaskPaths) -> tuple[Importance, torch.
         # Every rank warms up the same head from the same seed: the warm-up is not split.
         warmed = warm_up_head(model, batches, params.score.head_warmup_steps, lr=params.score.head_warmup_lr, seed=seed)
     heat_module = next(iter(find_targets(model, params.model.targets)))
+    sensitive = params.score.statistic == "sensitivity"
     keep = True if params.score.keep_full else [heat_module]
     # bf16 autocast runs the matmuls in bf16; the gradients and the sums stay fp32.
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=params.score.precision == "bf16"):
         imp = score_importance(
             model,
-            data.iterate(calib, params.score.batch_size, tok.pad_token_id),
+            # An EMA weighs the last batches most: a seeded random order, so a sorted file cannot tilt it.
+            data.iterate(calib, params.score.batch_size, tok.pad_token_id, seed=seed, shuffle=sensitive),
             params.model.targets,
             keep_full=keep,
             statistic=params.score.statistic,

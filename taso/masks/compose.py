@@ -66,7 +66,14 @@ def merge_importance(imps: Sequence[Importance], weights: Sequence[float] | None
             n: sum(w * get(imp)[n] / get(imp)[n].sum().clamp_min(1e-30) for w, imp in zip(weights, imps)) for n in names
         }
 
-    meta = {"rule": "weighted"}
+    statistics = {imp.meta.get("statistic", "taylor") for imp in imps}
+    if len(statistics) > 1:
+        # Ī ⊙ Ū grows like a squared sum: scaled to unit mass it is still more concentrated.
+        raise ArtifactError(
+            f"importance maps of different statistics ({', '.join(sorted(statistics))}) do not add up; "
+            "merge maps scored with the same score.statistic"
+        )
+    meta = {"rule": "weighted", "statistic": statistics.pop()}
     if all(imp.meta.get("heads") == imps[0].meta.get("heads") for imp in imps) and "heads" in imps[0].meta:
         meta["heads"] = imps[0].meta["heads"]  # one base model: its heads are the maps' heads
     return Importance(merged(lambda i: i.rows), merged(lambda i: i.cols), None, meta)

@@ -12,6 +12,7 @@ import torch
 from taso.importance import Importance
 from taso.masks.mask import Mask, ModuleMask
 from taso.names import RULES, UNITS
+from taso.targets import HEADED
 
 
 def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -77,41 +78,51 @@ def derive_global(imp: Importance, p: float) -> Mask:
     return Mask(modules, {"rule": "global", "p": str(p)})
 
 
-def head_rows(imp: Importance) -> Importance:
-    """``imp`` with each q/k/v row's mass replaced by its attention head's mean row mass.
+def whole_heads(mask: Mask, imp: Importance) -> Mask:
+    """``mask`` with the rows of each attention q/k/v projection re-chosen in whole heads.
 
-    A rule then ranks whole heads: the rows of one head tie and a stable sort keeps them
-    together, so every head is kept whole except at most one at the edge of a budget. Which
-    rows form heads comes from the scorer (``imp.heads``); the module means are unchanged,
-    so the global rule's scaling between matrices is too.
+    Each such module keeps as many rows as the rule gave it, so the budget and its split
+    between matrices stay the rule's; only which rows changes: heads in order of their mean
+    row mass, and where the count is not a multiple of the head width, the best rows of the
+    next head. Columns and every other module are untouched. Which rows form heads comes from
+    the scorer (``imp.heads``).
     """
     heads = imp.heads
     if not heads:
         raise ValueError(
-            "this importance map records no attention heads (it was scored before heads were recorded, "
-            "or the model has none): re-run the score stage, or set mask.unit to row"
+            "this importance map records no attention heads: it was scored before heads were recorded "
+            f"(re-run the score stage), or the model's q/k/v projections are not named {', '.join(HEADED)} "
+            "(use mask.unit row)"
         )
-    rows = dict(imp.rows)
+    modules = dict(mask.modules)
     for n, width in heads.items():
-        per_head = rows[n].view(-1, width).mean(1, keepdim=True)
-        rows[n] = per_head.expand(-1, width).reshape(-1).clone()
-    return Importance(rows, imp.cols, imp.full, imp.meta)
+        m, mass = modules[n], imp.rows[n]
+        k = m.rows.numel()
+        if k == 0:
+            continue
+        order = torch.argsort(mass.view(-1, width).mean(1), descending=True, stable=True)
+        whole, rest = divmod(k, width)
+        rows = (order[:whole, None] * width + torch.arange(width)).reshape(-1)
+        if rest:
+            start = int(order[whole]) * width
+            rows = torch.cat([rows, start + _top(mass[start : start + width], rest)])
+        modules[n] = ModuleMask(rows, m.cols, m.shape)
+    return Mask(modules, {**mask.meta, "unit": "head"})
 
 
 def derive_mask(imp: Importance, rule: str, p: float, unit: str = "row") -> Mask:
     """Derive a mask by rule name: ``rows_cols``, ``elementwise`` or ``global``; ``unit="head"``
-    keeps the rows of attention q/k/v in whole heads (:func:`head_rows`)."""
+    then keeps the rows of attention q/k/v in whole heads (:func:`whole_heads`)."""
     fns = {"rows_cols": derive_rows_cols, "elementwise": derive_elementwise, "global": derive_global}
     if rule not in fns:
         raise ValueError(f"unknown mask rule {rule!r}; choose one of {', '.join(RULES)}")
     if unit not in UNITS:
         raise ValueError(f"unknown mask unit {unit!r}; choose one of {', '.join(UNITS)}")
+    if unit == "head" and rule == "elementwise":
+        raise ValueError("the elementwise rule keeps single entries, not rows: use mask.unit row with it")
+    mask = fns[rule](imp, p)
     if unit == "head":
-        if rule == "elementwise":
-            raise ValueError("the elementwise rule keeps single entries, not rows: use mask.unit row with it")
-        mask = fns[rule](head_rows(imp), p).with_meta(unit="head")
-    else:
-        mask = fns[rule](imp, p)
+        mask = whole_heads(mask, imp)
     return mask.with_meta(importance_digest=imp.digest)
 
 
