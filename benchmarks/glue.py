@@ -32,6 +32,13 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
                   rows in whole attention heads (mask.unit head), on the sweep tasks' held-out slices,
                   seeds 0 1 2; the table and TASO's paired gaps to each (--out). A variant stays an
                   option only where it beats TASO beyond the seed spread.
+  --phase head    the head's own rate: a head reading a normalised sentence vector (--pooling auto:
+                  MiniLM's mean+normalize, unit length) moves its logits far less per step than one
+                  reading BERT's tanh pooler, so at the adapter's rate it barely learns. TASO and
+                  LoRA r=1 at their chosen settings with the head at each rate of --head-lrs (and at
+                  the method's own), on the sweep tasks' held-out slices, seed 0; the table and the
+                  rate with the best mean over both methods and tasks (--out). Pass that rate to
+                  report/transfer/budget as --head-lr.
   --phase status  runs nothing: the sweep's table so far (--out), with each method's current choice.
 
     python benchmarks/glue.py --phase sweep --jobs 2              # hours on 2 cores; resumable
@@ -40,6 +47,7 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
     python benchmarks/glue.py --phase transfer --jobs 2 --out docs/transfer-glue.md
     python benchmarks/glue.py --phase budget --jobs 2 --out docs/budget-glue.md --plot docs/budget-glue.png
     python benchmarks/glue.py --phase variants --pooling auto --sweep-pooling architecture --jobs 2 --out docs/variants-glue.md
+    python benchmarks/glue.py --phase head --pooling auto --sweep-pooling architecture --jobs 2 --out docs/head-glue.md
     python benchmarks/glue.py --phase report --no-run --methods taso lora-r1 lora-r8 head full --out docs/results-glue.md
     python benchmarks/glue.py --quick --results /tmp/q.jsonl      # one task, one seed, 3 steps
 
@@ -72,7 +80,17 @@ import torch  # noqa: E402
 from harness import budget, probe  # noqa: E402
 from harness.measure import PeakRSS  # noqa: E402
 from harness.pool import InProcess, worker_init  # noqa: E402
-from harness.report import cost, label, paired, plot, sweep_table, table, transfer_settings, transfer_table  # noqa: E402
+from harness.report import (  # noqa: E402
+    cost,
+    head_table,
+    label,
+    paired,
+    plot,
+    sweep_table,
+    table,
+    transfer_settings,
+    transfer_table,
+)
 from harness.store import append, key, load  # noqa: E402
 from harness.sweep import (  # noqa: E402
     MAX_EXTEND,
@@ -344,7 +362,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/glue"))
     parser.add_argument(
-        "--phase", choices=["sweep", "report", "transfer", "budget", "variants", "status"], default="sweep"
+        "--phase", choices=["sweep", "report", "transfer", "budget", "variants", "head", "status"], default="sweep"
+    )
+    parser.add_argument(
+        "--head-lrs", nargs="+", type=float, default=[3e-3, 1e-2, 3e-2], help="head: the head's rates to try"
+    )
+    parser.add_argument(
+        "--head-lr",
+        type=float,
+        help="report/transfer/budget/variants: the head trains at this rate in every method but head-only "
+        "(whose rate is the head's already); default: at the method's rate, as the recorded runs",
     )
     parser.add_argument(
         "--tasks",
@@ -393,6 +420,7 @@ def main() -> None:
     args.methods = args.methods or {
         "transfer": ["taso"],
         "variants": ["taso"],
+        "head": ["taso", "lora-r1"],
         "budget": ["taso", "lora-r1", "lora-r8", "head"],
     }.get(args.phase)
     limits = {"sst2": SST2_TRAIN}
@@ -437,7 +465,7 @@ def main() -> None:
 
     phases = (args.phase,)
     if args.quick and args.phase != "status":  # a quick run sweeps, then reports (or transfers, curves, compares)
-        phases = ("sweep", args.phase if args.phase in ("transfer", "budget", "variants") else "report")
+        phases = ("sweep", args.phase if args.phase in ("transfer", "budget", "variants", "head") else "report")
     if "sweep" in phases:
         execute(sweep, specs, args, protocol, done)
     if "status" in phases:  # runs nothing: the sweep's table so far
@@ -446,7 +474,7 @@ def main() -> None:
         print(text)
         if args.out:
             write_text(args.out, text + "\n")
-    if {"report", "transfer", "budget", "variants"} & set(phases):
+    if {"report", "transfer", "budget", "variants", "head"} & set(phases):
         # Each method's setting from the sweep it was swept in: another head's recorded sweep for the
         # methods it holds, this protocol's own for the methods it adds (LoSiA).
         sources = [(swept, sweep_protocol, grids(sweep_protocol))]
@@ -467,6 +495,17 @@ def main() -> None:
                 )
             settings |= chosen(records, sweep_tasks, planned(records, method_grids), methods=method_grids)
         settings |= losia_variants(settings)
+        if args.head_lr:  # every method's head at one rate, but head-only's, whose rate is the head's
+            settings = {m: s if m == "head" else {**s, "head_lr": args.head_lr} for m, s in settings.items()}
+    if "head" in phases:  # the sweep's held-out slices, seed 0, in a phase of their own
+        tried = {m: [settings[m], *({**settings[m], "head_lr": h} for h in args.head_lrs)] for m in args.methods}
+        plan = [("head", t, s, 0) for ss in tried.values() for s in ss for t in sweep_tasks]
+        if not args.no_run:
+            execute(lambda done: plan, specs, args, protocol, done)
+        text = head_table([r for r in done if r["phase"] == "head"], tried, specs, sweep_tasks)
+        print(text)
+        if args.out:
+            write_text(args.out, text + "\n")
     if "report" in phases:
         if args.methods:  # the named methods (and their variants: random with taso, losia's with losia)
             of = {"random": "taso", "losia-r1budget": "losia", "losia-warm": "losia"}

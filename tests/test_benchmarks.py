@@ -636,3 +636,24 @@ def test_budget_variants_are_tasos_setting_with_one_knob_changed_and_gapped_agai
     lines = budget.table(report, curve, specs, ["rte"], seeds=3).splitlines()
     assert "| taso-heads − taso | 0.1 | +11.0 ± 1.0 † |" in lines
     assert "| taso-sensitivity − taso | 0.1 | -1.7 ± 5.8 |" in lines
+
+
+def test_head_table_names_the_head_rate_with_the_best_mean_over_methods_and_tasks(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    report = pytest.importorskip("harness.report")
+    taso, lora = {"method": "taso", "lr": 1e-3}, {"method": "lora-r1", "lr": 1e-3}
+    tried = {m: [s, {**s, "head_lr": 1e-2}, {**s, "head_lr": 3e-2}] for m, s in (("taso", taso), ("lora-r1", lora))}
+    # 1e-2 is best for TASO, 3e-2 for LoRA; over both methods and tasks 1e-2 wins (mean 75.5 to 74.75).
+    mains = {(0, None): 0.60, (0, 1e-2): 0.78, (0, 3e-2): 0.70, (1, None): 0.70, (1, 1e-2): 0.73, (1, 3e-2): 0.795}
+    runs = [
+        {"setting": s, "task": t, "main": mains[i, s.get("head_lr")]}
+        for i, ss in enumerate(tried.values()) for s in ss for t in ("mrpc", "sst2")
+    ]  # fmt: skip
+    specs = {t: argparse.Namespace(metrics=("accuracy",)) for t in ("mrpc", "sst2")}
+    text = report.head_table(runs, tried, specs, ["mrpc", "sst2"])
+    assert "| taso | method's | 60.0 | 60.0 | 60.0 |" in text and "| lora-r1 | 0.03 | 79.5 | 79.5 | 79.5 |" in text
+    assert text.endswith("Best mean over methods and tasks: head lr 0.01 (75.5).")
+    # A rate not yet run for every method and task is not chosen.
+    partial = report.head_table(runs[:-1], tried, specs, ["mrpc", "sst2"])
+    assert "| lora-r1 | 0.03 | 79.5 | … | … |" in partial and "head lr 0.01 (75.5)" in partial
+    assert report.label({**taso, "head_lr": 1e-2}) .startswith("taso (lr 0.001, head lr 0.01")  # fmt: skip
