@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from taso.config import ImpConfig, LosiaConfig, MethodConfig, TrainConfig
 from taso.data import TaskSpec
 from taso.metrics import APPLIES_TO
-from taso.names import DEFAULT_RULE, Rule, TaskType, Unit
+from taso.names import DEFAULT_RULE, Rule, Statistic, TaskType, Unit
 from taso.pooling import Pooling
 
 if TYPE_CHECKING:
@@ -193,7 +193,7 @@ class ScoreParams(_Strict):
     keep_full: bool = False
     precision: Literal["fp32", "bf16"] = "fp32"
     # sensitivity: LoSiA's score with LoSiA's own defaults (taso.importance.score_importance), taken once
-    statistic: Literal["taylor", "sensitivity"] = "taylor"
+    statistic: Statistic = "taylor"
 
 
 class MaskParams(_Strict):

@@ -15,7 +15,6 @@ import json
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import nn
@@ -23,12 +22,11 @@ from torch import nn
 from taso import distributed
 from taso.config import LosiaConfig
 from taso.io import ArtifactError, digest_tensors, load_safetensors, save_safetensors
+from taso.names import STATISTICS, Statistic
 from taso.subnet import Sensitivity, Taylor, taylor_importance
 from taso.targets import TargetSpec, attention_heads, find_targets, head_names
 
 LossFn = Callable[[nn.Module, Mapping[str, torch.Tensor]], torch.Tensor]
-Statistic = Literal["taylor", "sensitivity"]
-STATISTICS: tuple[str, ...] = ("taylor", "sensitivity")
 
 
 def default_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

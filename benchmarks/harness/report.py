@@ -13,13 +13,13 @@ from taso.io import atomic_path
 
 
 def label(s: dict) -> str:
+    # The head's own rate and the importance variants' knobs show only where a setting has them
+    # (the recorded runs do not).
+    head = f", head lr {s['head_lr']:g}" if "head_lr" in s else ""
     if s["method"] in ("taso", "random"):
-        # The importance variants' knobs show only where a setting has them (the recorded runs do not).
         names = ("p", "rank", "gamma", "warmup", "rule", "calibration", "statistic", "unit")
         knobs = ", ".join(f"{k} {s[k]}" for k in names if k in s)
-        head = f", head lr {s['head_lr']:g}" if "head_lr" in s else ""
         return f"{s['method']} (lr {s['lr']:g}{head}; {knobs})"
-    head = f", head lr {s['head_lr']:g}" if "head_lr" in s else ""
     if s["method"] == "losia":
         start = "TASO's mask" if s["start"] == "mask" else s["start"]
         return f"losia (lr {s['lr']:g}{head}; p {s['p']:g}, start {start})"
@@ -208,24 +208,22 @@ def head_table(runs: list[dict], tried: dict[str, list[dict]], specs, tasks) -> 
     the mean over tasks, and the rate with the best mean over methods and tasks: the one to use."""
     lines = ["| method | head lr | " + " | ".join(f"{t} held-out {specs[t].metrics[0]}" for t in tasks) + " | mean |"]
     lines.append("|---|---:|" + "---:|" * (len(tasks) + 1))
-    by_rate: dict[object, list[float]] = {}
+    by_rate: dict[str, list[float]] = {}
     for method, settings in tried.items():
         for s in settings:
             got = {r["task"]: r["main"] for r in runs if r["setting"] == s}
-            rate = s.get("head_lr", "method's")
+            rate = f"{s['head_lr']:g}" if "head_lr" in s else "method's"
             cells = [f"{100 * got[t]:.1f}" if t in got else "…" for t in tasks]
             whole = set(tasks) <= set(got)
             mean = f"{100 * statistics.mean(got[t] for t in tasks):.1f}" if whole else "…"
             if whole:
                 by_rate.setdefault(rate, []).extend(got[t] for t in tasks)
-            label_rate = rate if isinstance(rate, str) else f"{rate:g}"
-            lines.append(f"| {method} | {label_rate} | " + " | ".join(cells) + f" | {mean} |")
+            lines.append(f"| {method} | {rate} | " + " | ".join(cells) + f" | {mean} |")
     complete = {r: v for r, v in by_rate.items() if len(v) == len(tried) * len(tasks)}
     if complete:
         best = max(complete, key=lambda r: statistics.mean(complete[r]))
-        name = best if isinstance(best, str) else f"{best:g}"
         lines += [
             "",
-            f"Best mean over methods and tasks: head lr {name} ({100 * statistics.mean(complete[best]):.1f}).",
+            f"Best mean over methods and tasks: head lr {best} ({100 * statistics.mean(complete[best]):.1f}).",
         ]
     return "\n".join(lines)
