@@ -56,7 +56,7 @@ class TrainConfig:
 
     lr: float = 1e-3
     gamma: float = 0.5
-    head_lr: float | None = None
+    head_lr: float | None = 0.03  # None: the head learns at lr
     epochs: int = 1
     max_steps: int | None = None
     batch_size: int = 16

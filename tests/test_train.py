@@ -90,7 +90,7 @@ def test_optimizer_uses_the_scaled_rates(make_model, make_batches, make_features
     model, _ = masked_model(make_model, make_batches, p=0.2)
     cfg = TrainConfig(lr=1e-3, gamma=1.0, max_steps=2, batch_size=8)
     result = train(model, make_features("bert", 16), cfg, method=Taso(), progress=False)
-    expected = {g["name"]: g["lr"] for g in Taso().param_groups(model, 1e-3, gamma=1.0)}
+    expected = {g["name"]: g["lr"] for g in Taso().param_groups(model, 1e-3, gamma=1.0, head_lr=cfg.head_lr)}
     assert {n: r["lr"] for n, r in result.rates.items()} == pytest.approx(expected)
 
 
