@@ -366,7 +366,7 @@ def main() -> None:
         "--phase", choices=["sweep", "report", "transfer", "budget", "variants", "head", "status"], default="sweep"
     )
     parser.add_argument(
-        "--head-lrs", nargs="+", type=float, default=[3e-3, 1e-2, 3e-2], help="head: the head's rates to try"
+        "--head-lrs", nargs="+", type=float, default=[3e-3, 1e-2, 3e-2, 1e-1], help="head: the head's rates to try"
     )
     parser.add_argument(
         "--head-lr",
