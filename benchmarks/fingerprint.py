@@ -21,7 +21,7 @@ from harness.tasks import glue_specs
 
 from taso import data, pretrained
 from taso.io import write_json
-from taso.train import TrainConfig, train
+from taso.train import train
 
 SETTINGS = {
     "taso": {"method": "taso", "lr": 1e-3, "p": 0.25, "rank": 4, "gamma": 0.5, "rule": "global", "calibration": 64},
@@ -51,7 +51,7 @@ def main() -> None:
     for name in args.methods:
         s = {**SETTINGS[name], **({"warmup": args.warmup} if "rank" in SETTINGS[name] else {})}
         model, method, _ = glue.build(s, spec, train_feats, tok, seed=0)
-        cfg = TrainConfig(lr=s["lr"], gamma=s.get("gamma", 0.5), epochs=3, max_steps=args.steps, batch_size=16)
+        cfg = glue.train_config(s, seed=0, max_steps=args.steps)
         train(model, train_feats, cfg, method=method, pad_id=tok.pad_token_id, progress=False)
         model.eval()
         with torch.no_grad():

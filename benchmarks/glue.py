@@ -231,20 +231,30 @@ def imp_region(s: dict, spec: data.TaskSpec, train_feats, tok, seed: int) -> Mas
     from taso.imp import round_trainer, search
     from taso.targets import find_targets
 
-    cfg = TrainConfig(
-        lr=s["lr"],
-        gamma=s.get("gamma", 0.5),
-        max_steps=s["steps"],
-        batch_size=PROTOCOL["batch_size"],
-        warmup_ratio=PROTOCOL["warmup_ratio"],
-        seed=seed,
-    )
+    cfg = train_config(s, seed, max_steps=s["steps"], epochs=1)
     config = MethodConfig(rank=s["rank"], alpha=PROTOCOL["alpha_per_rank"] * s["rank"], seed=seed)
     trainer = round_trainer(lambda: base_model(spec, seed), train_feats, cfg, config, pad_id=tok.pad_token_id)
     shapes = {n: tuple(m.weight.shape) for n, m in find_targets(base_model(spec, seed)).items()}
     with tempfile.TemporaryDirectory() as scratch:
         mask, _ = search(shapes, trainer, ImpConfig(s["q"], s["steps"], s["imp_rule"]), s["p"], Path(scratch))
     return mask
+
+
+def train_config(s: dict, seed: int, *, max_steps: int | None, epochs: int = PROTOCOL["epochs"]) -> TrainConfig:
+    """The protocol's training knobs for setting ``s``. The head trains at ``s["head_lr"]`` where the
+    setting names one (``--head-lr``), else at the method's rate, as every recorded setting before
+    the pipeline's own head rate did: never at TrainConfig's default, which would change what a
+    recorded key means."""
+    return TrainConfig(
+        lr=s["lr"],
+        gamma=s.get("gamma", 0.5),
+        head_lr=s.get("head_lr"),
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=PROTOCOL["batch_size"],
+        warmup_ratio=PROTOCOL["warmup_ratio"],
+        seed=seed,
+    )
 
 
 def run_one(s: dict, spec: data.TaskSpec, phase: str, seed: int, tok, max_steps: int | None, sources=None) -> dict:
@@ -254,16 +264,7 @@ def run_one(s: dict, spec: data.TaskSpec, phase: str, seed: int, tok, max_steps:
         return {**scores, "main": scores[spec.metrics[0]], "threads": torch.get_num_threads()}
     train_feats, eval_feats = encode(spec, train_rows, tok), encode(spec, eval_rows, tok)
     model, method, region_seconds = build(s, spec, train_feats, tok, seed, sources, phase)
-    cfg = TrainConfig(
-        lr=s["lr"],
-        gamma=s.get("gamma", 0.5),
-        head_lr=s.get("head_lr"),  # absent in the recorded settings: the head trains at the method's rate
-        epochs=PROTOCOL["epochs"],
-        max_steps=max_steps,
-        batch_size=PROTOCOL["batch_size"],
-        warmup_ratio=PROTOCOL["warmup_ratio"],
-        seed=seed,
-    )
+    cfg = train_config(s, seed, max_steps=max_steps)
     stamps: list[float] = []
 
     def timed_loss(model, batch):  # the time between two losses is one whole step

@@ -72,7 +72,8 @@ def run_one(spec: data.TaskSpec, mask: Mask, seed: int, tok, cache: dict, lr: fl
     method = Taso(MethodConfig(rank=RANK, alpha=ALPHA, seed=seed))
     model = method.prepare(model, mask)
     start = time.perf_counter()
-    cfg = TrainConfig(lr=lr, seed=seed, bf16=bf16)
+    # The head at lr, as the recorded runs trained it (before train.head_lr had a default of its own).
+    cfg = TrainConfig(lr=lr, head_lr=None, seed=seed, bf16=bf16)
     train(model, feats["train"], cfg, method=method, pad_id=tok.pad_token_id, progress=False)
     result = evaluate(model, feats["eval"], spec.metrics, pad_id=tok.pad_token_id)
     return {**result, "seconds": round(time.perf_counter() - start, 1)}

@@ -660,3 +660,17 @@ def test_head_table_names_the_head_rate_with_the_best_mean_over_methods_and_task
     partial = report.head_table(runs[:-1], tried, specs, ["mrpc", "sst2"])
     assert "| lora-r1 | 0.03 | 79.5 | … | … |" in partial and "head lr 0.01 (75.5)" in partial
     assert report.label({**taso, "head_lr": 1e-2}) .startswith("taso (lr 0.001, head lr 0.01")  # fmt: skip
+
+
+def test_glue_trains_the_head_at_the_settings_rate_never_at_the_pipelines_default(monkeypatch):
+    """A recorded setting without head_lr trained its head at the method's rate; TrainConfig's own
+    default (the pipeline's head rate) must not slip into a run, an IMP search or a fingerprint."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import glue
+
+    recorded = {"method": "taso", "lr": 1e-3, "gamma": 0.5}
+    assert glue.TrainConfig().head_lr is not None  # else this test shows nothing
+    assert glue.train_config(recorded, 0, max_steps=None).head_lr is None
+    assert glue.train_config({**recorded, "head_lr": 3e-2}, 1, max_steps=5).head_lr == 3e-2
+    imp = glue.train_config(recorded, 2, max_steps=50, epochs=1)
+    assert (imp.epochs, imp.max_steps, imp.seed, imp.batch_size) == (1, 50, 2, glue.PROTOCOL["batch_size"])
