@@ -127,6 +127,8 @@ class Bench:
 
         if method.startswith("losia"):
             return self.losia(in_slot=method == "losia_slot")
+        if method == "taso_no_factor_grads":
+            return _without_factor_gradients(self.stepper("taso"))
         model = self.build(method)
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -190,6 +192,35 @@ class Bench:
         return step
 
 
+def _without_factor_gradients(step: Callable[[dict], None]) -> Callable[[dict], None]:
+    """The TASO step with the masked layers' factor gradients left out (zeros): the same merged-weight
+    forward and input gradient in the same autograd node, so the step's cost above the floor splits
+    into what the node costs without them and what the factor gradients cost."""
+    import torch
+
+    import taso.layer
+
+    fused = taso.layer._MaskedLora
+
+    class NoFactorGradients(fused):
+        @staticmethod
+        def backward(ctx, grad_y):
+            x, weight, A, B, rows, cols, _h = ctx.saved_tensors
+            A_pad, Bt_pad = taso.layer._padded(A, B, rows, cols, weight.shape)
+            merged = torch.addmm(weight, Bt_pad.t(), A_pad, alpha=ctx.scaling)
+            grad_x = (grad_y.reshape(-1, grad_y.shape[-1]) @ merged).view(x.shape)
+            return grad_x, None, None, torch.zeros_like(A), torch.zeros_like(B), None, None, None, None
+
+    def patched(batch):
+        taso.layer._MaskedLora = NoFactorGradients
+        try:
+            step(batch)
+        finally:
+            taso.layer._MaskedLora = fused
+
+    return patched
+
+
 def _top_half(mask, n_layers: int = 6):
     """The same mask with every module below the middle layer emptied."""
     from taso.masks import Mask, ModuleMask
@@ -247,7 +278,7 @@ def encoder(args, setting: dict) -> dict:
     bench = Bench(setting, data)
     report: dict = {"part": "encoder", "setting": setting, "old_setting": OLD}
     report["adapter_params"] = {m: trainable(bench.build(m)) for m in ("taso", "taso_old", "peft_r1")}
-    methods = ("floor", "peft_r1", "taso", "taso_old", "taso_top_half", "losia", "losia_slot")
+    methods = ("floor", "peft_r1", "taso", "taso_no_factor_grads", "taso_old", "taso_top_half", "losia", "losia_slot")
     report["train_step_s"] = interleaved({m: bench.stepper(m) for m in methods}, data, args.warmup, args.steps)
     report["score_batch_s"] = interleaved(
         {"score": bench.scoring(), "plain": bench.plain_weight_grads()}, data, args.warmup, args.steps
@@ -273,11 +304,12 @@ def encoder(args, setting: dict) -> dict:
 def module_profile(bench: Bench, setting: dict, rounds: int) -> list[dict]:
     """Forward + backward of one target layer of each shape, alone, on the benchmark's activations
     (batch × tokens rows): the frozen layer (input gradient only) against the masked LoRA layer at
-    the default's rank and at rank 1, on the default mask's own rows and columns of that layer.
+    the default's rank by each route to the factor gradients (the kept block's weight gradient, or
+    rank-r passes over the activations), on the default mask's own rows and columns of that layer.
     Interleaved like the steps; the ratio is to the frozen layer."""
     import torch
 
-    from taso.layer import MaskedLoraLinear
+    from taso.layer import MaskedLoraLinear, _MaskedLora, block_gradient_pays
     from taso.targets import find_targets
 
     model, mask = bench.model(), bench.mask(setting["rule"], setting["p"])
@@ -288,23 +320,31 @@ def module_profile(bench: Bench, setting: dict, rounds: int) -> list[dict]:
             picked.setdefault(tuple(layer.weight.shape), name)
     n = BATCH * bench.data[0]["input_ids"].shape[1]
     g = torch.Generator().manual_seed(0)
+    r = setting["rank"]
     out = []
     for shape, name in picked.items():
-        base, m = layers[name], mask.modules[name]
+        base, m = layers[name].requires_grad_(False), mask.modules[name]  # frozen, as the methods run it
         x = torch.randn(n, shape[1], generator=g, requires_grad=True)
         grad = torch.randn(n, shape[0], generator=g)
+        layer = MaskedLoraLinear(base, m.rows, m.cols, r=r, alpha=setting["alpha"])
+        torch.nn.init.normal_(layer.lora_B, generator=g)
         steps = {"frozen": lambda _batch, base=base, x=x, grad=grad: base(x).backward(grad)}
-        for r in sorted({1, setting["rank"]}):
-            layer = MaskedLoraLinear(base, m.rows, m.cols, r=r, alpha=2.0 * r)
-            torch.nn.init.normal_(layer.lora_B, generator=g)
+        for route, block in (("block route", True), ("rank passes", False)):
 
-            def step(_batch, layer=layer, x=x, grad=grad):
-                layer(x).backward(grad)
+            def step(_batch, layer=layer, x=x, grad=grad, block=block):
+                w = layer.base
+                y = _MaskedLora.apply(
+                    x, w.weight, w.bias, layer.lora_A, layer.lora_B, layer.rows, layer.cols, layer.scaling, block
+                )
+                y.backward(grad)
                 layer.lora_A.grad = layer.lora_B.grad = None
 
-            steps[f"rank {r}"] = step
+            steps[f"rank {r}, {route}"] = step
         t = interleaved(steps, [None], 3, rounds)
-        out.append({"module": name, "shape": list(shape), "rows": len(m.rows), "cols": len(m.cols), "s": t})
+        route = "block route" if block_gradient_pays(shape, len(m.rows), len(m.cols), r) else "rank passes"
+        out.append(
+            {"module": name, "shape": list(shape), "rows": len(m.rows), "cols": len(m.cols), "route": route, "s": t}
+        )
     return out
 
 
@@ -458,6 +498,18 @@ def render(report: dict) -> dict[str, str]:
         "|---|---|---|---|---|",
         _ratio_row("train step: TASO default / PEFT LoRA r=1", "≤ 1.00", t["taso"], t["peft_r1"]),
         _ratio_row("train step: TASO default / floor (head only, full backward)", "≤ 1.05", t["taso"], t["floor"]),
+        *(
+            [
+                _ratio_row(
+                    "train step: TASO default, factor gradients left out / floor",
+                    "",
+                    t["taso_no_factor_grads"],
+                    t["floor"],
+                )
+            ]
+            if "taso_no_factor_grads" in t
+            else []
+        ),
         _ratio_row("train step: TASO old setting / PEFT LoRA r=1", "≤ 1.00", t["taso_old"], t["peft_r1"]),
         _ratio_row("train step: TASO old setting / floor", "≤ 1.05", t["taso_old"], t["floor"]),
         _ratio_row("train step: TASO default, top-half mask / all layers", "< 1", t["taso_top_half"], t["taso"]),
@@ -498,12 +550,16 @@ def render(report: dict) -> dict[str, str]:
             "| layer (shape, kept rows × cols) | frozen: fwd + input grad | " + " | ".join(ranks) + " |",
             "|---|---:|" + "---:|" * len(ranks),
         ]
+        routed = "route" in prof[0]
+        if routed:
+            rows[0] += " the layer takes |"
+            rows[1] += "---|"
         for p in prof:
             fr = p["s"]["frozen"]["median"]
             cells = " | ".join(f"{p['s'][k]['median'] / fr:.3f}×" for k in ranks)
             rows.append(
                 f"| {p['module']} ({p['shape'][0]}×{p['shape'][1]}, {p['rows']} × {p['cols']}) "
-                f"| {1e3 * fr:.2f} ms | {cells} |"
+                f"| {1e3 * fr:.2f} ms | {cells} |" + (f" {p['route']} |" if routed else "")
             )
         blocks["profile"] = "\n".join(rows)
     if start := report.get("startup_s"):

@@ -60,8 +60,9 @@ class MaskedLoraLinear(nn.Module):
         frozen = not self.base.weight.requires_grad and (bias is None or not bias.requires_grad)
         fusable = frozen and isinstance(self.dropout, nn.Identity)
         if fusable and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
+            block = block_gradient_pays(self.base.weight.shape, len(self.rows), len(self.cols), self.r)
             return _MaskedLora.apply(
-                x, self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.rows, self.cols, self.scaling
+                x, self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.rows, self.cols, self.scaling, block
             )
         y = self.base(x)
         h = F.linear(self.dropout(x).index_select(-1, self.cols), self.lora_A)
@@ -104,27 +105,40 @@ class MaskedLoraLinear(nn.Module):
         return f"rows={len(self.rows)}/{self.out_features}, cols={len(self.cols)}/{self.in_features}, r={self.r}, alpha={self.alpha}"
 
 
+# Up to this many times the rank-r passes' width, the kept block's weight gradient is the cheaper
+# way to the factor gradients: the crossover lay between 6 and 12 on 2 CPU cores (docs/performance.md).
+BLOCK_GRADIENT_LIMIT = 8
+
+
+def block_gradient_pays(shape: tuple[int, int], n_rows: int, n_cols: int, r: int) -> bool:
+    """Whether the factor gradients are cheaper through the kept block's weight gradient ``gᵀx[R, C]``
+    (``|rows|·|cols|`` wide) than through four rank-``r`` passes over the activations (``r·(d_in + d_out)``)."""
+    d_out, d_in = shape
+    return n_rows * n_cols <= BLOCK_GRADIENT_LIMIT * r * (d_in + d_out)
+
+
 class _MaskedLora(torch.autograd.Function):
     """Frozen linear plus masked LoRA in one autograd node, so training costs about what the frozen backbone costs.
 
     The factors are scattered into zero-padded ``A (r×d_in)`` and ``Bᵀ (r×d_out)`` and the
-    update is folded into the weight for the one matmul the frozen layer does anyway, in
-    the forward and again for the input gradient. What remains are four rank-``r`` passes
-    over the activations (``h``, its gradient, and the two factor gradients), instead of
-    gathers and scatters along the last dimension, which are slow on CPU. The padded
-    entries are exact zeros and the factor gradients are read at the kept rows and
-    columns only, so nothing outside the mask is ever a parameter.
+    update is folded into the weight for the one matmul the frozen layer does anyway, in the
+    forward and again for the input gradient. The factor gradients then take one of two routes,
+    both exact: for a small kept block, its weight gradient ``M = g[:, R]ᵀ·x[:, C]`` and
+    ``∂A = s·Bᵀ·M``, ``∂B = s·M·Aᵀ`` (a cost that follows the region's size); for a large one,
+    four rank-``r`` passes over the activations (``h = x·Aᵀ``, ``g·B`` and the two factor
+    gradients), whose cost follows the layer's width instead. Nothing outside the mask is ever
+    a parameter.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, A, B, rows, cols, scaling):
+    def forward(ctx, x, weight, bias, A, B, rows, cols, scaling, block):
         A_pad, Bt_pad = _padded(A, B, rows, cols, weight.shape)
         x2 = x.reshape(-1, x.shape[-1])
-        h = x2 @ A_pad.t()
         y = F.linear(x2, torch.addmm(weight, Bt_pad.t(), A_pad, alpha=scaling), bias)
         # The merged weight is recomputed in backward, not saved: it is as large as the layer.
+        h = None if block else x2 @ A_pad.t()
         ctx.save_for_backward(x, weight, A, B, rows, cols, h)
-        ctx.scaling = scaling
+        ctx.scaling, ctx.block = scaling, block
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
@@ -133,17 +147,21 @@ class _MaskedLora(torch.autograd.Function):
         s = ctx.scaling
         A_pad, Bt_pad = _padded(A, B, rows, cols, weight.shape)
         g = grad_y.reshape(-1, grad_y.shape[-1])
-        # The rank-r products are written in the operand order CPU BLAS runs fastest: g·B as
-        # F.linear with B stored r×d_out, and B's gradient as (hᵀg)ᵀ. At rank 4 the textbook
-        # orders g @ B and gᵀ @ h were markedly slower (benchmarks/speed.py's per-layer profile
-        # shows what the layer costs now).
-        grad_h = F.linear(g, Bt_pad).mul_(s)
+        x2 = x.reshape(-1, x.shape[-1])
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = (g @ torch.addmm(weight, Bt_pad.t(), A_pad, alpha=s)).view(x.shape)
-        grad_A = (grad_h.t() @ x.reshape(-1, x.shape[-1])).index_select(1, cols)
-        grad_B = (h.t() @ g).index_select(1, rows).t().mul_(s)
-        return grad_x, None, None, grad_A, grad_B, None, None, None
+        if ctx.block:
+            block_grad = g.index_select(1, rows).t() @ x2.index_select(1, cols)
+            grad_A, grad_B = (B.t() @ block_grad).mul_(s), (block_grad @ A.t()).mul_(s)
+        else:
+            # The rank-r products are written in the operand order CPU BLAS runs fastest: g·B as
+            # F.linear with B stored r×d_out, and B's gradient as (hᵀg)ᵀ. At rank 4 the textbook
+            # orders g @ B and gᵀ @ h were markedly slower.
+            grad_h = F.linear(g, Bt_pad).mul_(s)
+            grad_A = (grad_h.t() @ x2).index_select(1, cols)
+            grad_B = (h.t() @ g).index_select(1, rows).t().mul_(s)
+        return grad_x, None, None, grad_A, grad_B, None, None, None, None
 
 
 def _padded(A, B, rows, cols, shape) -> tuple[torch.Tensor, torch.Tensor]:

@@ -276,8 +276,12 @@ def test_trainable_state_roundtrip_and_mismatch(make_model, make_batches):
 
 
 @pytest.mark.parametrize("input_grad", [True, False])
-def test_fused_autograd_matches_plain_autograd(input_grad):
-    # The fused node must give the same output and gradients as the composition of plain ops.
+@pytest.mark.parametrize("block", [True, False], ids=["block-gradient", "rank-passes"])
+def test_fused_autograd_matches_plain_autograd(input_grad, block, monkeypatch):
+    # Both routes to the factor gradients must give the output and gradients of the composition of plain ops.
+    import taso.layer
+
+    monkeypatch.setattr(taso.layer, "block_gradient_pays", lambda *_: block)
     from taso.layer import MaskedLoraLinear
 
     torch.manual_seed(0)
@@ -300,7 +304,7 @@ def test_fused_autograd_matches_plain_autograd(input_grad):
     from taso.layer import _MaskedLora
 
     def fused_fn(x_, a, b):
-        return _MaskedLora.apply(x_, base.weight, base.bias, a, b, layer.rows, layer.cols, layer.scaling)
+        return _MaskedLora.apply(x_, base.weight, base.bias, a, b, layer.rows, layer.cols, layer.scaling, block)
 
     inputs = (
         x.detach().clone().requires_grad_(input_grad),
@@ -308,3 +312,12 @@ def test_fused_autograd_matches_plain_autograd(input_grad):
         layer.lora_B.detach().clone(),
     )
     assert torch.autograd.gradcheck(fused_fn, (inputs[0], inputs[1].requires_grad_(), inputs[2].requires_grad_()))
+
+
+def test_factor_gradients_take_the_block_route_for_a_small_region_and_rank_passes_for_a_large_one():
+    from taso.layer import block_gradient_pays
+
+    # The default's typical layer: a quarter of rows and columns of 384×384 at rank 4.
+    assert block_gradient_pays((384, 384), 96, 96, 4)
+    # The whole matrix at rank 1: its weight gradient would cost what full fine-tuning's does.
+    assert not block_gradient_pays((384, 384), 384, 384, 1)
