@@ -84,17 +84,26 @@ def _torchrun(nproc: int) -> int:
     torchrun stops every rank when one fails and prints that rank's error; only rank 0 writes outs,
     so a failed stage leaves none half-written (DVC removed the old ones before it started).
     SIGINT and SIGTERM are passed on to torchrun, which passes them to every rank: each finishes
-    its step, rank 0 checkpoints, and all stop. torchrun reports any rank's failure as status 1
-    (a rank's own 2 or 130 is in its printed error); a torchrun ended by a signal gives 128 + N.
+    its step, rank 0 checkpoints, and all stop. torchrun reports any rank's failure, and its own
+    end by a signal, as status 1 (a rank's own 2 or 130 is in its printed error); a stage that
+    passed a signal on exits 130 like a one-process stage stopped by it.
     """
     import subprocess
 
     module = sys.modules["__main__"].__spec__.name  # stages.<name>, as dvc.yaml runs it
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     proc = subprocess.Popen([*cmd, "-m", module, *sys.argv[1:]])
+    passed_on = []
+
+    def pass_on(signum: int, _frame) -> None:
+        passed_on.append(signum)
+        proc.send_signal(signum)
+
     for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, lambda signum, _frame: proc.send_signal(signum))
+        signal.signal(s, pass_on)
     code = proc.wait()
+    if passed_on:
+        return 130
     return 128 - code if code < 0 else code
 
 

@@ -4,6 +4,7 @@ tested end to end in tests/test_team.py."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,43 @@ def test_a_share_takes_every_nth_item_from_the_rank(n, monkeypatch):
         monkeypatch.setattr(distributed, "world", lambda: n)
         shares.append(distributed.share(items))
     assert sorted(x for s in shares for x in s) == items and max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_sigterm_to_a_distributed_stage_stops_every_rank_after_the_same_step_and_the_run_resumes(tmp_path):
+    # The stage passes SIGTERM on to torchrun, torchrun to every rank; each finishes its step, the
+    # ranks agree on the last one, rank 0 checkpoints it, the stage exits 130 as a one-process
+    # stage does, and the next run resumes there and ends where an uninterrupted run ends.
+    import os
+    import signal
+    import time
+
+    import dist_signal_worker
+    import yaml
+    from safetensors.torch import load_file
+
+    raw = yaml.safe_load((HERE.parent / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw | {"distributed": {"nproc": 2}}))
+    (tmp_path / "slow").touch()
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    stage = [sys.executable, "-m", "dist_signal_worker", "--root", str(tmp_path)]
+    proc = subprocess.Popen(stage, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "started").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)  # a rank that ignored it would hang here
+    stopped = re.findall(r"interrupted: stopped by SIGTERM after step (\d+)", err)
+    assert len(stopped) == 2 and len(set(stopped)) == 1, err[-3000:]  # both ranks, the same step
+    assert 0 < int(stopped[0]) < dist_signal_worker.STEPS
+    assert proc.returncode == 130, err[-3000:]
+    assert (tmp_path / "ckpt.pt").is_file() and not (tmp_path / "out.safetensors").exists()
+
+    (tmp_path / "slow").unlink()
+    done = subprocess.run(stage, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"at step {stopped[0]}" in done.stderr
+    resumed, uninterrupted = load_file(tmp_path / "out.safetensors"), dist_signal_worker.trained(None)
+    assert resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        torch.testing.assert_close(resumed[key], uninterrupted[key], rtol=1e-4, atol=1e-5)
