@@ -1,6 +1,7 @@
 """Run by tests/test_distributed.py under ``torchrun --nproc-per-node 2`` (and in-process as the
 single-process reference): importance, a mask and four training steps on a tiny BERT; rank 0
-writes what it computed to the safetensors file named by the first argument."""
+writes what it computed to the safetensors file named by the first argument. A second argument
+makes a rank fail on purpose (its number) or scores with the sensitivity statistic (``sensitivity``)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,8 @@ if __name__ == "__main__":
     from safetensors.torch import save_file
 
     distributed.init()
+    if sys.argv[2:] == ["sensitivity"]:  # a running average over batches in order: must refuse to split
+        score_importance(build_model("bert"), build_batches("bert", n_batches=2), statistic="sensitivity")
     state = compute(int(sys.argv[2]) if len(sys.argv) > 2 else None)
     if distributed.is_main():
         save_file({k: v.contiguous() for k, v in state.items()}, sys.argv[1])

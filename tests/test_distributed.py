@@ -53,6 +53,15 @@ def test_a_rank_that_fails_stops_every_rank_with_its_error_and_nothing_is_writte
     assert not out.exists()
 
 
+def test_the_sensitivity_statistic_refuses_to_be_split_over_ranks(tmp_path):
+    # Its EMAs run over the batches in order; a per-rank share would silently give another score.
+    out = tmp_path / "out.safetensors"
+    done = _torchrun(out, "sensitivity")
+    assert done.returncode != 0
+    assert "the sensitivity statistic is a running average over batches in order" in done.stdout + done.stderr
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("n", [1, 2, 5])
 def test_a_share_takes_every_nth_item_from_the_rank(n, monkeypatch):
     from taso import distributed
