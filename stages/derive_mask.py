@@ -6,5 +6,12 @@ The work is :func:`pipeline.steps.derive_mask.run`; this module is what dvc.yaml
 from pipeline.steps.derive_mask import run
 from stages._args import stage_main
 
+
+def splits(params) -> bool:
+    """IMP's rounds of training split over torchrun ranks like the train stage; a mask read or
+    derived from importance takes seconds, in one process."""
+    return params.train.method_class().searches_region
+
+
 if __name__ == "__main__":
-    stage_main(run)
+    stage_main(run, distributed=splits)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from taso import distributed
 from taso.config import ImpConfig
 from taso.io import write_json
 from taso.masks import Mask, ModuleMask
@@ -116,6 +117,9 @@ def search(
     Each finished round writes ``folder/round-<k>/`` (the mask) and appends to ``rounds.json``
     before the next starts, so a search killed mid-round restarts that round, and a finished one
     returns at once. Returns the last mask and the rounds' records.
+
+    Under torchrun every rank runs the rounds (``train_round`` trains data-parallel, so every rank
+    holds the same update and prunes to the same mask) and rank 0 alone writes.
     """
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "rounds.json"
@@ -127,9 +131,10 @@ def search(
         start = time.perf_counter()
         deltas, loss = train_round(mask)
         mask = prune(mask, magnitudes(deltas), fraction, config.rule)
-        mask.save(folder / f"round-{index}")
         done.append(Round(index, kept_fraction(mask), loss, round(time.perf_counter() - start, 2)))
-        write_json(log, [r.__dict__ for r in done])
+        if distributed.is_main():
+            mask.save(folder / f"round-{index}")
+            write_json(log, [r.__dict__ for r in done])
     return mask.with_meta(rounds=len(done), q=config.q, steps_per_round=config.steps), done
 
 

@@ -1,5 +1,5 @@
 """Run by tests/test_distributed.py under ``torchrun --nproc-per-node 2`` (and in-process as the
-single-process reference): importance, a mask and four training steps on a tiny BERT; rank 0
+single-process reference): importance, a mask, training steps and an IMP search on a tiny BERT; rank 0
 writes what it computed to the safetensors file named by the first argument. A second argument
 makes a rank fail on purpose (its number) or scores with the sensitivity statistic (``sensitivity``)."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -14,10 +15,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import build_batches, build_features, build_model  # noqa: E402
 
 from taso import distributed  # noqa: E402
-from taso.config import LosiaConfig  # noqa: E402
+from taso.config import ImpConfig, LosiaConfig  # noqa: E402
+from taso.imp import round_trainer, search  # noqa: E402
 from taso.importance import score_importance  # noqa: E402
 from taso.masks import derive_mask  # noqa: E402
 from taso.methods import MethodConfig, build  # noqa: E402
+from taso.targets import find_targets  # noqa: E402
 from taso.train import TrainConfig, train  # noqa: E402
 
 BATCH = 8  # the global batch: each of 2 ranks takes 4 of it (the last batch, 7 examples, splits 4 + 3)
@@ -45,6 +48,19 @@ def compute(fail_rank: int | None = None) -> dict:
     out |= {f"losia.{n}.rows": m.rows for n, m in losia.mask().modules.items()}
     out |= {f"losia.{n}.cols": m.cols for n, m in losia.mask().modules.items()}
     out |= {f"losia.{n}.delta": layer.delta_weight() for n, layer in losia.layers().items()}
+    # IMP's search: every rank trains each round data-parallel and must prune to the same mask.
+    with tempfile.TemporaryDirectory() as scratch:
+        imp_mask, _ = search(
+            {n: (m.out_features, m.in_features) for n, m in find_targets(build_model("bert")).items()},
+            round_trainer(
+                lambda: build_model("bert"), build_features("bert", 23), cfg, MethodConfig(rank=2, alpha=4.0)
+            ),
+            ImpConfig(q=0.5, steps=cfg.max_steps),
+            0.25,
+            Path(scratch),
+        )
+    out |= {f"mask.imp.{n}.rows": m.rows for n, m in imp_mask.modules.items()}
+    out |= {f"mask.imp.{n}.cols": m.cols for n, m in imp_mask.modules.items()}
     # A causal LM whose examples hold different numbers of answer tokens: the loss is a mean over
     # tokens, so each rank's share is its tokens, not its examples.
     feats = build_features("llama_lm", 23)

@@ -401,6 +401,55 @@ def test_the_importance_variants_reach_the_mask_through_the_stages(project):
         assert len(rows) % width == 0 and (rows.view(-1, width) % width == torch.arange(width)).all()
 
 
+def test_derive_mask_runs_under_torchrun_only_for_a_method_that_searches_its_region(project):
+    """IMP's rounds of training split over ranks like the train stage; reading or deriving a mask does not."""
+    from stages._args import _nproc
+    from stages.derive_mask import splits
+
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["distributed"] = {"nproc": 2}
+    for method, ranks in (("imp", 2), ("taso", 1), ("losia", 1)):
+        raw["train"]["method"] = method
+        (project / "params.yaml").write_text(yaml.safe_dump(raw))
+        assert _nproc(project, splits) == ranks, method
+
+
+def test_imp_search_on_two_ranks_writes_once_the_mask_one_process_finds(
+    project, tmp_path_factory, tiny_model, monkeypatch
+):
+    """derive-mask under torchrun (distributed.nproc 2): both ranks train every round, rank 0 alone
+    writes, and the region is the one a single process finds."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.steps import derive_mask
+
+    # Dropout off: under torchrun it draws per rank, so ranks match one process only without it.
+    model = shutil.copytree(tiny_model, project / "no-dropout")
+    config = json.loads((model / "config.json").read_text())
+    config |= {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    (model / "config.json").write_text(json.dumps(config))
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["model"]["base"] = str(model)
+    raw["train"]["method"] = "imp"
+    raw["imp"] = {**raw.get("imp", {}), "steps": 3}
+    (project / "params.yaml").write_text(yaml.safe_dump(raw | {"distributed": {"nproc": 2}}))
+    env = os.environ | {"PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    cmd = [sys.executable, "-m", "stages.derive_mask", "--task", "entailment", "--root", str(project)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "pipeline.steps.derive_mask: rank 1 of 2" in done.stderr
+    assert not list(project.rglob("*.tmp*"))
+
+    single = make_project(tmp_path_factory.mktemp("single"), tiny_model, monkeypatch)
+    (single / "params.yaml").write_text(yaml.safe_dump(raw))
+    derive_mask.run("entailment", single)
+    two, one = (json.loads((r / "artifacts/entailment/mask/mask.json").read_text()) for r in (project, single))
+    assert two["digest"] == one["digest"]
+    assert len(list((project / "artifacts/entailment/mask/rounds").iterdir())) == 2
+
+
 def test_score_runs_in_one_process_where_its_statistic_does_not_split_over_ranks(project):
     """With distributed.nproc 2 the score stage relaunches under torchrun for a sum (taylor), but
     not for the sensitivity statistic, whose EMA runs over the batches in order; train still would."""

@@ -19,7 +19,7 @@ from pipeline import sources, tracking
 from pipeline.meta import write_meta, write_skipped
 from pipeline.params import load_params
 from pipeline.paths import TaskPaths
-from taso import pretrained
+from taso import distributed, pretrained
 from taso.io import ArtifactError, atomic_path, digest_file, write_csv
 from taso.masks import Mask, mask_stats, shape_mismatch
 from taso.targets import find_targets
@@ -38,6 +38,8 @@ def run(task: str, root: Path = Path(".")) -> Path:
     params = load_params(root / "params.yaml")
     paths, spec, source = TaskPaths(root, task), params.spec(task), params.task(task).mask_source
     rounds, folder = [], None
+    if not distributed.is_main() and not params.searches(task):  # a helper rank with nothing to share
+        return paths.mask
     if not params.uses_mask():
         write_csv(paths.imp_rounds, rounds, ROUNDS)
         return write_skipped(paths.mask, stage="derive-mask", task=task, root=root, reason=params.without_region())
@@ -50,6 +52,9 @@ def run(task: str, root: Path = Path(".")) -> Path:
     }
     if params.searches(task):
         used |= {"imp": params.imp.model_dump(), "train": params.train.model_dump(), "model": params.model.model_dump()}
+        if not distributed.is_main():  # a helper rank under torchrun: its share of each round's batches
+            _search(params, root, task, used)
+            return paths.mask
         mask, rounds, folder = _search(params, root, task, used)
         inputs = {"search": digest_file(folder / "rounds.json")}
     elif source == "own":
