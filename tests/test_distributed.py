@@ -45,20 +45,20 @@ def test_two_ranks_score_and_train_as_one_process_with_the_whole_batch(tmp_path)
     assert any(k.startswith("trained.") and "lora" in k for k in one)
 
 
-def test_a_rank_that_fails_stops_every_rank_with_its_error_and_nothing_is_written(tmp_path):
+@pytest.mark.parametrize(
+    ("arg", "error"),
+    [
+        ("1", "rank 1 failed on purpose"),
+        # Its EMAs run over the batches in order; a per-rank share would silently give another score.
+        ("sensitivity", "the sensitivity statistic is a running average over batches in order"),
+    ],
+    ids=["a-rank-fails", "sensitivity-refuses-to-split"],
+)
+def test_an_error_on_a_rank_stops_every_rank_with_that_error_and_nothing_is_written(tmp_path, arg, error):
     out = tmp_path / "out.safetensors"
-    done = _torchrun(out, "1")
+    done = _torchrun(out, arg)
     assert done.returncode != 0
-    assert "rank 1 failed on purpose" in done.stdout + done.stderr
-    assert not out.exists()
-
-
-def test_the_sensitivity_statistic_refuses_to_be_split_over_ranks(tmp_path):
-    # Its EMAs run over the batches in order; a per-rank share would silently give another score.
-    out = tmp_path / "out.safetensors"
-    done = _torchrun(out, "sensitivity")
-    assert done.returncode != 0
-    assert "the sensitivity statistic is a running average over batches in order" in done.stdout + done.stderr
+    assert error in done.stdout + done.stderr
     assert not out.exists()
 
 
