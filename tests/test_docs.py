@@ -62,6 +62,19 @@ def test_performance_tables_are_rendered_from_the_committed_raw_output(monkeypat
         )
 
 
+def test_the_ranks_table_is_rendered_from_the_committed_raw_output(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import ranks
+    from harness.docblocks import fill
+
+    doc = (ROOT / "docs" / "scale.md").read_text()
+    blocks = ranks.render(json.loads((ROOT / "docs" / "ranks.json").read_text()))
+    assert fill(doc, blocks, "ranks.py") == doc, (
+        "docs/scale.md's ranks table differs from docs/ranks.json; rerender it with "
+        "python benchmarks/ranks.py --render docs/ranks.json --doc docs/scale.md"
+    )
+
+
 def test_a_hand_edited_figure_is_caught_and_a_missing_block_named(monkeypatch):
     blocks = _rendered(monkeypatch)["speed.py"]
     from harness.docblocks import fill
