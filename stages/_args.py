@@ -102,7 +102,7 @@ def _torchrun(nproc: int) -> int:
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, pass_on)
     code = proc.wait()
-    if passed_on:
+    if passed_on and code != 0:  # stopped by the signal; a run that finished anyway keeps its 0
         return 130
     return 128 - code if code < 0 else code
 
