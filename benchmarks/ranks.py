@@ -79,7 +79,9 @@ def launch(nproc: int, args, out: Path) -> dict:
     own += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
     runner = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     cmd = [*runner, *own] if nproc > 1 else [sys.executable, *own]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"ranks.py: a {nproc}-process launch failed:\n{done.stderr[-3000:]}")
     return json.loads(out.read_text())
 
 

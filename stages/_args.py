@@ -92,15 +92,20 @@ def _torchrun(nproc: int) -> int:
 
     module = sys.modules["__main__"].__spec__.name  # stages.<name>, as dvc.yaml runs it
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    proc = subprocess.Popen([*cmd, "-m", module, *sys.argv[1:]])
-    passed_on = []
+    passed_on: list[int] = []
+    procs: list[subprocess.Popen] = []
 
     def pass_on(signum: int, _frame) -> None:
         passed_on.append(signum)
-        proc.send_signal(signum)
+        for proc in procs:  # none yet: torchrun is told at once after it starts
+            proc.send_signal(signum)
 
+    # Before torchrun starts: a signal in between must not unwind this process and orphan it.
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, pass_on)
+    procs.append(proc := subprocess.Popen([*cmd, "-m", module, *sys.argv[1:]]))
+    if passed_on:
+        proc.send_signal(passed_on[-1])
     code = proc.wait()
     if passed_on and code != 0:  # stopped by the signal; a run that finished anyway keeps its 0
         return 130

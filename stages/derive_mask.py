@@ -9,7 +9,8 @@ from stages._args import stage_main
 
 def splits(params) -> bool:
     """IMP's rounds of training split over torchrun ranks like the train stage; a mask read or
-    derived from importance takes seconds, in one process."""
+    derived from importance takes seconds, in one process. Per params, not per task: an IMP task
+    that reuses a mask still starts the ranks, and its helpers return at once."""
     return params.train.method_class().searches_region
 
 

@@ -135,8 +135,8 @@ class _MaskedLora(torch.autograd.Function):
         A_pad, Bt_pad = _padded(A, B, rows, cols, weight.shape)
         x2 = x.reshape(-1, x.shape[-1])
         y = F.linear(x2, torch.addmm(weight, Bt_pad.t(), A_pad, alpha=scaling), bias)
-        # The merged weight is recomputed in backward, not saved: it is as large as the layer.
         h = None if block else x2 @ A_pad.t()
+        # The merged weight is recomputed in backward, not saved: it is as large as the layer.
         ctx.save_for_backward(x, weight, A, B, rows, cols, h)
         ctx.scaling, ctx.block = scaling, block
         return y.view(*x.shape[:-1], y.shape[-1])
@@ -148,9 +148,7 @@ class _MaskedLora(torch.autograd.Function):
         A_pad, Bt_pad = _padded(A, B, rows, cols, weight.shape)
         g = grad_y.reshape(-1, grad_y.shape[-1])
         x2 = x.reshape(-1, x.shape[-1])
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (g @ torch.addmm(weight, Bt_pad.t(), A_pad, alpha=s)).view(x.shape)
+        grad_x = input_gradient(ctx, grad_y)
         if ctx.block:
             block_grad = g.index_select(1, rows).t() @ x2.index_select(1, cols)
             grad_A, grad_B = (B.t() @ block_grad).mul_(s), (block_grad @ A.t()).mul_(s)
@@ -162,6 +160,17 @@ class _MaskedLora(torch.autograd.Function):
             grad_A = (grad_h.t() @ x2).index_select(1, cols)
             grad_B = (h.t() @ g).index_select(1, rows).t().mul_(s)
         return grad_x, None, None, grad_A, grad_B, None, None, None, None
+
+
+def input_gradient(ctx, grad_y: torch.Tensor) -> torch.Tensor | None:
+    """``_MaskedLora``'s input gradient, through the merged weight ``W + s·B·A`` (None where autograd
+    does not ask for it, as below the lowest adapted layer)."""
+    if not ctx.needs_input_grad[0]:
+        return None
+    x, weight, A, B, rows, cols, _h = ctx.saved_tensors
+    A_pad, Bt_pad = _padded(A, B, rows, cols, weight.shape)
+    merged = torch.addmm(weight, Bt_pad.t(), A_pad, alpha=ctx.scaling)
+    return (grad_y.reshape(-1, grad_y.shape[-1]) @ merged).view(x.shape)
 
 
 def _padded(A, B, rows, cols, shape) -> tuple[torch.Tensor, torch.Tensor]:

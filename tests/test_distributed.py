@@ -92,13 +92,17 @@ def test_sigterm_to_a_distributed_stage_stops_every_rank_after_the_same_step_and
     (tmp_path / "slow").touch()
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     stage = [sys.executable, "-m", "dist_signal_worker", "--root", str(tmp_path)]
-    proc = subprocess.Popen(stage, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # Output to a file, not a pipe nobody reads while the test waits: a full pipe would block the stage.
+    log = (tmp_path / "stage.log").open("w+")
+    proc = subprocess.Popen(stage, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 120
     while not (tmp_path / "started").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "stage.log").read_text()[-3000:]
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)  # a rank that ignored it would hang here
+    proc.wait(timeout=120)  # a rank that ignored it would hang here
+    log.close()
+    err = (tmp_path / "stage.log").read_text()
     stopped = re.findall(r"interrupted: stopped by SIGTERM after step (\d+)", err)
     assert len(stopped) == 2 and len(set(stopped)) == 1, err[-3000:]  # both ranks, the same step
     assert 0 < int(stopped[0]) < dist_signal_worker.STEPS
