@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from taso.layer import take_columns
+
 
 class BlockLinear(nn.Module):
     """Wraps a frozen ``nn.Linear``; trains ``block``, the update of rows ``rows`` × columns ``cols``."""
@@ -97,7 +99,7 @@ class _BlockGrad(torch.autograd.Function):
         ctx.layer, ctx.full, ctx.dtype = layer, layer.record, x.dtype
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(weight.dtype)
-            ctx.save_for_backward(x if ctx.full else x.index_select(-1, cols), weight, rows, cols)
+            ctx.save_for_backward(x if ctx.full else take_columns(x, cols), weight, rows, cols)
             return F.linear(x, weight, bias)
 
     @staticmethod
@@ -114,5 +116,5 @@ class _BlockGrad(torch.autograd.Function):
             layer.full_grad = full if layer.full_grad is None else layer.full_grad + full
             grad_block = full.index_select(0, rows).index_select(1, cols)
         else:
-            grad_block = g.index_select(1, rows).t() @ xs
+            grad_block = take_columns(g, rows).t() @ xs
         return grad_x, None, None, grad_block, None, None, None

@@ -132,32 +132,32 @@ class _MaskedLora(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, A, B, rows, cols, scaling, block):
-        A_pad, Bt_pad = _padded(A, B, rows, cols, weight.shape)
         x2 = x.reshape(-1, x.shape[-1])
-        y = F.linear(x2, torch.addmm(weight, Bt_pad.t(), A_pad, alpha=scaling), bias)
-        h = None if block else x2 @ A_pad.t()
-        # The merged weight is recomputed in backward, not saved: it is as large as the layer.
-        ctx.save_for_backward(x, weight, A, B, rows, cols, h)
-        ctx.scaling, ctx.block = scaling, block
+        y = F.linear(x2, merged_weight(weight, A, B, rows, cols, scaling), bias)
+        # The block route saves only the kept input columns, gathered while x is still in cache; the
+        # rank passes need all of x. The merged weight is recomputed in backward, not saved: it is
+        # as large as the layer.
+        kept = take_columns(x2, cols) if block else x2
+        h = None if block else x2 @ _padded(A, B, rows, cols, weight.shape)[0].t()
+        ctx.save_for_backward(kept, weight, A, B, rows, cols, h)
+        ctx.scaling, ctx.block, ctx.x_shape = scaling, block, x.shape
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, weight, A, B, rows, cols, h = ctx.saved_tensors
+        kept, weight, A, B, rows, cols, h = ctx.saved_tensors
         s = ctx.scaling
-        A_pad, Bt_pad = _padded(A, B, rows, cols, weight.shape)
         g = grad_y.reshape(-1, grad_y.shape[-1])
-        x2 = x.reshape(-1, x.shape[-1])
         grad_x = input_gradient(ctx, grad_y)
         if ctx.block:
-            block_grad = g.index_select(1, rows).t() @ x2.index_select(1, cols)
+            block_grad = take_columns(g, rows).t() @ kept
             grad_A, grad_B = (B.t() @ block_grad).mul_(s), (block_grad @ A.t()).mul_(s)
         else:
             # The rank-r products are written in the operand order CPU BLAS runs fastest: g·B as
             # F.linear with B stored r×d_out, and B's gradient as (hᵀg)ᵀ. At rank 4 the textbook
             # orders g @ B and gᵀ @ h were markedly slower.
-            grad_h = F.linear(g, Bt_pad).mul_(s)
-            grad_A = (grad_h.t() @ x2).index_select(1, cols)
+            grad_h = F.linear(g, _padded(A, B, rows, cols, weight.shape)[1]).mul_(s)
+            grad_A = (grad_h.t() @ kept).index_select(1, cols)
             grad_B = (h.t() @ g).index_select(1, rows).t().mul_(s)
         return grad_x, None, None, grad_A, grad_B, None, None, None, None
 
@@ -167,10 +167,21 @@ def input_gradient(ctx, grad_y: torch.Tensor) -> torch.Tensor | None:
     does not ask for it, as below the lowest adapted layer)."""
     if not ctx.needs_input_grad[0]:
         return None
-    x, weight, A, B, rows, cols, _h = ctx.saved_tensors
+    _kept, weight, A, B, rows, cols, _h = ctx.saved_tensors
+    merged = merged_weight(weight, A, B, rows, cols, ctx.scaling)
+    return (grad_y.reshape(-1, grad_y.shape[-1]) @ merged).view(ctx.x_shape)
+
+
+def merged_weight(weight, A, B, rows, cols, scaling) -> torch.Tensor:
+    """``W + s·B·A`` with the kept factors placed on their rows and columns: one rank-r ``addmm``."""
     A_pad, Bt_pad = _padded(A, B, rows, cols, weight.shape)
-    merged = torch.addmm(weight, Bt_pad.t(), A_pad, alpha=ctx.scaling)
-    return (grad_y.reshape(-1, grad_y.shape[-1]) @ merged).view(x.shape)
+    return torch.addmm(weight, Bt_pad.t(), A_pad, alpha=scaling)
+
+
+def take_columns(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``t[..., index]``, as a gather over the broadcast index: on CPU about twice as fast as
+    ``index_select`` on the last dimension, which the factor gradients pay every step."""
+    return torch.gather(t, -1, index.expand(*t.shape[:-1], len(index)))
 
 
 def _padded(A, B, rows, cols, shape) -> tuple[torch.Tensor, torch.Tensor]:

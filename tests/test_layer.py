@@ -290,8 +290,12 @@ def test_fused_autograd_matches_plain_autograd(input_grad, block, monkeypatch):
     with torch.no_grad():
         layer.lora_B.normal_()
     x = torch.randn(3, 5, 12, dtype=torch.double, requires_grad=input_grad)
-    fused = layer(x)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        fused = layer(x)
     assert fused.grad_fn is not None and "MaskedLora" in type(fused.grad_fn).__name__
+    # The block route keeps only the input's kept columns for backward; the rank passes need all of it.
+    assert ((15, 12) in saved) != block and ((15, len(layer.cols)) in saved) == block
     grads = torch.autograd.grad(fused.square().sum(), [layer.lora_A, layer.lora_B] + ([x] if input_grad else []))
 
     plain = base(x).index_add(
