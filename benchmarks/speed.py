@@ -120,6 +120,8 @@ class Bench:
             return build_method("lora", MethodConfig(rank=1, alpha=2.0, targets=self.setting["targets"])).prepare(
                 self.model()
             )
+        if method == "taso_rank1":  # the default's mask and update scale at rank 1: what rank 4 itself costs
+            return self.taso(self.setting | {"rank": 1, "alpha": self.setting["alpha"] / self.setting["rank"]})
         return self.taso(OLD if method == "taso_old" else self.setting, top_half=method == "taso_top_half")
 
     def stepper(self, method: str, autocast: bool = False) -> Callable[[dict], None]:
@@ -276,7 +278,17 @@ def encoder(args, setting: dict) -> dict:
     bench = Bench(setting, data)
     report: dict = {"part": "encoder", "setting": setting, "old_setting": OLD}
     report["adapter_params"] = {m: trainable(bench.build(m)) for m in ("taso", "taso_old", "peft_r1")}
-    methods = ("floor", "peft_r1", "taso", "taso_no_factor_grads", "taso_old", "taso_top_half", "losia", "losia_slot")
+    methods = (
+        "floor",
+        "peft_r1",
+        "taso",
+        "taso_no_factor_grads",
+        "taso_rank1",
+        "taso_old",
+        "taso_top_half",
+        "losia",
+        "losia_slot",
+    )
     report["train_step_s"] = interleaved({m: bench.stepper(m) for m in methods}, data, args.warmup, args.steps)
     report["score_batch_s"] = interleaved(
         {"score": bench.scoring(), "plain": bench.plain_weight_grads()}, data, args.warmup, args.steps
@@ -290,6 +302,7 @@ def encoder(args, setting: dict) -> dict:
     if not args.no_profile:
         report["module_profile"] = module_profile(bench, setting, rounds=max(5, 3 * args.steps))
         report["routes"] = routes(bench, setting)
+        report["route_crossover"] = route_crossover(setting["rank"], BATCH * args.tokens, rounds=max(5, args.steps))
     if not args.no_rss:
         n = max(3, args.warmup)
         rss = ("plain_backward", "score", "peft_r1", "taso", "taso_old", "losia", "score_first_6", "score_first_36")
@@ -308,7 +321,7 @@ def module_profile(bench: Bench, setting: dict, rounds: int) -> list[dict]:
     Interleaved like the steps; the ratio is to the frozen layer."""
     import torch
 
-    from taso.layer import MaskedLoraLinear, _MaskedLora, block_gradient_pays
+    from taso.layer import MaskedLoraLinear, block_gradient_pays
     from taso.targets import find_targets
 
     model, mask = bench.model(), bench.mask(setting["rule"], setting["p"])
@@ -328,23 +341,61 @@ def module_profile(bench: Bench, setting: dict, rounds: int) -> list[dict]:
         layer = MaskedLoraLinear(base, m.rows, m.cols, r=r, alpha=setting["alpha"])
         torch.nn.init.normal_(layer.lora_B, generator=g)
         steps = {"frozen": lambda _batch, base=base, x=x, grad=grad: base(x).backward(grad)}
-        for route, block in (("block route", True), ("rank passes", False)):
-
-            def step(_batch, layer=layer, x=x, grad=grad, block=block):
-                w = layer.base
-                y = _MaskedLora.apply(
-                    x, w.weight, w.bias, layer.lora_A, layer.lora_B, layer.rows, layer.cols, layer.scaling, block
-                )
-                y.backward(grad)
-                layer.lora_A.grad = layer.lora_B.grad = None
-
-            steps[f"rank {r}, {route}"] = step
+        steps |= {f"rank {r}, {route}": step for route, step in _route_steps(layer, x, grad).items()}
         t = interleaved(steps, [None], 3, rounds)
         route = "block route" if block_gradient_pays(shape, len(m.rows), len(m.cols), r) else "rank passes"
         out.append(
             {"module": name, "shape": list(shape), "rows": len(m.rows), "cols": len(m.cols), "route": route, "s": t}
         )
     return out
+
+
+def _route_steps(layer, x, grad) -> dict[str, Callable[[dict], None]]:
+    """Forward + backward of a masked LoRA layer by each route to its factor gradients."""
+    from taso.layer import _MaskedLora
+
+    def step(_batch, block: bool) -> None:
+        w = layer.base
+        y = _MaskedLora.apply(
+            x, w.weight, w.bias, layer.lora_A, layer.lora_B, layer.rows, layer.cols, layer.scaling, block
+        )
+        y.backward(grad)
+        layer.lora_A.grad = layer.lora_B.grad = x.grad = None
+
+    return {"block route": lambda b: step(b, True), "rank passes": lambda b: step(b, False)}
+
+
+# Block widths swept for the route crossover, as multiples of the rank passes' width r·(d_in + d_out).
+CROSSOVER_MULTIPLES = (2, 4, 6, 8, 12, 16, 24)
+
+
+def route_crossover(rank: int, rows: int, rounds: int) -> dict:
+    """The sweep behind ``taso.layer.BLOCK_GRADIENT_LIMIT``: for each layer shape of MiniLM, kept
+    blocks of growing size (``CROSSOVER_MULTIPLES`` times the rank passes' width, rows and columns
+    in the layer's own proportion), the block route's time over the rank passes' (below 1: the
+    block route is cheaper), on ``rows`` random activation rows."""
+    import torch
+
+    from taso.layer import BLOCK_GRADIENT_LIMIT, MaskedLoraLinear
+
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for d_out, d_in in ((384, 384), (1536, 384), (384, 1536)):
+        base = torch.nn.Linear(d_in, d_out).requires_grad_(False)
+        x = torch.randn(rows, d_in, generator=g, requires_grad=True)
+        grad = torch.randn(rows, d_out, generator=g)
+        ratios = {}
+        for k in CROSSOVER_MULTIPLES:
+            area = k * rank * (d_in + d_out)
+            n_rows = min(d_out, round((area * d_out / d_in) ** 0.5))
+            n_cols = min(d_in, round(area / n_rows))
+            pick = lambda n, d: torch.randperm(d, generator=g)[:n].sort().values  # noqa: E731
+            layer = MaskedLoraLinear(base, pick(n_rows, d_out), pick(n_cols, d_in), r=rank, alpha=2.0 * rank)
+            torch.nn.init.normal_(layer.lora_B, generator=g)
+            t = interleaved(_route_steps(layer, x, grad), [None], 3, rounds)
+            ratios[str(k)] = t["block route"]["median"] / t["rank passes"]["median"]
+        out.append({"shape": [d_out, d_in], "ratios": ratios})
+    return {"rank": rank, "rows": rows, "limit": BLOCK_GRADIENT_LIMIT, "block_over_rank": out}
 
 
 def routes(bench: Bench, setting: dict) -> dict[str, int]:
@@ -509,6 +560,7 @@ def render(report: dict) -> dict[str, str]:
         _ratio_row(
             "train step: TASO default, factor gradients left out / floor", "", t["taso_no_factor_grads"], t["floor"]
         ),
+        _ratio_row("train step: TASO default at rank 1 / floor", "", t["taso_rank1"], t["floor"]),
         _ratio_row("train step: TASO old setting / PEFT LoRA r=1", "≤ 1.00", t["taso_old"], t["peft_r1"]),
         _ratio_row("train step: TASO old setting / floor", "≤ 1.05", t["taso_old"], t["floor"]),
         _ratio_row("train step: TASO default, top-half mask / all layers", "< 1", t["taso_top_half"], t["taso"]),
@@ -566,6 +618,18 @@ def render(report: dict) -> dict[str, str]:
             + ".",
         ]
         blocks["profile"] = "\n".join(rows)
+    if cross := report.get("route_crossover"):
+        widths = list(cross["block_over_rank"][0]["ratios"])
+        rows = [
+            f"Rank {cross['rank']}, {cross['rows']:,} activation rows; the layer's limit (`BLOCK_GRADIENT_LIMIT`) was {cross['limit']}×.",
+            "",
+            "| layer shape | " + " | ".join(f"{k}×" for k in widths) + " |",
+            "|---|" + "---:|" * len(widths),
+        ]
+        for c in cross["block_over_rank"]:
+            cells = " | ".join(f"{v:.2f}" for v in c["ratios"].values())
+            rows.append(f"| {c['shape'][0]}×{c['shape'][1]} | {cells} |")
+        blocks["crossover"] = "\n".join(rows)
     if start := report.get("startup_s"):
         blocks["startup"] = "\n".join(
             ["| what | seconds |", "|---|---|", *(f"| {k} | {v:.2f} |" for k, v in start.items())]

@@ -106,8 +106,9 @@ class MaskedLoraLinear(nn.Module):
 
 
 # Up to this many times the rank-r passes' width, the kept block's weight gradient is the cheaper
-# way to the factor gradients: the crossover lay between 6 and 12 on 2 CPU cores (docs/performance.md).
-BLOCK_GRADIENT_LIMIT = 8
+# way to the factor gradients: the sweep in docs/performance.md (benchmarks/speed.py) crosses 1
+# near 4 on every MiniLM shape; at a tie the block route wins, as it saves only x[:, cols].
+BLOCK_GRADIENT_LIMIT = 4
 
 
 def block_gradient_pays(shape: tuple[int, int], n_rows: int, n_cols: int, r: int) -> bool:
