@@ -175,6 +175,7 @@ def mask_show(path: Path, rank: int, as_json: bool) -> None:
     "--op", type=click.Choice(["union", "intersection", "weighted"]), required=True, help="How to combine them."
 )
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Mask folder to write.")
+@click.option("--force", is_flag=True, help="Replace --out even if it holds files taso did not write.")
 @click.option("--weights", default=None, help="weighted: comma-separated weight per input (default: equal).")
 @click.option("--p", type=float, default=None, help="weighted: kept fraction of rows and columns of the merged map.")
 @click.option(
@@ -203,6 +204,7 @@ def mask_compose(
     rule: str,
     unit: str | None,
     rank: int,
+    force: bool,
     root: Path,
     tracking_uri: str | None,
 ) -> None:
@@ -216,7 +218,7 @@ def mask_compose(
       taso mask compose --op weighted artifacts/importance/sentiment artifacts/importance/topic --p 0.25 --out w
     """
     from pipeline import sources
-    from taso.io import atomic_path
+    from taso.io import atomic_path, check_replaceable
     from taso.masks import mask_stats
 
     if op != "weighted" and (weights is not None or p is not None or unit is not None):
@@ -231,6 +233,7 @@ def mask_compose(
         ) from None
     if parsed is not None and len(parsed) != len(refs):
         raise click.BadParameter(f"{len(parsed)} weights for {len(refs)} inputs", param_hint="--weights")
+    check_replaceable(out, force)
     if any(r.startswith(sources.REGISTRY_PREFIXES) for r in refs):
         _configure(root, tracking_uri)
     mask = sources.compose_refs(op, list(refs), root=Path("."), weights=parsed, p=p, rule=rule, unit=unit or "row")
@@ -369,10 +372,11 @@ def registry_search(
 @click.option("--mask", "what", flag_value="mask", help="Pull only the mask.")
 @click.option("--all", "what", flag_value="all", help="Pull adapter, mask and meta.")
 @click.option("--adapter", "what", flag_value="adapter", default=True, help="Pull the PEFT adapter (default).")
+@click.option("--force", is_flag=True, help="Replace --dest even if it holds files taso did not write.")
 @root_option
 @tracking_option
 @_fail_clearly
-def registry_pull(uri: str, dest: Path | None, what: str, root: Path, tracking_uri: str | None) -> None:
+def registry_pull(uri: str, dest: Path | None, what: str, force: bool, root: Path, tracking_uri: str | None) -> None:
     """Download a registered adapter (a folder PeftModel.from_pretrained loads) or its mask.
 
     \b
@@ -386,7 +390,7 @@ def registry_pull(uri: str, dest: Path | None, what: str, root: Path, tracking_u
     if dest is None:
         name, version, alias = reg.parse_uri(uri)
         dest = Path(f"{name}-{alias or 'v' + str(version)}-{what}")
-    click.echo(reg.pull(uri, dest, what=what))
+    click.echo(reg.pull(uri, dest, what=what, force=force))
 
 
 @registry.command("promote")

@@ -33,6 +33,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from pipeline import tracking
+from taso.io import check_replaceable
 from taso.names import ADAPTER_CONFIG, MASK_FILE, TASK_TYPES
 
 log = logging.getLogger(__name__)
@@ -430,21 +431,24 @@ def resolve(uri: str) -> ModelVersion:
     return _version(name, version)
 
 
-def pull(uri: str, dest: Path, *, what: str = "adapter") -> Path:
+def pull(uri: str, dest: Path, *, what: str = "adapter", force: bool = False) -> Path:
     """Download part of a registered version into ``dest`` (replaced atomically) and return ``dest``.
 
     Args:
         what: ``adapter`` (a folder ``PeftModel.from_pretrained`` loads), ``mask``
             (``mask.safetensors`` + ``mask.json``), ``meta`` (a folder holding ``meta.json``),
             or ``all`` (``adapter/``, ``mask/`` and ``meta.json``).
+        force: replace ``dest`` even if it holds files taso did not write (``taso.io.check_replaceable``).
 
     Raises:
         RegistryError: no such model, alias or version.
-        ArtifactError: with ``all``, the adapter records another mask digest than the mask's
-            (``dest`` is then left as it was).
+        ArtifactError: ``dest`` holds someone else's files (and no ``force``), or is the current
+            folder or above it; with ``all``, the adapter records another mask digest than the
+            mask's. ``dest`` is then left as it was.
     """
     if what not in WHAT:
         raise ValueError(f"what must be one of {', '.join(WHAT)}, not {what!r}")
+    check_replaceable(dest, force)
     mv = resolve(uri)
     if what == "mask" and "mask_digest" not in mv.tags:
         method = mv.tags.get("method", "unknown")

@@ -28,6 +28,38 @@ class ArtifactError(ValueError):
     """An artifact is missing, corrupt, or does not fit what it is used with."""
 
 
+# Files that mark a folder as one taso wrote (every output folder explains itself): replacing it
+# loses nothing the tool cannot write again.
+OWN_MARKERS = ("meta.json", "mask.safetensors", "adapter_config.json")
+
+
+def check_replaceable(path: str | os.PathLike, force: bool = False) -> None:
+    """Refuse to replace ``path`` with a new output unless it is absent, an empty folder, a folder
+    taso wrote, or ``force`` is given; never the current folder or one above it, whatever ``force``.
+
+    For destinations a user names (``--out``, ``--dest``): the stages' own artifact paths are
+    replaced without asking, as DVC does.
+
+    Raises:
+        ArtifactError: naming the path and how to go on.
+    """
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    here = Path.cwd().resolve()
+    if path.resolve() == here or path.resolve() in here.parents:
+        raise ArtifactError(f"{path}: that is the current folder or one above it; name a new folder to write into")
+    if force:
+        return
+    if path.is_dir() and not path.is_symlink():
+        names = {p.name for p in path.iterdir()}
+        if not names or (names & set(OWN_MARKERS) and ".git" not in names):
+            return
+    raise ArtifactError(
+        f"{path} already exists and holds files taso did not write; name a new folder, or pass --force to replace it"
+    )
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; move it into place only if the block succeeds.

@@ -313,6 +313,14 @@ def test_cli_composes_folders_and_importance_maps(two_tasks, monkeypatch):
     result = runner.invoke(main, ["mask", "compose", "--op", "weighted", "artifacts/importance/topic", "--out", "z"])
     assert result.exit_code == 2 and "--op weighted needs --p" in result.output
     assert not (two_tasks / "z").exists()
+    (two_tasks / "mine").mkdir()
+    (two_tasks / "mine" / "keep.txt").write_text("mine")
+    args = ["mask", "compose", "--op", "union", "x", "--out", "mine"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 1 and "mine already exists and holds files taso did not write" in result.output
+    assert (two_tasks / "mine" / "keep.txt").read_text() == "mine"
+    assert runner.invoke(main, args + ["--force"]).exit_code == 0
+    assert Mask.load(two_tasks / "mine").digest == intersection(own).digest
     result = runner.invoke(main, ["mask", "compose", "--op", "union", "artifacts/nope/mask", "--out", "y"])
     assert result.exit_code == 1 and "artifacts/nope/mask: no such mask folder or file" in result.output
     assert not (two_tasks / "y").exists()

@@ -275,6 +275,27 @@ def test_pull_mask_and_all(store, adapter, tmp_path):
     assert not (tmp_path / "y").exists()
 
 
+def test_pull_never_replaces_a_folder_of_someone_elses_files_unless_forced(store, adapter, tmp_path, monkeypatch):
+    from taso.io import ArtifactError
+
+    _register(adapter)
+    theirs = tmp_path / "project"
+    (theirs / "src").mkdir(parents=True)
+    (theirs / "notes.txt").write_text("mine")
+    with pytest.raises(ArtifactError, match="holds files taso did not write; .*--force"):
+        registry.pull(f"models:/{NAME}/1", theirs)
+    assert (theirs / "notes.txt").read_text() == "mine" and (theirs / "src").is_dir()
+    # The folder it stands in, or any above, not even with force: `--dest .` must not empty a project.
+    monkeypatch.chdir(theirs / "src")
+    for here in (Path("."), Path(".."), tmp_path):
+        with pytest.raises(ArtifactError, match="current folder or one above it"):
+            registry.pull(f"models:/{NAME}/1", here, force=True)
+    assert (theirs / "notes.txt").read_text() == "mine"
+    monkeypatch.chdir(tmp_path)
+    got = registry.pull(f"models:/{NAME}/1", theirs, force=True)
+    assert (got / "adapter_config.json").is_file() and not (got / "notes.txt").exists()
+
+
 def test_pull_finds_folders_registered_under_any_name(store, adapter, tmp_path):
     shutil.copytree(adapter["root"] / "adapter", tmp_path / "peft-out")
     shutil.copytree(adapter["root"] / "mask", tmp_path / "core-region")
