@@ -101,8 +101,10 @@ def artifact_location(uri: str) -> str | None:
     return str(db.parent / "mlruns") if db is not None else None
 
 
-def experiment_id(name: str = DEFAULT_EXPERIMENT) -> str:
-    """The id of experiment ``name``, created if missing (safe when two processes race to create it)."""
+def experiment_id(name: str | None = None) -> str:
+    """The id of experiment ``name`` (None: ``$MLFLOW_EXPERIMENT_NAME``, else ``taso``), created if
+    missing (safe when two processes race to create it)."""
+    name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -184,7 +186,7 @@ def stage_run(
     params: Mapping,
     inputs: Mapping[str, str],
     method: str | None = None,
-    experiment: str = DEFAULT_EXPERIMENT,
+    experiment: str | None = None,
 ) -> Iterator[StageRun]:
     """Run the block inside an MLflow run named ``<stage>@<task>``.
 
@@ -198,6 +200,7 @@ def stage_run(
         root: the project root (for the default store and the git commit).
         params: the params the stage used, nested as in params.yaml.
         inputs: input name → content digest.
+        experiment: the MLflow experiment (params.yaml's ``tracking.experiment``; None: ``experiment_id``'s default).
     """
     configure(root)
     tags = {

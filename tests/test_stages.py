@@ -71,6 +71,21 @@ def run_all(root: Path, task: str = "entailment") -> None:
         stage.run(task, root)
 
 
+def test_every_stage_logs_to_the_experiment_params_yaml_names(project):
+    import mlflow
+
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["tracking"]["experiment"] = "entailment-study"
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    run_all(project)
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    names = {mlflow.get_experiment(r.info.experiment_id).name for r in runs}
+    assert names == {"entailment-study"}
+    stages = {r.data.tags.get("taso.stage") for r in runs}
+    assert {"calibrate", "score", "derive-mask", "train", "evaluate", "promote"} <= stages
+
+
 def test_stages_write_exactly_their_outs(project):
     run_all(project)
     art = project / "artifacts" / "entailment"

@@ -26,7 +26,13 @@ def run(root: Path = Path(".")) -> Path:
     inputs = {t: m.digest for t, m in masks.items()}
     out = analysis_dir(root)
     with tracking.stage_run(
-        root, method=params.train.method, stage="analyze", task="all", params=used, inputs=inputs
+        root,
+        method=params.train.method,
+        experiment=params.tracking.experiment,
+        stage="analyze",
+        task="all",
+        params=used,
+        inputs=inputs,
     ) as mlrun:
         report = overlap(masks)
         pairs = report["overall"]

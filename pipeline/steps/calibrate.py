@@ -30,7 +30,13 @@ def run(task: str, root: Path = Path(".")) -> Path:
     chosen = calibration_sample(rows, n, seed)
     used = {"seed": seed, "calibrate": params.calibrate.model_dump(), "task": params.task(task).model_dump()}
     with tracking.stage_run(
-        root, method=params.train.method, stage="calibrate", task=task, params=used, inputs={"source": source_digest}
+        root,
+        method=params.train.method,
+        experiment=params.tracking.experiment,
+        stage="calibrate",
+        task=task,
+        params=used,
+        inputs={"source": source_digest},
     ) as mlrun:
         with atomic_path(out) as tmp:
             tmp.mkdir()

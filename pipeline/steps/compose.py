@@ -34,7 +34,13 @@ def run(name: str, root: Path = Path(".")) -> Path:
     # names; the refs themselves are in the taso.composition.inputs tag.
     inputs = {str(i): entry["digest"] for i, entry in enumerate(lineage)}
     with tracking.stage_run(
-        root, method=params.train.method, stage="compose", task=name, params=used, inputs=inputs
+        root,
+        method=params.train.method,
+        experiment=params.tracking.experiment,
+        stage="compose",
+        task=name,
+        params=used,
+        inputs=inputs,
     ) as mlrun:
         mask = mask.with_meta(base_model=str(pretrained.fingerprint(params.model.base)))
         stats = mask_stats(mask)

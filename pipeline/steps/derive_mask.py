@@ -71,7 +71,13 @@ def run(task: str, root: Path = Path(".")) -> Path:
             )
         inputs = {"mask_source": mask.meta["source_digest"]}
     with tracking.stage_run(
-        root, method=params.train.method, stage="derive-mask", task=task, params=used, inputs=inputs
+        root,
+        method=params.train.method,
+        experiment=params.tracking.experiment,
+        stage="derive-mask",
+        task=task,
+        params=used,
+        inputs=inputs,
     ) as mlrun:
         region = params.method().region(mask)
         # No code version in the mask's own bytes (meta.json has it): the same inputs give the same

@@ -43,7 +43,13 @@ def run(task: str, root: Path = Path(".")) -> Path:
     with (
         registry.marked_if_failed(name, version),
         tracking.stage_run(
-            root, method=params.train.method, stage="evaluate", task=task, params=used, inputs=inputs
+            root,
+            method=params.train.method,
+            experiment=params.tracking.experiment,
+            stage="evaluate",
+            task=task,
+            params=used,
+            inputs=inputs,
         ) as mlrun,
     ):
         tok = pretrained.load_tokenizer(params.model.base)

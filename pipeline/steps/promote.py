@@ -27,7 +27,13 @@ def run(task: str, root: Path = Path(".")) -> Path:
     used = {"policy": policy, "metric": metric}
     inputs = {"metrics": digest_file(paths.metrics), "train": digest_file(paths.train_metrics)}
     with tracking.stage_run(
-        root, method=params.train.method, stage="promote", task=task, params=used, inputs=inputs
+        root,
+        method=params.train.method,
+        experiment=params.tracking.experiment,
+        stage="promote",
+        task=task,
+        params=used,
+        inputs=inputs,
     ) as mlrun:
         before = registry.alias_version(name, registry.CHAMPION)
         flag = scores.get("degenerate")

@@ -44,7 +44,13 @@ def run(task: str, root: Path = Path(".")) -> Path:
         return paths.importance
     inputs = {"calibration": digest_file(paths.calibration_file)}
     with tracking.stage_run(
-        root, method=params.train.method, stage="score", task=task, params=used, inputs=inputs
+        root,
+        method=params.train.method,
+        experiment=params.tracking.experiment,
+        stage="score",
+        task=task,
+        params=used,
+        inputs=inputs,
     ) as mlrun:
         imp, heat, heat_module, warmed = _importance(params, task, paths)
         fp = pretrained.fingerprint(params.model.base)

@@ -54,7 +54,13 @@ def run(task: str, root: Path = Path(".")) -> Path:
         train(model, features, tp.config(seed), method=method, pad_id=pad_id, checkpoint=checkpoint, progress=False)
         return paths.adapter
     with tracking.stage_run(
-        root, method=params.train.method, stage="train", task=task, params=used, inputs=inputs
+        root,
+        method=params.train.method,
+        experiment=params.tracking.experiment,
+        stage="train",
+        task=task,
+        params=used,
+        inputs=inputs,
     ) as mlrun:
         model, features, pad_id, pooling = _model_and_features(params, task, method, mask)
         head = params.model_kwargs(task)["head"]
