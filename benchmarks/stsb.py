@@ -113,6 +113,16 @@ def table(done: list[dict], reference: dict, settings, seeds: int) -> str:
     )
 
 
+def _same_protocol(a: dict | None, b: dict) -> bool:
+    """Two protocols are the same if they agree with params.yaml's values parsed: a run stays
+    valid when only a comment in params.yaml changed (the text is kept in each run for the record)."""
+
+    def parsed(p: dict) -> dict:
+        return {**p, "params": yaml.safe_load(p["params"])}
+
+    return a is not None and parsed(a) == parsed(b)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT / "../shared/datasets/glue/stsb")
@@ -138,13 +148,13 @@ def main() -> None:
     protocol = {"task": TASK, "max_steps": args.max_steps, "params": (ROOT / "params.yaml").read_text()}
     reference = zero_shot(spec)
     print(json.dumps(reference), file=sys.stderr, flush=True)
-    done = [r for r in load(args.results) if r.get("protocol") == protocol]
+    done = [r for r in load(args.results) if _same_protocol(r.get("protocol"), protocol)]
     if not args.no_run:
         for seed in args.seeds:
             for name in args.settings:
-                k = key("stsb", "stsb", {"setting": name}, seed, protocol)
-                if any(r["key"] == k for r in done):
+                if any(r["setting"] == name and r["seed"] == seed for r in done):
                     continue
+                k = key("stsb", "stsb", {"setting": name}, seed, protocol)
                 record = {"key": k, "setting": name, "seed": seed, "protocol": protocol}
                 record |= run_one(SETTINGS[name], seed, source, args.max_steps)
                 append(args.results, record)

@@ -674,3 +674,16 @@ def test_glue_trains_the_head_at_the_settings_rate_never_at_the_pipelines_defaul
     assert glue.train_config({**recorded, "head_lr": 3e-2}, 1, max_steps=5).head_lr == 3e-2
     imp = glue.train_config(recorded, 2, max_steps=50, epochs=1)
     assert (imp.epochs, imp.max_steps, imp.seed, imp.batch_size) == (1, 50, 2, glue.PROTOCOL["batch_size"])
+
+
+def test_stsb_runs_stay_valid_when_only_a_comment_in_params_yaml_changes(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import stsb
+
+    text = (ROOT / "params.yaml").read_text()
+    protocol = {"task": stsb.TASK, "max_steps": None, "params": text}
+    commented = {**protocol, "params": text.replace("# one seed for", "# the one seed for")}
+    assert commented["params"] != text and stsb._same_protocol(commented, protocol)
+    changed = {**protocol, "params": text.replace("seed: 0 ", "seed: 1 ")}
+    assert changed["params"] != text and not stsb._same_protocol(changed, protocol)
+    assert not stsb._same_protocol(None, protocol)
