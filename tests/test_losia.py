@@ -277,6 +277,13 @@ def test_a_warm_start_from_the_tasks_own_mask_runs_the_mask_stages_and_publishes
     assert start.meta["rule"] == "global" and ended.meta["start_mask"] == start.digest
     assert json.loads((art / "adapter" / "taso.json").read_text())["mask_digest"] == start.digest
     assert "accuracy" in json.loads((art / "metrics.json").read_text())  # evaluate checked it against the mask
+    # LoSiA's own knobs are on the train run (and in the key a checkpoint resumes by), so runs differ by them.
+    import mlflow
+
+    (run,) = mlflow.search_runs(
+        search_all_experiments=True, filter_string="tags.`taso.stage` = 'train'", output_format="list"
+    )
+    assert run.data.params["losia.start"] == "mask" and float(run.data.params["losia.p"]) == 0.25
 
 
 def test_a_period_longer_than_the_run_stops_the_train_stage_before_it_writes(tmp_path, tiny_model, monkeypatch):

@@ -45,6 +45,8 @@ def run(task: str, root: Path = Path(".")) -> Path:
         "train": tp.model_dump(),
         "task": params.task(task).model_dump(),
     }
+    if params.train.method == "losia":  # its knobs shape the run: logged, and part of the checkpoint's key
+        used["losia"] = params.losia.model_dump()
     inputs = {"mask": mask.digest} if mask else {}
     # A checkpoint resumes only the run it was made for: same params, same mask.
     run_key = hashlib.sha256(json.dumps([used, mask and mask.digest], sort_keys=True).encode()).hexdigest()[:16]
