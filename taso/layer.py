@@ -105,11 +105,11 @@ class MaskedLoraLinear(nn.Module):
         return f"rows={len(self.rows)}/{self.out_features}, cols={len(self.cols)}/{self.in_features}, r={self.r}, alpha={self.alpha}"
 
 
-# Up to this many times the rank-r passes' width, the kept block's weight gradient is the cheaper
-# way to the factor gradients: the sweep in docs/performance.md (benchmarks/speed.py) crosses 1
-# between 2 and 8 by shape, within 4% of a tie at 4; a tie goes to the block route, as it saves
-# only x[:, cols].
-BLOCK_GRADIENT_LIMIT = 4
+# Up to this many times the rank-r passes' width, the factor gradients go through the kept block's
+# weight gradient. The sweep in docs/performance.md (benchmarks/speed.py) puts the two routes'
+# crossover between 2x and 8x by shape, and the block route at most ~6% slower on a layer up to
+# 8x: a price worth paying for saving only x[:, cols] (the rank passes keep x and x·Aᵀ).
+BLOCK_GRADIENT_LIMIT = 8
 
 
 def block_gradient_pays(shape: tuple[int, int], n_rows: int, n_cols: int, r: int) -> bool:

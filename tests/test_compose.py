@@ -105,7 +105,7 @@ def write(tmp_path: Path, **changes) -> Path:
 @pytest.mark.parametrize(
     ("compositions", "tasks_patch", "message"),
     [
-        ({"u": {"op": "union", "of": ["nope"]}}, {}, "compositions.u.of: 'nope' is not a task"),
+        ({"u": {"op": "union", "of": ["nope"]}}, {}, "'nope' is not a task .*remove it from compositions.u.of, or set"),
         ({"u": {"op": "weighted", "of": ["sentiment", "file:m"]}}, {}, "'file:m' is a mask; a weighted composition"),
         ({"u": {"op": "union", "of": ["sentiment"], "weights": [1.0]}}, {}, "weights and p apply to op: weighted"),
         ({"u": {"op": "weighted", "of": ["sentiment", "topic"], "weights": [1.0]}}, {}, "one value per entry"),
@@ -114,7 +114,7 @@ def write(tmp_path: Path, **changes) -> Path:
         (
             {"u": {"op": "union", "of": ["sentiment", "topic"]}},
             {"topic": "composition:u"},
-            "task 'topic' reuses a mask (composition:u); compose that mask's source instead",
+            "task 'topic' reuses a mask (composition:u); remove 'topic' from compositions.u.of, or compose that",
         ),
         ({"u": {"op": "union", "of": []}}, {}, "compositions.u.of"),
         ({"u": {"op": "union", "of": ["composition:v"]}}, {}, "'composition:v' is not a task, a file:<path>"),
