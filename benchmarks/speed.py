@@ -7,7 +7,7 @@ in one process on the same batches, interleaved step by step (so drift and backg
 all methods alike); medians over ``--steps`` steps after ``--warmup``. Peak RSS is measured in a
 fresh subprocess per method, since a process's peak only grows.
 
-    python benchmarks/speed.py --json docs/speed.json                 # MiniLM, about 5 minutes on 2 cores
+    python benchmarks/speed.py --steps 40 --json docs/speed.json      # MiniLM, about 8 minutes on 2 cores
     python benchmarks/speed.py --decoder --json docs/speed-decoder.json  # SmolLM2's answer-window loss
     python benchmarks/speed.py --render docs/speed.json docs/speed-decoder.json --doc docs/performance.md
     python benchmarks/speed.py --quick --json /tmp/s.json              # smoke run: 1 step, short batches
