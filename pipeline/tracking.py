@@ -185,8 +185,7 @@ def stage_run(
     task: str,
     params: Mapping,
     inputs: Mapping[str, str],
-    method: str | None = None,
-    experiment: str | None = None,
+    project=None,
 ) -> Iterator[StageRun]:
     """Run the block inside an MLflow run named ``<stage>@<task>``.
 
@@ -200,8 +199,12 @@ def stage_run(
         root: the project root (for the default store and the git commit).
         params: the params the stage used, nested as in params.yaml.
         inputs: input name → content digest.
-        experiment: the MLflow experiment (params.yaml's ``tracking.experiment``; None: ``experiment_id``'s default).
+        project: the validated params.yaml (``pipeline.params.Params``): the run goes to its
+            ``tracking.experiment`` and is tagged with its ``train.method``; None: the default
+            experiment (``experiment_id``), no method tag.
     """
+    method = project.train.method if project is not None else None
+    experiment = project.tracking.experiment if project is not None else None
     configure(root)
     tags = {
         "taso.task": task,

@@ -107,7 +107,7 @@ class MaskedLoraLinear(nn.Module):
 
 # Up to this many times the rank-r passes' width, the factor gradients go through the kept block's
 # weight gradient. The sweep in docs/performance.md (benchmarks/speed.py) puts the two routes'
-# crossover between 2x and 8x by shape, and the block route at most ~6% slower on a layer up to
+# crossover between 2x and 8x by shape, and the block route a few percent slower at most on a layer up to
 # 8x: a price worth paying for saving only x[:, cols] (the rank passes keep x and x·Aᵀ).
 BLOCK_GRADIENT_LIMIT = 8
 

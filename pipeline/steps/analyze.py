@@ -27,8 +27,7 @@ def run(root: Path = Path(".")) -> Path:
     out = analysis_dir(root)
     with tracking.stage_run(
         root,
-        method=params.train.method,
-        experiment=params.tracking.experiment,
+        project=params,
         stage="analyze",
         task="all",
         params=used,

@@ -31,8 +31,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
     used = {"seed": seed, "calibrate": params.calibrate.model_dump(), "task": params.task(task).model_dump()}
     with tracking.stage_run(
         root,
-        method=params.train.method,
-        experiment=params.tracking.experiment,
+        project=params,
         stage="calibrate",
         task=task,
         params=used,

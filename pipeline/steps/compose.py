@@ -35,8 +35,7 @@ def run(name: str, root: Path = Path(".")) -> Path:
     inputs = {str(i): entry["digest"] for i, entry in enumerate(lineage)}
     with tracking.stage_run(
         root,
-        method=params.train.method,
-        experiment=params.tracking.experiment,
+        project=params,
         stage="compose",
         task=name,
         params=used,

@@ -72,8 +72,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
         inputs = {"mask_source": mask.meta["source_digest"]}
     with tracking.stage_run(
         root,
-        method=params.train.method,
-        experiment=params.tracking.experiment,
+        project=params,
         stage="derive-mask",
         task=task,
         params=used,

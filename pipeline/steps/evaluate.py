@@ -44,8 +44,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
         registry.marked_if_failed(name, version),
         tracking.stage_run(
             root,
-            method=params.train.method,
-            experiment=params.tracking.experiment,
+            project=params,
             stage="evaluate",
             task=task,
             params=used,

@@ -28,8 +28,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
     inputs = {"metrics": digest_file(paths.metrics), "train": digest_file(paths.train_metrics)}
     with tracking.stage_run(
         root,
-        method=params.train.method,
-        experiment=params.tracking.experiment,
+        project=params,
         stage="promote",
         task=task,
         params=used,

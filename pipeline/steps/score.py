@@ -45,8 +45,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
     inputs = {"calibration": digest_file(paths.calibration_file)}
     with tracking.stage_run(
         root,
-        method=params.train.method,
-        experiment=params.tracking.experiment,
+        project=params,
         stage="score",
         task=task,
         params=used,

@@ -57,8 +57,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
         return paths.adapter
     with tracking.stage_run(
         root,
-        method=params.train.method,
-        experiment=params.tracking.experiment,
+        project=params,
         stage="train",
         task=task,
         params=used,
