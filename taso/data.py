@@ -8,6 +8,7 @@ are called is in :class:`TaskSpec`, so a bad spec fails here, naming the file an
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import random
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SPLITS = ("train", "eval")  # the roles every task has: the stages train on one and score on the other
 FORMATS = {".tsv": "csv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
@@ -320,6 +322,11 @@ def calibration_sample(rows: Sequence[dict], n: int, seed: int) -> list[dict]:
 def to_jsonl(rows: Sequence[dict]) -> str:
     """``rows`` as JSON lines, keys sorted, so the same rows always give the same bytes."""
     return "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows)
+
+
+def digest_rows(rows: Sequence[dict]) -> str:
+    """sha256 of ``rows`` as :func:`to_jsonl` writes them: the same examples, the same digest."""
+    return hashlib.sha256(to_jsonl(rows).encode()).hexdigest()
 
 
 def read_jsonl(path) -> list[dict]:

@@ -18,14 +18,21 @@ import struct
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
+if TYPE_CHECKING:
+    import torch
+
+# torch and safetensors are imported by the functions that handle tensors: the JSON writers here
+# serve the data stage too, which runs on every `dvc repro` and must start fast.
 
 
 class ArtifactError(ValueError):
     """An artifact is missing, corrupt, or does not fit what it is used with."""
+
+
+class InputFileError(FileNotFoundError):
+    """A file or folder a user named (a model folder, an adapter folder) is missing or is not what it should be."""
 
 
 # Files that mark a folder as one taso wrote (every output folder explains itself): replacing it
@@ -134,6 +141,8 @@ def read_json(path: str | os.PathLike) -> dict:
 
 def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
     """Save tensors with string metadata, atomically."""
+    from safetensors.torch import save
+
     with atomic_path(path) as tmp:
         tmp.write_bytes(_canonical(save({k: v.contiguous() for k, v in tensors.items()}, metadata=dict(metadata))))
 
@@ -158,6 +167,8 @@ def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     Raises:
         ArtifactError: the file is missing, truncated or not a safetensors file.
     """
+    from safetensors import SafetensorError, safe_open
+
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: file not found")
@@ -178,6 +189,8 @@ def digest_tensors(tensors: Mapping[str, torch.Tensor], extra: Mapping[str, obje
     The digest depends on content only, never on file layout or metadata, so two
     artifacts with the same tensors have the same digest.
     """
+    import torch
+
     h = hashlib.sha256()
     if extra:
         h.update(json.dumps(extra, sort_keys=True).encode())

@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,10 @@ import torch
 from torch import nn
 
 from taso.heads import PairCosine, use_pooling
+from taso.io import ArtifactError, InputFileError
 from taso.names import DEFAULT_MODEL, HUB_IDS, SMOLLM2, TASK_TYPES
 from taso.pooling import Pooling, declared_pooling
+from taso.targets import head_names, in_head
 
 # PEFT (0.17) reads transformers' deprecated `is_gradient_checkpointing` each time it wraps a
 # model, and transformers 5 warns on every read: a warning per stage that no user can act on.
@@ -48,11 +51,34 @@ def resolve_model(ref: str) -> str:
     path = Path(ref).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path}: not a model folder (no config.json)")
+            raise InputFileError(f"{path}: not a model folder (no config.json)")
         return str(path)
     if os.environ.get("HF_HUB_OFFLINE") == "1" and ("/" not in ref or ref.startswith((".", "/"))):
-        raise FileNotFoundError(f"model {ref!r} is neither a built-in ('minilm', 'smollm2') nor an existing folder")
+        raise InputFileError(f"model {ref!r} is neither a built-in ('minilm', 'smollm2') nor an existing folder")
     return ref
+
+
+def check_loaded(model: torch.nn.Module, info: dict, path: str, unused: Sequence[str] = ()) -> None:
+    """Refuse a model whose pretrained part did not load whole from ``path``.
+
+    A new task head (and a causal LM's ``lm_head`` when it is tied to the embeddings) may come up
+    missing or resized; any other missing or mismatched weight means the checkpoint is not this
+    architecture's, or is damaged. ``unused``: top-level modules this use of the model never reads.
+
+    Raises:
+        ArtifactError: naming up to five of those weights.
+    """
+    new = [*head_names(model), *unused]
+    if getattr(model.config, "tie_word_embeddings", False):
+        new.append("lm_head")
+    mismatched = [m[0] if isinstance(m, tuple | list) else m for m in info.get("mismatched_keys", [])]
+    lost = sorted(k for k in {*info.get("missing_keys", []), *mismatched} if not in_head(k, new))
+    if lost:
+        shown = ", ".join(lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+        raise ArtifactError(
+            f"{path}: {len(lost)} pretrained weight(s) missing from the checkpoint or of another shape ({shown}); "
+            "they would train from random values: check that model.base names a complete checkpoint of this architecture"
+        )
 
 
 def _smollm2_gguf() -> Path:
@@ -161,27 +187,33 @@ def load_model(
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             if task_type == "causal_lm":
-                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+                model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, output_loading_info=True)
             elif head == "cosine":
                 if task_type != "regression":
                     raise ValueError("a cosine head predicts a similarity: it needs task_type regression")
-                model = AutoModel.from_pretrained(path, dtype=torch.float32)
+                model, info = AutoModel.from_pretrained(path, dtype=torch.float32, output_loading_info=True)
             else:
                 labels = 1 if task_type == "regression" else num_labels
                 # A base saved with a classifier of another size (another task's fine-tune)
                 # gets a new head of this task's size; the head always trains from scratch here.
-                model = AutoModelForSequenceClassification.from_pretrained(
+                model, info = AutoModelForSequenceClassification.from_pretrained(
                     path,
                     num_labels=labels,
                     problem_type="regression" if task_type == "regression" else "single_label_classification",
                     ignore_mismatched_sizes=True,
+                    output_loading_info=True,
                 )
     finally:
         hf_logging.set_verbosity(verbosity)
+    # The report silenced above is expected for the new head only: a backbone weight that was
+    # missing or of another shape would train from random values with no word said.
+    chosen = None
     if task_type != "causal_lm" and pooling != "architecture":
         chosen = declared_pooling(path) if pooling == "auto" else Pooling.parse(pooling)
-        if chosen is not None:
-            use_pooling(model, chosen)
+    # BERT's pooler is read only by the architecture's own head; a checkpoint may well lack it.
+    check_loaded(model, info, path, unused=("pooler",) if chosen is not None or head == "cosine" else ())
+    if chosen is not None:
+        use_pooling(model, chosen)
     return PairCosine(model) if head == "cosine" else model
 
 

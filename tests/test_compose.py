@@ -155,6 +155,7 @@ def test_default_params_compose_two_demo_tasks():
 def two_tasks(tmp_path, tiny_model, monkeypatch) -> Path:
     """The stage-test project with two demo tasks scored and their masks derived, and a union of them."""
     from pipeline.steps import calibrate, derive_mask, score
+    from pipeline.steps import data as data_stage
 
     project = make_project(tmp_path, tiny_model, monkeypatch)
     raw = yaml.safe_load((project / "params.yaml").read_text())
@@ -163,7 +164,7 @@ def two_tasks(tmp_path, tiny_model, monkeypatch) -> Path:
     raw["compositions"] = {"shared": {"op": "union", "of": ["entailment", "topic"]}}
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
     for task in ("entailment", "topic"):
-        for stage in (calibrate, score, derive_mask):
+        for stage in (data_stage, calibrate, score, derive_mask):
             stage.run(task, project)
     return project
 
@@ -245,12 +246,13 @@ def test_a_task_trains_on_a_composition_and_its_version_carries_the_lineage(two_
     from mlflow import MlflowClient
 
     from pipeline.steps import calibrate, compose, derive_mask, score, train
+    from pipeline.steps import data as data_stage
 
     raw = yaml.safe_load((two_tasks / "params.yaml").read_text())
     raw["tasks"]["newcomer"] = {**raw["tasks"]["entailment"], "mask_source": "composition:shared"}
     (two_tasks / "params.yaml").write_text(yaml.safe_dump(raw))
     published = Mask.load(compose.run("shared", two_tasks))
-    for stage in (calibrate, score, derive_mask, train):
+    for stage in (data_stage, calibrate, score, derive_mask, train):
         stage.run("newcomer", two_tasks)
     skipped = two_tasks / "artifacts" / "importance" / "newcomer"
     assert files(skipped) == ["meta.json"]  # the score stage did not score

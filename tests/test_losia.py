@@ -288,9 +288,10 @@ def test_a_warm_start_from_the_tasks_own_mask_runs_the_mask_stages_and_publishes
 
 def test_a_period_longer_than_the_run_stops_the_train_stage_before_it_writes(tmp_path, tiny_model, monkeypatch):
     from pipeline.steps import calibrate, derive_mask, score, train
+    from pipeline.steps import data as data_stage
 
     project = _losia_project(tmp_path, tiny_model, monkeypatch, period=100)
-    for stage in (calibrate, score, derive_mask):
+    for stage in (data_stage, calibrate, score, derive_mask):
         stage.run("entailment", project)
     with pytest.raises(ValueError, match="losia.period 100 is longer than the run"):
         train.run("entailment", project)

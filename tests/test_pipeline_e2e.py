@@ -47,6 +47,12 @@ def sh(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.C
     return proc
 
 
+def always(repo: Path) -> set[str]:
+    """The stages every ``dvc repro`` runs: the params check and each task's data fingerprint."""
+    tasks = yaml.safe_load((repo / "params.yaml").read_text())["tasks"]
+    return {"check-params"} | {f"data@{t}" for t in tasks}
+
+
 def ran(out: str) -> set[str]:
     """The stages a ``dvc repro`` output says it ran."""
     return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
@@ -155,7 +161,7 @@ def test_metrics_show_lists_every_task(project):
 def test_second_repro_reruns_nothing(project):
     repo, env, _ = project
     out = sh(["dvc", "repro"], repo, env).stdout
-    assert ran(out) == {"check-params"}  # always runs (0.2 s); writes nothing
+    assert ran(out) == always(repo)  # they write nothing new, so nothing downstream reruns
 
 
 def test_mlflow_runs_and_registry(project):
@@ -224,7 +230,7 @@ def test_param_change_reruns_only_that_task(project):
     # The stages that read every task's map rerun (in seconds). demo-union names entailment, so
     # it changes, and every derive-mask reads the composed masks: sentiment's reruns, writes the
     # same bytes, and so its training and evaluation do not rerun.
-    cross = {"compose@demo-union", "analyze", "derive-mask@sentiment", "check-params"}
+    cross = {"compose@demo-union", "analyze", "derive-mask@sentiment"} | always(repo)
     stages = ("calibrate", "score", "derive-mask", "train", "evaluate", "promote")
     assert ran(out) == {f"{s}@entailment" for s in stages} | cross
 
@@ -282,7 +288,7 @@ def test_a_new_task_trains_on_the_published_champion_mask(project):
     # README's workflow: commit what ran, then add a task. The commit changes no stage's inputs.
     sh(["git", "add", "-A"], repo, env)
     sh(["git", "commit", "-qm", "what ran", "--allow-empty"], repo, env)
-    assert ran(sh(["dvc", "repro"], repo, env).stdout) == {"check-params"}
+    assert ran(sh(["dvc", "repro"], repo, env).stdout) == always(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     source = "registry:taso-sentiment@champion"
     params["tasks"]["reuse"] = {**params["tasks"]["sentiment"], "mask_source": source}
@@ -296,7 +302,7 @@ def test_a_new_task_trains_on_the_published_champion_mask(project):
     stages = ("calibrate", "score", "derive-mask", "train", "evaluate", "promote")
     # Only the new task, and what reads every task's map (the analysis; the composition, whose
     # mask comes out byte for byte the same, so no task that might train on it reruns).
-    assert ran(out) == {f"{s}@reuse" for s in stages} | {"compose@demo-union", "analyze", "check-params"}
+    assert ran(out) == {f"{s}@reuse" for s in stages} | {"compose@demo-union", "analyze"} | always(repo)
     assert sorted(p.name for p in (repo / "artifacts" / "importance" / "reuse").iterdir()) == ["meta.json"]
     mask = Mask.load(repo / "artifacts" / "reuse" / "mask")
     assert mask.digest == published and mask.meta["source"] == source and mask.meta["source_digest"] == published
@@ -309,6 +315,37 @@ def test_a_new_task_trains_on_the_published_champion_mask(project):
     exp = client.get_experiment_by_name("taso").experiment_id
     [derive] = client.search_runs([exp], "tags.`taso.stage` = 'derive-mask' and tags.`taso.task` = 'reuse'")
     assert derive.data.tags["taso.mask_source_digest"] == published
+
+
+def test_an_edited_data_file_reruns_what_reads_it_and_nothing_else(project):
+    repo, env, _ = project
+    data = repo / "data" / "mine"
+    data.mkdir(parents=True)
+    lines = [f"{w} film\t{i % 2}\n" for i, w in enumerate(["a good", "a bad", "a fine", "a dull"] * 6)]
+    for name in ("train.tsv", "dev.tsv"):
+        (data / name).write_text("sentence\tlabel\n" + "".join(lines))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["tasks"]["mine"] = {
+        **{k: params["tasks"]["sentiment"][k] for k in ("metrics", "max_train", "max_eval", "mask_source")},
+        "source": "data/mine",
+        "splits": {"train": "train.tsv", "eval": "dev.tsv"},
+        "text_fields": ["sentence"],
+        "labels": ["0", "1"],
+    }
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = ("calibrate", "score", "derive-mask", "train", "evaluate", "promote")
+    assert {f"{s}@mine" for s in stages} <= ran(sh(["dvc", "repro"], repo, env).stdout)
+
+    # The eval file: only what scores on it.
+    (data / "dev.tsv").write_text("sentence\tlabel\n" + "".join(lines) + "a great film\t1\n")
+    assert ran(sh(["dvc", "repro"], repo, env).stdout) == {"evaluate@mine", "promote@mine"} | always(repo)
+    assert json.loads((repo / "artifacts" / "mine" / "metrics.json").read_text())["n_examples"] == 25
+    # The train file: everything that reads the train split, seen by `dvc status` once the data
+    # stage has fingerprinted the change (the stages after it are not run here).
+    (data / "train.tsv").write_text("sentence\tlabel\n" + "".join(lines[::-1]))
+    sh(["dvc", "repro", "data@mine"], repo, env)
+    changed = set(json.loads(sh(["dvc", "status", "--json"], repo, env).stdout))
+    assert changed - always(repo) == {"calibrate@mine", "score@mine", "derive-mask@mine", "train@mine"}
 
 
 # Last: the experiment leaves LoSiA's outs and params in the workspace.

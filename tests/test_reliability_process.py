@@ -83,8 +83,9 @@ def project(tmp_path, tiny_model, monkeypatch) -> Path:
     write_params(tmp_path, tiny_params(tiny_model))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     from pipeline.steps import calibrate, derive_mask, score
+    from pipeline.steps import data as data_stage
 
-    for stage in (calibrate, score, derive_mask):
+    for stage in (data_stage, calibrate, score, derive_mask):
         stage.run(TASK, tmp_path)
     return tmp_path
 
@@ -346,10 +347,11 @@ def base_repo(tmp_path_factory, tiny_model) -> Path:
     sh(["git", "add", "-A"], repo, env)
     sh(["git", "commit", "-qm", "project"], repo, env)
     from pipeline.steps import calibrate, derive_mask, score
+    from pipeline.steps import data as data_stage
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo.parent / 'upstream.db'}")
-        for stage in (calibrate, score, derive_mask):
+        for stage in (data_stage, calibrate, score, derive_mask):
             stage.run(TASK, repo)
     sh(["dvc", "commit", "--force", "--with-deps", f"derive-mask@{TASK}"], repo, env)
     sh(["git", "add", "-A"], repo, env)
@@ -540,9 +542,9 @@ def test_a_killed_stage_leaves_no_partial_out_and_the_next_repro_completes(base_
     assert trained["resumed_from_step"] == STEPS and trained["steps"] == STEPS
     assert_same_adapter(repo, reference)
     assert leftovers(art) == []  # the killed writer's temporary was swept by the next write
-    # Nothing left to run but the params check, which runs on every repro.
+    # Nothing left to run but the checks of params and data, which run on every repro.
     assert (art / "metrics.json").is_file()
-    assert set(json.loads(sh(["dvc", "status", "--json"], repo, env).stdout)) == {"check-params"}
+    assert set(json.loads(sh(["dvc", "status", "--json"], repo, env).stdout)) == {"check-params", f"data@{TASK}"}
 
 
 def experiment_refs(repo: Path, env: dict) -> dict[str, str]:

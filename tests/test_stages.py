@@ -66,8 +66,9 @@ def files(folder: Path) -> list[str]:
 
 def run_all(root: Path, task: str = "entailment") -> None:
     from pipeline.steps import calibrate, derive_mask, evaluate, promote, score, train
+    from pipeline.steps import data as data_stage
 
-    for stage in (calibrate, score, derive_mask, train, evaluate, promote):
+    for stage in (data_stage, calibrate, score, derive_mask, train, evaluate, promote):
         stage.run(task, root)
 
 
@@ -97,6 +98,8 @@ def test_stages_write_exactly_their_outs(project):
         "adapter/taso.json",
         "calibration/calibration.jsonl",
         "calibration/meta.json",
+        "data/eval.json",
+        "data/train.json",
         "imp_rounds.csv",
         "importance_heatmap.png",
         "mask/mask.json",
@@ -121,7 +124,9 @@ def test_stages_write_exactly_their_outs(project):
     # mask.json counts at rank 1: the mask does not depend on the rank that trains on it.
     rank = yaml.safe_load((project / "params.yaml").read_text())["train"]["rank"]
     assert mask_json["rank"] == 1 and trained["trainable_adapter"] == rank * mask_json["trainable_params"]
-    assert json.loads((art / "adapter" / "taso.json").read_text())["mask_digest"] == mask_json["digest"]
+    adapter = json.loads((art / "adapter" / "taso.json").read_text())
+    assert adapter["mask_digest"] == mask_json["digest"]
+    assert adapter["data_digest"] == json.loads((art / "data" / "train.json").read_text())["digest"]
     # Nothing is left behind: no temp folders next to the outs, no checkpoint after success.
     assert not [p for p in art.iterdir() if p.name.startswith(".")]
     assert not list((project / "checkpoints").rglob("*.pt"))
@@ -163,18 +168,98 @@ def own_tsv_task(project: Path, data: Path, files: dict[str, str], **params) -> 
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
 
 
+def test_evaluate_and_promote_refuse_a_version_that_train_did_not_register(project, monkeypatch):
+    # A version number alone may name another model: another store, or a train.json older than the store.
+    from mlflow import MlflowClient
+
+    from pipeline.errors import RegistryError
+    from pipeline.steps import evaluate, promote
+
+    run_all(project)
+    art = project / "artifacts" / "entailment"
+    trained = json.loads((art / "train.json").read_text())
+    client = MlflowClient(registry_uri=f"sqlite:///{project / 'mlflow.db'}")
+    assert client.get_model_version("taso-entailment", "1").run_id == trained["registry_run_id"]
+    (art / "train.json").write_text(json.dumps(trained | {"registry_run_id": "0" * 32}))
+    scored, decided = ((art / f).read_bytes() for f in ("metrics.json", "promotion.json"))
+    for stage in (evaluate, promote):
+        with pytest.raises(
+            RegistryError, match=r"train\.json names version 1 of taso-entailment, but run \w+ registered"
+        ):
+            stage.run("entailment", project)
+    assert (art / "metrics.json").read_bytes() == scored and (art / "promotion.json").read_bytes() == decided
+    assert "evaluation_error" not in client.get_model_version("taso-entailment", "1").tags  # not this task's to mark
+    # Another store: the version is not there at all.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'other.db'}")
+    (art / "train.json").write_text(json.dumps(trained))
+    with pytest.raises(
+        RegistryError, match=r"names version 1 of taso-entailment, which this store lacks .*MLFLOW_TRACKING_URI"
+    ):
+        evaluate.run("entailment", project)
+
+
+def test_the_data_fingerprint_changes_with_what_the_stages_read_and_only_then(project, tmp_path):
+    # DVC reruns what reads a split only when its fingerprint's bytes change: the same data must
+    # give the same bytes, an edit to one file must change that split's fingerprint alone.
+    from pipeline.steps import data as data_stage
+
+    rows = "".join(f"{w} film\t{i % 2}\n" for i, w in enumerate(["good", "bad", "fine", "dull"]))
+    files = {"train.tsv": "sentence\tlabel\n" + rows, "dev.tsv": "sentence\tlabel\n" + rows}
+    own_tsv_task(project, tmp_path / "data", files)
+    folder = data_stage.run("mine", project)
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    assert sorted(before) == ["eval.json", "train.json"]
+    fp = json.loads(before["train.json"])
+    assert fp["examples"] == 4 and fp["file"] == str(tmp_path / "data" / "train.tsv") and fp["split"] == "train"
+    shutil.rmtree(folder)  # as DVC removes an out before its stage runs
+    data_stage.run("mine", project)
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
+
+    (tmp_path / "data" / "dev.tsv").write_text("sentence\tlabel\n" + rows + "awful film\t0\n")
+    data_stage.run("mine", project)
+    assert (folder / "train.json").read_bytes() == before["train.json"]
+    assert json.loads((folder / "eval.json").read_text())["examples"] == 5
+    # A column the task does not read is not what the stages see: no rerun for it.
+    (tmp_path / "data" / "train.tsv").write_text("sentence\tlabel\tnote\n" + rows.replace("\n", "\tx\n"))
+    data_stage.run("mine", project)
+    assert (folder / "train.json").read_bytes() == before["train.json"]
+    (tmp_path / "data" / "train.tsv").write_text("sentence\tlabel\n" + rows.replace("good film\t0", "good film\t1"))
+    data_stage.run("mine", project)
+    assert json.loads((folder / "train.json").read_text())["digest"] != fp["digest"]
+
+
+def test_a_stage_refuses_data_changed_since_it_was_fingerprinted(project, tmp_path):
+    # A stage started by hand after an edit would train on examples no artifact records.
+    from pipeline.steps import calibrate, derive_mask, score, train
+    from pipeline.steps import data as data_stage
+    from taso.data import DataError
+
+    rows = "".join(f"{w} film\t{i % 2}\n" for i, w in enumerate(["good", "bad", "fine", "dull"] * 3))
+    own_tsv_task(project, tmp_path / "data", {f: "sentence\tlabel\n" + rows for f in ("train.tsv", "dev.tsv")})
+    with pytest.raises(
+        DataError, match=r"data/train\.json: not found; .* run `dvc repro` \(or `taso data --task mine` first\)"
+    ):
+        calibrate.run("mine", project)
+    for stage in (data_stage, calibrate, score, derive_mask):
+        stage.run("mine", project)
+    (tmp_path / "data" / "train.tsv").write_text("sentence\tlabel\n" + rows + "new film\t1\n")
+    with pytest.raises(DataError, match=r"task mine: the train split changed after the data stage fingerprinted it"):
+        train.run("mine", project)
+    assert not (project / "artifacts" / "mine" / "adapter").exists()
+
+
 def test_bad_label_stops_calibrate_naming_file_column_and_row(project, tmp_path):
     files = {
         "train.tsv": "sentence\tlabel\ngood film\t1\nbad film\tmaybe\n",
         "dev.tsv": "sentence\tlabel\ngood film\t1\n",
     }
     own_tsv_task(project, tmp_path / "data", files)
-    from pipeline.steps import calibrate
+    from pipeline.steps import data as data_stage
     from taso.data import DataError
 
     with pytest.raises(DataError, match=r"train\.tsv: row 1, column 'label': unknown label 'maybe'"):
-        calibrate.run("mine", project)
-    assert not (project / "artifacts" / "mine" / "calibration").exists()
+        data_stage.run("mine", project)
+    assert not (project / "artifacts" / "mine").exists()
 
 
 @pytest.mark.parametrize("method", ["taso", "lora"])
@@ -183,13 +268,13 @@ def test_a_missing_eval_file_stops_the_first_stage(project, tmp_path, method):
     # nothing written, nothing registered.
     from mlflow import MlflowClient
 
-    from pipeline.steps import calibrate
+    from pipeline.steps import data as data_stage
     from taso.data import DataError
 
     files = {"train.tsv": "sentence\tlabel\ngood film\t1\nbad film\t0\n"}  # no dev.tsv
     own_tsv_task(project, tmp_path / "data", files, train={"method": method})
     with pytest.raises(DataError, match=r"task mine: eval file .*dev\.tsv not found \(tasks\.mine\.splits\.eval\)"):
-        calibrate.run("mine", project)
+        data_stage.run("mine", project)
     assert not (project / "artifacts" / "mine").exists()
     assert MlflowClient(registry_uri=f"sqlite:///{project / 'mlflow.db'}").search_registered_models() == []
 
@@ -198,12 +283,13 @@ def test_a_version_whose_evaluation_fails_says_so_in_the_registry(project, tmp_p
     from mlflow import MlflowClient
 
     from pipeline.steps import calibrate, derive_mask, evaluate, score, train
+    from pipeline.steps import data as data_stage
     from taso.data import DataError
 
     data = tmp_path / "data"
     rows = "".join(f"{w} film\t{i % 2}\n" for i, w in enumerate(["good", "bad", "fine", "dull"] * 3))
     own_tsv_task(project, data, {split: "sentence\tlabel\n" + rows for split in ("train.tsv", "dev.tsv")})
-    for stage in (calibrate, score, derive_mask, train):
+    for stage in (data_stage, calibrate, score, derive_mask, train):
         stage.run("mine", project)
     (data / "dev.tsv").unlink()  # gone between training and evaluation
     with pytest.raises(DataError, match="dev.tsv not found"):
@@ -300,8 +386,9 @@ def test_the_mask_does_not_depend_on_the_rank_that_trains_on_it(project):
     import shutil
 
     from pipeline.steps import calibrate, derive_mask, score
+    from pipeline.steps import data as data_stage
 
-    for stage in (calibrate, score, derive_mask):
+    for stage in (data_stage, calibrate, score, derive_mask):
         stage.run("entailment", project)
     mask_dir = project / "artifacts" / "entailment" / "mask"
     before = {f: (mask_dir / f).read_bytes() for f in ("mask.safetensors", "mask.json")}
@@ -389,10 +476,12 @@ def test_the_importance_variants_reach_the_mask_through_the_stages(project):
     """score.statistic and mask.unit, set in params.yaml, change what score and derive-mask write and
     are recorded there: LoSiA's Ī ⊙ Ū in the importance map, whole heads in the mask."""
     from pipeline.steps import calibrate, derive_mask, score
+    from pipeline.steps import data as data_stage
     from taso.importance import Importance
     from taso.masks import Mask
 
     art = project / "artifacts"
+    data_stage.run("entailment", project)
     calibrate.run("entailment", project)
     score.run("entailment", project)
     plain = Importance.load(art / "importance" / "entailment" / "importance.safetensors")
@@ -438,6 +527,7 @@ def test_imp_search_on_two_ranks_writes_once_the_mask_one_process_finds(
     import subprocess
     import sys
 
+    from pipeline.steps import data as data_stage
     from pipeline.steps import derive_mask
 
     # Dropout off: under torchrun it draws per rank, so ranks match one process only without it.
@@ -450,6 +540,7 @@ def test_imp_search_on_two_ranks_writes_once_the_mask_one_process_finds(
     raw["train"]["method"] = "imp"
     raw["imp"] = {**raw.get("imp", {}), "steps": 3}
     (project / "params.yaml").write_text(yaml.safe_dump(raw | {"distributed": {"nproc": 2}}))
+    data_stage.run("entailment", project)
     env = os.environ | {"PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
     cmd = [sys.executable, "-m", "stages.derive_mask", "--task", "entailment", "--root", str(project)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
@@ -459,6 +550,7 @@ def test_imp_search_on_two_ranks_writes_once_the_mask_one_process_finds(
 
     single = make_project(tmp_path_factory.mktemp("single"), tiny_model, monkeypatch)
     (single / "params.yaml").write_text(yaml.safe_dump(raw))
+    data_stage.run("entailment", single)
     derive_mask.run("entailment", single)
     two, one = (json.loads((r / "artifacts/entailment/mask/mask.json").read_text()) for r in (project, single))
     assert two["digest"] == one["digest"]

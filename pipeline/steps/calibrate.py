@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from pipeline import tracking
 from pipeline.meta import write_meta, write_skipped
 from pipeline.params import load_params
 from pipeline.paths import TaskPaths
-from taso.data import calibration_sample, read_rows, to_jsonl
+from pipeline.steps.data import read_split
+from taso.data import calibration_sample, to_jsonl
 from taso.io import atomic_path
 
 
@@ -20,13 +20,9 @@ def run(task: str, root: Path = Path(".")) -> Path:
     paths = TaskPaths(root, task)
     out = paths.calibration
     spec, n, seed = params.spec(task), params.calibrate.n, params.seed
-    # The task's first stage reads every split (file, parse, columns, labels), so a bad eval file
-    # stops the run here, in seconds, not at evaluate after scoring and training.
-    splits = {name: read_rows(spec, name, seed=seed) for name in spec.splits}
     if not params.scores(task):
         return write_skipped(out, stage="calibrate", task=task, root=root, reason=params.why_not_scored(task))
-    rows = splits["train"]
-    source_digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+    rows, data_digest = read_split(root, spec, "train", seed)  # every split was checked by the data stage
     chosen = calibration_sample(rows, n, seed)
     used = {"seed": seed, "calibrate": params.calibrate.model_dump(), "task": params.task(task).model_dump()}
     with tracking.stage_run(
@@ -35,7 +31,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
         stage="calibrate",
         task=task,
         params=used,
-        inputs={"source": source_digest},
+        inputs={"data": data_digest},
     ) as mlrun:
         with atomic_path(out) as tmp:
             tmp.mkdir()
@@ -48,7 +44,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
                 task=task,
                 root=root,
                 params=used,
-                inputs={"source": source_digest},
+                inputs={"data": data_digest},
                 outputs={"calibration": digest},
                 n=len(chosen),
                 n_source=len(rows),

@@ -19,6 +19,7 @@ from pipeline import sources, tracking
 from pipeline.meta import write_meta, write_skipped
 from pipeline.params import load_params
 from pipeline.paths import TaskPaths
+from pipeline.steps.data import read_split, recorded_digest
 from taso import distributed, pretrained
 from taso.io import ArtifactError, atomic_path, digest_file, write_csv
 from taso.masks import Mask, mask_stats, shape_mismatch
@@ -56,7 +57,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
             _search(params, root, task, used)
             return paths.mask
         mask, rounds, folder = _search(params, root, task, used)
-        inputs = {"search": digest_file(folder / "rounds.json")}
+        inputs = {"search": digest_file(folder / "rounds.json"), "data": recorded_digest(root, task, "train")}
     elif source == "own":
         mask = sources.mask_for_task(params, root, task)
         inputs = {"importance": mask.meta["importance_digest"]}
@@ -119,7 +120,7 @@ ROUNDS = ["index", "kept_fraction", "final_loss", "seconds"]
 
 def _search(params, root: Path, task: str, used: dict):
     """IMP's rounds for ``task`` (:func:`taso.imp.search`), resumable in a scratch folder named by
-    everything that defines them: ``(mask, rounds, folder)``."""
+    everything that defines them (params and data): ``(mask, rounds, folder)``."""
     import dataclasses
 
     from taso import data
@@ -128,7 +129,7 @@ def _search(params, root: Path, task: str, used: dict):
     paths, spec, seed = TaskPaths(root, task), params.spec(task), params.seed
     kwargs = params.model_kwargs(task)
     tok = pretrained.load_tokenizer(params.model.base)
-    rows = data.read_rows(spec, "train", seed=seed)
+    rows, _ = read_split(root, spec, "train", seed)
     features = data.encode(rows, tok, spec.max_length, pairs_apart=kwargs["head"] == "cosine")
     cfg = dataclasses.replace(params.train.config(seed), max_steps=params.imp.steps, checkpoint_every=10**9)
     trainer = round_trainer(
@@ -139,7 +140,10 @@ def _search(params, root: Path, task: str, used: dict):
         pad_id=tok.pad_token_id,
     )
     shapes = target_shapes(params.model.base, spec.task_type, spec.num_labels, params.model.targets)
-    key = hashlib.sha256(json.dumps(used, sort_keys=True).encode()).hexdigest()[:16]
+    # The rounds train on the data, so a resume must find the same data too.
+    key = hashlib.sha256(json.dumps([used, recorded_digest(root, task, "train")], sort_keys=True).encode()).hexdigest()[
+        :16
+    ]
     folder = paths.checkpoints / f"imp-{key}"
     mask, rounds = search(shapes, trainer, params.imp.config(), params.mask.p, folder)
     return mask, rounds, folder

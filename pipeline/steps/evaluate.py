@@ -13,7 +13,8 @@ from pathlib import Path
 from pipeline import registry, tracking
 from pipeline.params import load_params
 from pipeline.paths import TaskPaths
-from taso import data, pretrained
+from pipeline.steps.data import read_split, recorded_digest
+from taso import pretrained
 from taso.evaluate import degenerate, evaluate_task
 from taso.export import check_adapter_mask
 from taso.io import digest_file, read_json, write_json
@@ -39,7 +40,10 @@ def run(task: str, root: Path = Path(".")) -> Path:
         # Before any model loads: an adapter and a mask that disagree mean one of them is stale.
         check_adapter_mask(paths.adapter, mask)
         inputs["mask"] = mask.digest
+    inputs["data"] = recorded_digest(root, task, "eval")
     name, version = registry.model_name(params.tracking.registry_prefix, task), str(trained["registry_version"])
+    tracking.configure(root)  # the project's store, where train registered the version
+    registry.check_trained(name, version, trained.get("registry_run_id"), paths.train_metrics)
     with (
         registry.marked_if_failed(name, version),
         tracking.stage_run(
@@ -55,7 +59,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
         model = pretrained.load_with_adapter(
             params.model.base, paths.adapter, spec.task_type, num_labels=spec.num_labels, seed=params.seed
         )
-        rows = data.read_rows(spec, "eval", seed=params.seed)
+        rows, _ = read_split(root, spec, "eval", params.seed)
         start = time.perf_counter()
         scores = evaluate_task(
             model,

@@ -23,6 +23,8 @@ def run(task: str, root: Path = Path(".")) -> Path:
     paths, policy = TaskPaths(root, task), params.tracking.promote
     trained, scores = read_json(paths.train_metrics), read_json(paths.metrics)
     name, version = registry.model_name(params.tracking.registry_prefix, task), str(trained["registry_version"])
+    tracking.configure(root)  # the project's store, where train registered the version
+    registry.check_trained(name, version, trained.get("registry_run_id"), paths.train_metrics)
     metric = params.spec(task).metrics[0]
     used = {"policy": policy, "metric": metric}
     inputs = {"metrics": digest_file(paths.metrics), "train": digest_file(paths.train_metrics)}

@@ -16,6 +16,7 @@ from pipeline.meta import write_meta, write_skipped
 from pipeline.params import load_params
 from pipeline.paths import TaskPaths
 from pipeline.plots import importance_heatmap, placeholder
+from pipeline.steps.data import read_split, recorded_digest
 from taso import data, distributed, pretrained
 from taso.importance import Importance, score_importance, warm_up_head
 from taso.io import atomic_path, digest_file
@@ -40,9 +41,9 @@ def run(task: str, root: Path = Path(".")) -> Path:
         "task": params.task(task).model_dump(),
     }
     if not distributed.is_main():  # a helper rank under torchrun: its share of the batches, nothing written
-        _importance(params, task, paths)
+        _importance(params, task, paths, root)
         return paths.importance
-    inputs = {"calibration": digest_file(paths.calibration_file)}
+    inputs = {"calibration": digest_file(paths.calibration_file), "data": recorded_digest(root, task, "train")}
     with tracking.stage_run(
         root,
         project=params,
@@ -51,7 +52,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
         params=used,
         inputs=inputs,
     ) as mlrun:
-        imp, heat, heat_module, warmed = _importance(params, task, paths)
+        imp, heat, heat_module, warmed = _importance(params, task, paths, root)
         fp = pretrained.fingerprint(params.model.base)
         imp.meta.update(base_model=str(fp), task=task, head_warmup_steps=str(warmed))
         with atomic_path(paths.importance) as tmp:
@@ -76,7 +77,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
     return paths.importance
 
 
-def _importance(params, task: str, paths: TaskPaths) -> tuple[Importance, torch.Tensor, str, int]:
+def _importance(params, task: str, paths: TaskPaths, root: Path) -> tuple[Importance, torch.Tensor, str, int]:
     """The task's importance after the head warm-up (summed over ranks under torchrun), the full map of
     the module the heatmap shows, that module's name, and the warm-up steps taken."""
     spec, seed = params.spec(task), params.seed
@@ -87,7 +88,8 @@ def _importance(params, task: str, paths: TaskPaths) -> tuple[Importance, torch.
     calib = data.encode(data.read_jsonl(paths.calibration_file), tok, spec.max_length, pairs_apart=apart)
     warmed = 0
     if params.score.head_warmup_steps and head_names(model):  # a causal LM has no new head to warm up
-        train = data.encode(data.read_rows(spec, "train", seed=seed), tok, spec.max_length, pairs_apart=apart)
+        rows, _ = read_split(root, spec, "train", seed)
+        train = data.encode(rows, tok, spec.max_length, pairs_apart=apart)
         batches = data.iterate(train, params.score.batch_size, tok.pad_token_id, seed=seed, shuffle=True)
         # Every rank warms up the same head from the same seed: the warm-up is not split.
         warmed = warm_up_head(model, batches, params.score.head_warmup_steps, lr=params.score.head_warmup_lr, seed=seed)

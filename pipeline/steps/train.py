@@ -19,6 +19,7 @@ from pipeline import registry, tracking
 from pipeline.meta import write_meta, write_skipped
 from pipeline.params import load_params
 from pipeline.paths import TaskPaths
+from pipeline.steps.data import read_split, recorded_digest
 from taso import data, distributed, pretrained
 from taso.export import PEFT_TASK
 from taso.heads import pooling_of
@@ -47,12 +48,12 @@ def run(task: str, root: Path = Path(".")) -> Path:
     }
     if params.train.method == "losia":  # its knobs shape the run: logged, and part of the checkpoint's key
         used["losia"] = params.losia.model_dump()
-    inputs = {"mask": mask.digest} if mask else {}
-    # A checkpoint resumes only the run it was made for: same params, same mask.
-    run_key = hashlib.sha256(json.dumps([used, mask and mask.digest], sort_keys=True).encode()).hexdigest()[:16]
+    inputs = {"data": recorded_digest(root, task, "train")} | ({"mask": mask.digest} if mask else {})
+    # A checkpoint resumes only the run it was made for: same params, same data, same mask.
+    run_key = hashlib.sha256(json.dumps([used, inputs], sort_keys=True).encode()).hexdigest()[:16]
     checkpoint = paths.checkpoints / f"{run_key}.pt"
     if not distributed.is_main():  # a helper rank under torchrun: its share of each batch, nothing written
-        model, features, pad_id, _ = _model_and_features(params, task, method, mask)
+        model, features, pad_id, _ = _model_and_features(params, root, task, method, mask)
         train(model, features, tp.config(seed), method=method, pad_id=pad_id, checkpoint=checkpoint, progress=False)
         return paths.adapter
     with tracking.stage_run(
@@ -63,7 +64,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
         params=used,
         inputs=inputs,
     ) as mlrun:
-        model, features, pad_id, pooling = _model_and_features(params, task, method, mask)
+        model, features, pad_id, pooling = _model_and_features(params, root, task, method, mask)
         head = params.model_kwargs(task)["head"]
         result = train(model, features, tp.config(seed), method=method, pad_id=pad_id, checkpoint=checkpoint)
         counts = method.count_trainable(model)
@@ -81,6 +82,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
             "pooling": pooling,
             "head": head if spec.task_type != "causal_lm" else None,
             "method": method.name,
+            "data_digest": inputs["data"],  # the train split's examples (artifacts/<task>/data/train.json)
             "mask_digest": mask.digest if mask else None,
             "mask_source": params.task(task).mask_source if mask else None,
             # Lineage of a reused mask: the digest of what mask_source named when derive-mask ran.
@@ -150,6 +152,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
             # Regression: the train labels' mean and std, folded into the head after training.
             "target_scale": list(result.target_scale) if result.target_scale else None,
             "registry_version": int(version),
+            "registry_run_id": mlrun.run_id,  # evaluate and promote check that this run registered the version
             # How the method trained, where it resolves knobs itself (LoSiA's period from the run length).
             "method_details": method.report(),
         }
@@ -172,7 +175,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
     return paths.adapter
 
 
-def _model_and_features(params, task: str, method, mask: Mask | None) -> tuple:
+def _model_and_features(params, root: Path, task: str, method, mask: Mask | None) -> tuple:
     """The model the method prepared (on ``mask``), the task's tokenized training rows, the pad id, and
     what the head reads (None for a causal LM)."""
     spec, seed = params.spec(task), params.seed
@@ -180,9 +183,8 @@ def _model_and_features(params, task: str, method, mask: Mask | None) -> tuple:
     kwargs = params.model_kwargs(task)
     base = pretrained.load_model(params.model.base, seed=seed, **kwargs)
     pooling = pooling_of(base) if spec.task_type != "causal_lm" else None
-    features = data.encode(
-        data.read_rows(spec, "train", seed=seed), tok, spec.max_length, pairs_apart=kwargs["head"] == "cosine"
-    )
+    rows, _ = read_split(root, spec, "train", seed)
+    features = data.encode(rows, tok, spec.max_length, pairs_apart=kwargs["head"] == "cosine")
     return method.prepare(base, mask), features, tok.pad_token_id, pooling
 
 
@@ -194,6 +196,7 @@ def _version_tags(meta: dict, mask: Mask | None, counts: dict, rank: int) -> dic
         "trainable_params": str(counts["adapter"] + counts["backbone"]),
         "base_model": meta["base_fingerprint"],
         "rank": str(rank),
+        "data_digest": meta["data_digest"],
     }
     if mask is not None:
         tags |= {"mask_digest": mask.digest, "density": f"{mask_stats(mask, rank)['density']:.6f}"}
