@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from taso import demo
 from taso.config import ImpConfig, LosiaConfig, MethodConfig, TrainConfig
 from taso.data import TaskSpec
 from taso.metrics import APPLIES_TO
@@ -112,11 +113,36 @@ class TaskParams(_Strict):
     @field_validator("mask_source")
     @classmethod
     def _mask_source(cls, v: str) -> str:
+        forms = (
+            "must be 'own', 'registry:<name>@<alias>', 'registry:<name>/<version>', 'models:/<name>@<alias>', "
+            "'models:/<name>/<version>', 'file:<path>' or 'composition:<name>'"
+        )
         if v != "own" and not re.match(r"^(registry:|models:/|file:|composition:).+", v):
+            raise ValueError(forms)
+        # A registry reference names one version, by alias or number, as the registry resolves it.
+        if v.startswith(("registry:", "models:/")) and not re.match(r"^(registry:|models:/).+(@[^@/]+|/\d+)$", v):
+            raise ValueError(f"{v!r}: a registry source names a version, by alias or number; {forms}")
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if v.startswith("demo:") and v[len("demo:") :] not in demo.TASKS:
             raise ValueError(
-                "must be 'own', 'registry:<name>@<alias>', 'models:/<name>@<alias>', 'file:<path>' "
-                "or 'composition:<name>'"
+                f"no demo task {v[len('demo:') :]!r}; built-in demo tasks: {', '.join(sorted(demo.TASKS))}"
             )
+        return v
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, v):
+        if isinstance(v, list) and any(isinstance(x, int | float) and not isinstance(x, bool) for x in v):
+            # YAML reads [0, 1] as numbers; the file's label column is read as text, so say how to write them.
+            quoted = ", ".join(f'"{x}"' for x in v)
+            raise ValueError(f"label values are text, as read from the file: write labels: [{quoted}]")
+        if isinstance(v, list) and len(set(v)) != len(v):
+            twice = sorted({x for x in v if v.count(x) > 1})
+            raise ValueError(f"each label names one class id; {twice} appear more than once")
         return v
 
     @field_validator("text_fields")
@@ -487,6 +513,23 @@ def _methods() -> dict:
     return METHODS
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last one
+    silently, so an edit to the first copy would change nothing)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one block (first at line {seen[key] + 1}); keep one",
+                    key_node.start_mark,
+                )  # fmt: skip
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: str | Path = "params.yaml", *, quick: bool = False) -> Params:
     """Read and validate ``params.yaml``.
 
@@ -503,7 +546,7 @@ def load_params(path: str | Path = "params.yaml", *, quick: bool = False) -> Par
     if not path.is_file():
         raise ParamsError(f"{path}: not found; run from the project root or pass --params")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML ({e})") from e
     try:

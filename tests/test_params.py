@@ -66,6 +66,44 @@ def test_unknown_task_key_is_refused(tmp_path, raw):
         load_params(write(tmp_path, raw))
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("labels", [0, 1], r'label values are text, as read from the file: write labels: \["0", "1"\]'),
+        ("labels", ["no", "yes", "no"], r"each label names one class id; \['no'\] appear more than once"),
+        ("source", "demo:nope", r"no demo task 'nope'; built-in demo tasks: entailment, sentiment, topic"),
+        ("mask_source", "registry:taso-topic", r"'registry:taso-topic': a registry source names a version"),
+        ("mask_source", "models:/taso-topic/latest", r"'models:/taso-topic/latest': a registry source names a version"),
+    ],
+)
+def test_a_task_value_that_would_fail_later_fails_here(tmp_path, raw, key, value, message):
+    # Each would otherwise pass the check and fail in a stage (a traceback, or a registry miss) or,
+    # for duplicate labels, train a class no example can reach.
+    raw["compositions"] = {}
+    raw["tasks"]["sentiment"][key] = value
+    with pytest.raises(ParamsError, match=rf"tasks\.sentiment\.{key}: {message}"):
+        load_params(write(tmp_path, raw))
+
+
+@pytest.mark.parametrize("source", ["models:/taso-topic/3", "registry:taso-topic@champion", "models:/a/b@candidate"])
+def test_registry_sources_that_name_a_version_pass(tmp_path, raw, source):
+    raw["compositions"] = {}
+    raw["tasks"]["sentiment"]["mask_source"] = source
+    assert load_params(write(tmp_path, raw)).task("sentiment").mask_source == source
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    text = (ROOT / "params.yaml").read_text()
+    # The first copy is the one a reader sees and edits; plain YAML would keep the second.
+    doubled = text.replace("\nseed: 0", "\nseed: 0\nseed: 1", 1)
+    assert doubled != text
+    path = tmp_path / "params.yaml"
+    path.write_text(doubled)
+    line = doubled.splitlines().index("seed: 0") + 1
+    with pytest.raises(ParamsError, match=rf"key 'seed' appears twice in one block \(first at line {line}\)"):
+        load_params(path)
+
+
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "nope.yaml")
