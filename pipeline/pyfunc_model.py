@@ -92,6 +92,9 @@ class TasoAdapterModel(PythonModel):
         # The head reads what it was trained on; an adapter from before pooling was recorded read BERT's pooler.
         pooling = meta.get("pooling") or "architecture"
         self.head = meta.get("head") or "classifier"
+        # How many texts one example is (None: not recorded, as in adapters from before it was).
+        fields = meta.get("text_fields")
+        self.texts_per_example = len(fields) if fields and self.task_type != "causal_lm" else None
         base = pretrained.load_model(
             meta["base_model"], self.task_type, num_labels=num_labels, pooling=pooling, head=self.head
         )
@@ -111,6 +114,12 @@ class TasoAdapterModel(PythonModel):
         import torch
 
         texts, pairs = _as_pairs(model_input)
+        if self.texts_per_example == 2 and pairs is None:
+            raise ValueError(
+                "this model was trained on sentence pairs: give [text, text_pair] pairs or a text_pair column"
+            )
+        if self.texts_per_example == 1 and pairs is not None:
+            raise ValueError("this model was trained on single texts: give a list of strings or a 'text' column only")
         batch_size = int((params or {}).get("batch_size", BATCH_SIZE))
         if self.task_type == "causal_lm":
             return self._complete(texts, batch_size, int((params or {}).get("max_new_tokens", MAX_NEW_TOKENS)))

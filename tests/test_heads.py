@@ -168,3 +168,39 @@ def test_the_cosine_head_learns_pairs_and_its_adapter_reloads_exactly(tiny_model
 def test_the_cosine_head_needs_a_regression_over_pairs(tiny_model):
     with pytest.raises(ValueError, match="needs task_type regression"):
         pretrained.load_model(str(tiny_model), "classification", head="cosine")
+
+
+def _without(src: Path, dest: Path, drop: str) -> Path:
+    """A copy of the saved model ``src`` whose weights lack every tensor whose name contains ``drop``."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dest)
+    weights = load_file(dest / "model.safetensors")
+    gone = [k for k in weights if drop in k]
+    assert gone, f"no weight named like {drop!r}"
+    save_file(
+        {k: v for k, v in weights.items() if k not in gone}, dest / "model.safetensors", metadata={"format": "pt"}
+    )
+    return dest
+
+
+def test_a_checkpoint_missing_a_backbone_weight_is_refused_by_name(tiny_model, tmp_path):
+    from taso.io import ArtifactError
+
+    broken = _without(tiny_model, tmp_path / "broken", "layer.1.attention.self.query.weight")
+    with pytest.raises(
+        ArtifactError, match=r"1 pretrained weight\(s\) missing .*layer\.1\.attention\.self\.query\.weight"
+    ):
+        pretrained.load_model(str(broken))
+    # The new head may come up missing or resized (another task's fine-tune as the base): no error.
+    headless = _without(tiny_model, tmp_path / "headless", "classifier.")
+    assert pretrained.load_model(str(headless), num_labels=5).classifier.out_features == 5
+
+
+def test_a_missing_pooler_matters_only_to_the_head_that_reads_it(tiny_model, tmp_path):
+    from taso.io import ArtifactError
+
+    no_pooler = _without(tiny_model, tmp_path / "no-pooler", "pooler.")
+    with pytest.raises(ArtifactError, match=r"pooler\.dense"):
+        pretrained.load_model(str(no_pooler), pooling="architecture")
+    assert pretrained.load_model(str(no_pooler), pooling="mean") is not None

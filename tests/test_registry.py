@@ -366,6 +366,25 @@ def test_pyfunc_predicts_label_names_like_the_trained_model(store, adapter, monk
     assert set(pairs) <= set(LABELS)
 
 
+@pytest.mark.parametrize(
+    ("fields", "wrong", "message"),
+    [
+        (["premise", "hypothesis"], TEXTS, "trained on sentence pairs: give"),
+        (["sentence"], [[t, "good"] for t in TEXTS], "trained on single texts: give a list of strings"),
+    ],
+)
+def test_pyfunc_refuses_inputs_of_the_other_shape(store, adapter, monkeypatch, fields, wrong, message):
+    # A pair model fed single texts (or the reverse) would still return labels, for inputs unlike any it learned.
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    adapter["meta"] = adapter["meta"] | {"text_fields": fields}
+    _register(adapter)
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}/1")
+    with pytest.raises(ValueError, match=message):
+        model.predict(wrong)
+    right = [[t, "good"] for t in TEXTS] if len(fields) == 2 else TEXTS
+    assert set(model.predict(right)) <= set(LABELS)
+
+
 def test_pyfunc_input_forms():
     from pipeline.pyfunc_model import _as_pairs
 
@@ -443,3 +462,16 @@ def test_two_processes_register_at_once(adapter, tmp_path, monkeypatch):
     client = mlflow.MlflowClient(uri, uri)
     assert sorted(int(v.version) for v in client.search_model_versions("name = 'taso-rte'")) == [1, 2, 3, 4]
     assert int(client.get_model_version_by_alias("taso-rte", "candidate").version) in {1, 2, 3, 4}
+
+
+@pytest.mark.parametrize("command", [["list"], ["show", "models:/taso-rte@champion"], ["search", "task=rte"]])
+def test_a_registry_lookup_without_a_store_says_so_and_creates_none(tmp_path, monkeypatch, command):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["registry", *command])
+    assert result.exit_code == 1 and "mlflow.db: no MLflow store there, so nothing is registered" in result.output
+    assert list(tmp_path.iterdir()) == []  # a lookup leaves no empty store behind
