@@ -334,6 +334,24 @@ def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
+# What tokenizers report when they do not know their model's limit (transformers' VERY_LARGE_INTEGER).
+_NO_LIMIT = 10**12
+
+
+def check_max_length(tokenizer, max_length: int) -> None:
+    """Refuse a ``max_length`` longer than the model's positions, which would fail mid-forward.
+
+    Raises:
+        DataError: naming the limit and the key to change.
+    """
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and limit < _NO_LIMIT and max_length > limit:
+        raise DataError(
+            f"model.max_length {max_length} is more than the {limit} tokens this model takes "
+            f"(its tokenizer's model_max_length); set model.max_length to {limit} or less"
+        )
+
+
 def encode(examples: Sequence[dict], tokenizer, max_length: int, *, pairs_apart: bool = False) -> list[dict]:
     """Tokenize examples (no padding); log how many were truncated to ``max_length``.
 
@@ -341,6 +359,7 @@ def encode(examples: Sequence[dict], tokenizer, max_length: int, *, pairs_apart:
     second under ``pair_``-prefixed keys (for a bi-encoder head, :class:`taso.heads.PairCosine`).
     Instruction examples (``causal_lm``) get token labels on their answer only (:func:`taso.causal_lm.encode`).
     """
+    check_max_length(tokenizer, max_length)
     if examples and "prompt" in examples[0]:
         from taso import causal_lm
 

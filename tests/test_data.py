@@ -360,3 +360,14 @@ def test_a_numeric_label_without_task_type_suggests_regression(tmp_path):
     )
     with pytest.raises(DataError, match=r"'5\.0' is not a class id; .*tasks\.sts\.task_type: regression"):
         read_rows(spec, "train")
+
+
+def test_a_max_length_beyond_the_model_stops_before_any_forward():
+    # MiniLM has 512 positions: 1,024 tokens would fail inside the embedding lookup, mid-stage.
+    from taso import pretrained
+
+    tok = pretrained.load_tokenizer("minilm")
+    rows = [{"text": "a good film", "label": 1}]
+    with pytest.raises(DataError, match=r"model.max_length 1024 is more than the 512 tokens this model takes"):
+        encode(rows, tok, 1024)
+    assert len(encode(rows, tok, 512)[0]["input_ids"]) == 5

@@ -468,7 +468,7 @@ def test_a_similarity_task_trains_a_cosine_head_and_the_pyfunc_scores_pairs(tmp_
     with torch.no_grad():
         want = loaded(**enc).logits.squeeze(-1).tolist()
     assert got == pytest.approx(want, abs=1e-4)
-    with pytest.raises(ValueError, match="scores sentence pairs"):
+    with pytest.raises(ValueError, match="trained on sentence pairs"):
         model.predict(["the film was good ."])
 
 
