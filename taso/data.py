@@ -206,7 +206,14 @@ def _read_hub(spec: TaskSpec, split: str) -> tuple[list[dict], str]:
     import datasets
 
     name, _, config = spec.source[len("hub:") :].partition("/")
-    ds = datasets.load_dataset(name, config or None, split=spec.splits[split])
+    try:
+        ds = datasets.load_dataset(name, config or None, split=spec.splits[split])
+    except Exception as e:  # offline, unknown dataset or split: datasets raises many types
+        raise DataError(
+            f"{spec.source}: could not load the {split} split {spec.splits[split]!r} ({type(e).__name__}: {e}); "
+            "hub data needs the network (HF_DATASETS_OFFLINE=0) on every `dvc repro`, or download the files "
+            f"and point tasks.{spec.name}.source at their folder"
+        ) from e
     return list(ds), spec.source
 
 

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from taso.io import ArtifactError
+
 # A transformer block is the module at ``...layer.<i>`` / ``...layers.<i>`` / ``...h.<i>``;
 # embeddings, poolers and heads live outside such blocks and are never targets.
 _BLOCK = re.compile(r"(^|\.)(layer|layers|h|block|blocks)\.\d+\.")
@@ -33,13 +35,17 @@ def find_targets(model: nn.Module, spec: TargetSpec = "all-linear") -> dict[str,
     """Return the target linear layers of ``model`` by full module name, in model order.
 
     Raises:
-        ValueError: nothing matched, naming the spec and a few linear layers that exist.
+        ArtifactError: nothing matched (the model does not fit the spec), naming the spec and a few
+            linear layers that exist.
     """
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     found = {n: m for n, m in linears.items() if _matches(n, spec)}
     if not found:
         sample = ", ".join(list(linears)[:6]) or "none"
-        raise ValueError(f"target modules {spec!r} match no linear layer; linear layers include: {sample}")
+        raise ArtifactError(
+            f"target modules {spec!r} (model.targets) match no linear layer of this model; "
+            f"its linear layers include: {sample}"
+        )
     return found
 
 

@@ -371,3 +371,10 @@ def test_a_max_length_beyond_the_model_stops_before_any_forward():
     with pytest.raises(DataError, match=r"model.max_length 1024 is more than the 512 tokens this model takes"):
         encode(rows, tok, 1024)
     assert len(encode(rows, tok, 512)[0]["input_ids"]) == 5
+
+
+def test_a_hub_source_offline_says_what_it_needs(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    spec = TaskSpec(name="mrpc", source="hub:glue/mrpc", splits={"train": "train", "eval": "validation"})
+    with pytest.raises(DataError, match=r"hub:glue/mrpc: could not load the train split .* needs the network"):
+        read_rows(spec, "train")

@@ -457,3 +457,10 @@ def test_the_head_unit_needs_recorded_heads_and_a_row_rule():
     merged = merge_importance([imp, headed_importance()])
     assert merged.heads == {"layer.0.q": 4}
     assert derive_mask(merged, "rows_cols", 0.5, unit="head").modules["layer.0.q"].rows.tolist() == [0, 1, 2, 3]
+
+
+def test_targets_that_match_nothing_name_the_key_and_what_exists(make_model):
+    from taso.targets import find_targets
+
+    with pytest.raises(ArtifactError, match=r"'nope' \(model.targets\) match no linear layer of this model; .*query"):
+        find_targets(make_model(), "nope")
