@@ -140,7 +140,7 @@ class TaskParams(_Strict):
             # YAML reads [0, 1] as numbers; the file's label column is read as text, so say how to write them.
             quoted = ", ".join(f'"{x}"' for x in v)
             raise ValueError(f"label values are text, as read from the file: write labels: [{quoted}]")
-        if isinstance(v, list) and len(set(v)) != len(v):
+        if isinstance(v, list) and all(isinstance(x, str) for x in v) and len(set(v)) != len(v):
             twice = sorted({x for x in v if v.count(x) > 1})
             raise ValueError(f"each label names one class id; {twice} appear more than once")
         return v
@@ -517,6 +517,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged keys may be overridden
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(

@@ -19,7 +19,7 @@ from taso.heads import PairCosine, use_pooling
 from taso.io import ArtifactError, InputFileError
 from taso.names import DEFAULT_MODEL, HUB_IDS, SMOLLM2, TASK_TYPES
 from taso.pooling import Pooling, declared_pooling
-from taso.targets import head_names, in_head
+from taso.targets import in_head
 
 # PEFT (0.17) reads transformers' deprecated `is_gradient_checkpointing` each time it wraps a
 # model, and transformers 5 warns on every read: a warning per stage that no user can act on.
@@ -58,21 +58,29 @@ def resolve_model(ref: str) -> str:
     return ref
 
 
-def check_loaded(model: torch.nn.Module, info: dict, path: str, unused: Sequence[str] = ()) -> None:
+def check_loaded(model: torch.nn.Module, info: dict, path: str, *, new_head: bool, unused: Sequence[str] = ()) -> None:
     """Refuse a model whose pretrained part did not load whole from ``path``.
 
-    A new task head (and a causal LM's ``lm_head`` when it is tied to the embeddings) may come up
-    missing or resized; any other missing or mismatched weight means the checkpoint is not this
-    architecture's, or is damaged. ``unused``: top-level modules this use of the model never reads.
+    With ``new_head`` (a sequence head put on a base checkpoint), whatever lies outside the
+    architecture's base model (``base_model_prefix``: BERT's classifier, DistilBERT's
+    pre_classifier, DeBERTa's pooler) is new and may come up missing or resized; so may a causal
+    LM's ``lm_head`` tied to the embeddings. Any other missing or mismatched weight means the
+    checkpoint is not this architecture's, or is damaged. ``unused``: modules this use of the
+    model never reads (BERT's pooler under a declared pooling).
 
     Raises:
         ArtifactError: naming up to five of those weights.
     """
-    new = [*head_names(model), *unused]
-    if getattr(model.config, "tie_word_embeddings", False):
-        new.append("lm_head")
+    prefix = getattr(model, "base_model_prefix", "")
+    inside = model.base_model is not model  # a head model: the base's keys start with its prefix
+
+    def is_new(key: str) -> bool:
+        if in_head(key, [*unused, *(["lm_head"] if getattr(model.config, "tie_word_embeddings", False) else [])]):
+            return True
+        return new_head and inside and not key.startswith(f"{prefix}.")
+
     mismatched = [m[0] if isinstance(m, tuple | list) else m for m in info.get("mismatched_keys", [])]
-    lost = sorted(k for k in {*info.get("missing_keys", []), *mismatched} if not in_head(k, new))
+    lost = sorted(k for k in {*info.get("missing_keys", []), *mismatched} if not is_new(k))
     if lost:
         shown = ", ".join(lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
         raise ArtifactError(
@@ -211,7 +219,13 @@ def load_model(
     if task_type != "causal_lm" and pooling != "architecture":
         chosen = declared_pooling(path) if pooling == "auto" else Pooling.parse(pooling)
     # BERT's pooler is read only by the architecture's own head; a checkpoint may well lack it.
-    check_loaded(model, info, path, unused=("pooler",) if chosen is not None or head == "cosine" else ())
+    check_loaded(
+        model,
+        info,
+        path,
+        new_head=task_type != "causal_lm" and head != "cosine",
+        unused=("pooler",) if chosen is not None or head == "cosine" else (),
+    )
     if chosen is not None:
         use_pooling(model, chosen)
     return PairCosine(model) if head == "cosine" else model

@@ -204,3 +204,24 @@ def test_a_missing_pooler_matters_only_to_the_head_that_reads_it(tiny_model, tmp
     with pytest.raises(ArtifactError, match=r"pooler\.dense"):
         pretrained.load_model(str(no_pooler), pooling="architecture")
     assert pretrained.load_model(str(no_pooler), pooling="mean") is not None
+
+
+@pytest.mark.parametrize("kind", ["distilbert", "deberta-v2"])
+def test_a_base_checkpoint_of_another_encoder_loads_with_its_new_head(tmp_path, kind):
+    # Their sequence heads hold more than `classifier` (DistilBERT's pre_classifier, DeBERTa's
+    # pooler), all outside the base model: new, so not a damaged checkpoint.
+    from transformers import AutoConfig, AutoModel
+
+    from taso.io import ArtifactError
+
+    cfg = AutoConfig.for_model(
+        kind, vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_position_embeddings=64,
+    )  # fmt: skip
+    folder = tmp_path / kind
+    AutoModel.from_config(cfg).save_pretrained(folder)
+    model = pretrained.load_model(str(folder), num_labels=3, pooling="architecture")
+    assert model.config.num_labels == 3
+    broken = _without(folder, tmp_path / f"{kind}-broken", "layer.0.")
+    with pytest.raises(ArtifactError, match=r"pretrained weight\(s\) missing"):
+        pretrained.load_model(str(broken), num_labels=3, pooling="architecture")

@@ -234,3 +234,19 @@ def test_variants_of_importance_and_unit_are_validated_together(tmp_path, raw):
     raw["score"]["statistic"] = "sensitivity"
     params = load_params(write(tmp_path, raw))
     assert (params.score.statistic, params.mask.unit) == ("sensitivity", "head")
+
+
+def test_yaml_merge_keys_still_work_and_may_be_overridden(tmp_path):
+    # Anchors are how many similar tasks get written; only a key repeated by hand is refused.
+    text = (ROOT / "params.yaml").read_text().replace("  sentiment:\n", "  sentiment: &base\n", 1)
+    text = text.replace("\ncalibrate:", "\n  sentiment2:\n    <<: *base\n    max_train: 500\n\ncalibrate:", 1)
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    params = load_params(path)
+    assert params.task("sentiment2").max_train == 500 and params.task("sentiment2").source == "demo:sentiment"
+
+
+def test_labels_of_the_wrong_shape_name_the_key(tmp_path, raw):
+    raw["tasks"]["sentiment"]["labels"] = [["negative"], "positive"]
+    with pytest.raises(ParamsError, match=r"tasks\.sentiment\.labels\.0"):
+        load_params(write(tmp_path, raw))

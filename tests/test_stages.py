@@ -228,6 +228,22 @@ def test_the_data_fingerprint_changes_with_what_the_stages_read_and_only_then(pr
     assert json.loads((folder / "train.json").read_text())["digest"] != fp["digest"]
 
 
+def test_a_relative_source_is_read_from_the_project_root_not_the_working_directory(project, tmp_path, monkeypatch):
+    from pipeline.steps import calibrate
+    from pipeline.steps import data as data_stage
+
+    rows = "".join(f"{w} film\t{i % 2}\n" for i, w in enumerate(["good", "bad", "fine", "dull"]))
+    own_tsv_task(project, project / "data", {f: "sentence\tlabel\n" + rows for f in ("train.tsv", "dev.tsv")})
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["tasks"]["mine"]["source"] = "data"  # as a user writes it in params.yaml
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)  # somewhere else: `taso data --root <project>`
+    folder = data_stage.run("mine", project)
+    assert json.loads((folder / "train.json").read_text())["file"] == "data/train.tsv"  # as named: bytes do not move
+    calibrate.run("mine", project)
+    assert (project / "artifacts" / "mine" / "calibration" / "calibration.jsonl").is_file()
+
+
 def test_a_stage_refuses_data_changed_since_it_was_fingerprinted(project, tmp_path):
     # A stage started by hand after an edit would train on examples no artifact records.
     from pipeline.steps import calibrate, derive_mask, score, train

@@ -12,6 +12,7 @@ go in, for that reason: what produced the file is in its ``stage`` and ``source`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -23,10 +24,24 @@ from taso.io import read_json, write_json
 log = logging.getLogger(__name__)
 
 
-def fingerprint(spec: TaskSpec, split: str, seed: int) -> dict:
-    """What ``split`` of the task holds, as the stages will read it: where from, how many examples, their digest."""
-    rows = read_rows(spec, split, seed=seed)
-    local = not spec.source.startswith(("demo:", "hub:"))
+def _local(spec: TaskSpec) -> bool:
+    return not spec.source.startswith(("demo:", "hub:"))
+
+
+def rooted(spec: TaskSpec, root: Path) -> TaskSpec:
+    """``spec`` with a relative local ``source`` taken from the project ``root``, as every artifact path is."""
+    if not _local(spec) or Path(spec.source).is_absolute():
+        return spec
+    return dataclasses.replace(spec, source=str(Path(root) / spec.source))
+
+
+def fingerprint(spec: TaskSpec, split: str, seed: int, root: Path = Path(".")) -> dict:
+    """What ``split`` of the task holds, as the stages will read it: where from, how many examples, their digest.
+
+    The ``file`` is recorded as params.yaml names it, so the bytes do not depend on where the project sits.
+    """
+    rows = read_rows(rooted(spec, root), split, seed=seed)
+    local = _local(spec)
     return {
         "stage": "data",
         "task": spec.name,
@@ -44,7 +59,7 @@ def run(task: str, root: Path = Path(".")) -> Path:
     spec, paths = params.spec(task), TaskPaths(root, task)
     # The task's first stage reads every split (file, parse, columns, labels), so a bad eval file
     # stops the run here, in seconds, not at evaluate after scoring and training.
-    prints = {split: fingerprint(spec, split, params.seed) for split in SPLITS}
+    prints = {split: fingerprint(spec, split, params.seed, root) for split in SPLITS}
     for split, fp in prints.items():
         write_json(paths.data_file(split), fp)
         where = fp["file"] or spec.source
@@ -60,7 +75,7 @@ def read_split(root: Path, spec: TaskSpec, split: str, seed: int) -> tuple[list[
     no artifact names, so it stops here instead.
     """
     recorded = recorded_digest(root, spec.name, split)
-    rows = read_rows(spec, split, seed=seed)
+    rows = read_rows(rooted(spec, root), split, seed=seed)
     digest = digest_rows(rows)
     if digest != recorded:
         raise DataError(
