@@ -8,6 +8,7 @@ change that silently leaves stale artifacts behind. Imports are read from the so
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,26 @@ def test_the_import_reader_sees_lazy_imports_and_a_dep_covers_only_its_own_tree(
     assert ROOT / "taso" / "export.py" in closure(ROOT / "pipeline" / "registry.py")
     assert covered(ROOT / "taso" / "masks" / "mask.py", ["taso/masks"])
     assert not covered(ROOT / "taso" / "io.py", ["taso/masks", "taso/io"])
+
+
+def test_each_stage_depends_on_the_fingerprint_of_the_split_it_reads():
+    # What a stage reads (pipeline.steps.data.read_split / recorded_digest) must be its dep, or an
+    # edited data file would leave it stale; and no more, or an eval edit would retrain.
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    reads = {}
+    for name, stage in stages.items():
+        module = module_file(stage.get("do", stage)["cmd"].split("-m ", 1)[1].split()[0])
+        step = ROOT / "pipeline" / "steps" / module.name
+        text = step.read_text() if step.is_file() else ""
+        reads[name] = set(re.findall(r'(?:read_split|recorded_digest)\(root, \w+(?:\.\w+)?, "(train|eval)"', text))
+    deps = {
+        name: {
+            s
+            for s in ("train", "eval")
+            if f"artifacts/${{key}}/data/{s}.json" in stage.get("do", stage).get("deps", [])
+        }
+        for name, stage in stages.items()
+    }
+    for name in stages:
+        assert deps[name] == reads[name], f"dvc.yaml stage {name}: reads {reads[name]} but depends on {deps[name]}"
+    assert deps["train"] == {"train"} and deps["evaluate"] == {"eval"}
