@@ -211,8 +211,8 @@ def _read_hub(spec: TaskSpec, split: str) -> tuple[list[dict], str]:
     except Exception as e:  # offline, unknown dataset or split: datasets raises many types
         raise DataError(
             f"{spec.source}: could not load the {split} split {spec.splits[split]!r} ({type(e).__name__}: {e}); "
-            "hub data needs the network (HF_DATASETS_OFFLINE=0) on every `dvc repro`, or download the files "
-            f"and point tasks.{spec.name}.source at their folder"
+            "hub data needs the network (HF_DATASETS_OFFLINE=0) until datasets has it cached, or download "
+            f"the files and point tasks.{spec.name}.source at their folder"
         ) from e
     return list(ds), spec.source
 

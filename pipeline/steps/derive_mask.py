@@ -129,7 +129,7 @@ def _search(params, root: Path, task: str, used: dict):
     paths, spec, seed = TaskPaths(root, task), params.spec(task), params.seed
     kwargs = params.model_kwargs(task)
     tok = pretrained.load_tokenizer(params.model.base)
-    rows, _ = read_split(root, spec, "train", seed)
+    rows, data_digest = read_split(root, spec, "train", seed)
     features = data.encode(rows, tok, spec.max_length, pairs_apart=kwargs["head"] == "cosine")
     cfg = dataclasses.replace(params.train.config(seed), max_steps=params.imp.steps, checkpoint_every=10**9)
     trainer = round_trainer(
@@ -141,9 +141,7 @@ def _search(params, root: Path, task: str, used: dict):
     )
     shapes = target_shapes(params.model.base, spec.task_type, spec.num_labels, params.model.targets)
     # The rounds train on the data, so a resume must find the same data too.
-    key = hashlib.sha256(json.dumps([used, recorded_digest(root, task, "train")], sort_keys=True).encode()).hexdigest()[
-        :16
-    ]
+    key = hashlib.sha256(json.dumps([used, data_digest], sort_keys=True).encode()).hexdigest()[:16]
     folder = paths.checkpoints / f"imp-{key}"
     mask, rounds = search(shapes, trainer, params.imp.config(), params.mask.p, folder)
     return mask, rounds, folder
