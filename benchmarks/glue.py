@@ -37,9 +37,10 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
                   reading BERT's tanh pooler, so at the adapter's rate it learns slowly (TASO's MRPC
                   held-out accuracy: 67.8 at 1e-3, 76.8 at 1e-2; docs/head-glue.md). TASO and
                   LoRA r=1 at their chosen settings with the head at each rate of --head-lrs (and at
-                  the method's own), on the sweep tasks' held-out slices, seed 0; the table and the
-                  rate with the best mean over both methods and tasks (--out). Pass that rate to
-                  report/transfer/budget as --head-lr.
+                  the method's own), on the sweep tasks' held-out slices, seed 0 (or the held-out
+                  slices of --tasks, over --seeds, when given: a tenth of train where the sweep set
+                  none); the table and the rate with the best mean over both methods and tasks
+                  (--out). Pass that rate to report/transfer/budget as --head-lr.
   --phase status  runs nothing: the sweep's table so far (--out), with each method's current choice.
 
     python benchmarks/glue.py --phase sweep --jobs 2              # hours on 2 cores; resumable
@@ -50,6 +51,7 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
     python benchmarks/glue.py --phase budget --jobs 2 --out docs/budget-glue.md --plot docs/budget-glue.png
     python benchmarks/glue.py --phase variants --pooling auto --sweep-pooling architecture --head-lr 0.03 --jobs 2 --out docs/variants-glue.md
     python benchmarks/glue.py --phase head --pooling auto --sweep-pooling architecture --jobs 2 --out docs/head-glue.md
+    python benchmarks/glue.py --phase head --pooling architecture --methods taso --head-lrs --tasks rte --seeds 0 1 --jobs 2
     python benchmarks/glue.py --phase report --no-run --methods taso lora-r1 lora-r8 head full --out docs/results-glue.md
     python benchmarks/glue.py --quick --results /tmp/q.jsonl      # one task, one seed, 3 steps
 
@@ -368,7 +370,7 @@ def main() -> None:
         "--phase", choices=["sweep", "report", "transfer", "budget", "variants", "head", "status"], default="sweep"
     )
     parser.add_argument(
-        "--head-lrs", nargs="+", type=float, default=[3e-3, 1e-2, 3e-2, 1e-1], help="head: the head's rates to try"
+        "--head-lrs", nargs="*", type=float, default=[3e-3, 1e-2, 3e-2, 1e-1], help="head: the head's rates to try"
     )
     parser.add_argument(
         "--head-lr",
@@ -382,7 +384,9 @@ def main() -> None:
         help="report/transfer tasks (default: the four classifications, and STS-B in a report "
         "whose pooling is not architecture: the recorded runs' cross-encoder head is no head for a similarity)",
     )
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="report/transfer seeds")
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, help="report/transfer/budget/variants seeds (default 0 1 2; head: 0)"
+    )
     parser.add_argument("--max-steps", type=int, help="cap each run (smoke runs only: breaks the protocol)")
     parser.add_argument("--results", type=Path, default=Path("docs/results-glue.jsonl"))
     parser.add_argument("--out", type=Path, help="report, transfer or status phase: the markdown table")
@@ -427,6 +431,8 @@ def main() -> None:
         "budget": ["taso", "lora-r1", "lora-r8", "head"],
     }.get(args.phase)
     limits = {"sst2": SST2_TRAIN}
+    head_tasks = args.tasks  # the head phase: the sweep tasks unless named
+    args.seeds = args.seeds or ([0] if args.phase == "head" else [0, 1, 2])
     if args.tasks is None and args.phase == "budget":
         args.tasks = ["mrpc", "cola", "rte"]
     if args.tasks is None:
@@ -502,10 +508,12 @@ def main() -> None:
             settings = {m: s if m == "head" else {**s, "head_lr": args.head_lr} for m, s in settings.items()}
     if "head" in phases:  # the sweep's held-out slices, seed 0, in a phase of their own
         tried = {m: [settings[m], *({**settings[m], "head_lr": h} for h in args.head_lrs)] for m in args.methods}
-        plan = [("head", t, s, 0) for ss in tried.values() for s in ss for t in sweep_tasks]
+        head_tasks = head_tasks or sweep_tasks
+        plan = [("head", t, s, seed) for seed in args.seeds for ss in tried.values() for s in ss for t in head_tasks]
         if not args.no_run:
             execute(lambda done: plan, specs, args, protocol, done)
-        text = head_table([r for r in done if r["phase"] == "head"], tried, specs, sweep_tasks)
+        held = [r for r in done if r["phase"] == "head" and r["seed"] in args.seeds]
+        text = head_table(held, tried, specs, head_tasks, len(args.seeds))
         print(text)
         if args.out:
             write_text(args.out, text + "\n")

@@ -659,6 +659,11 @@ def test_head_table_names_the_head_rate_with_the_best_mean_over_methods_and_task
     # A rate not yet run for every method and task is not chosen.
     partial = report.head_table(runs[:-1], tried, specs, ["mrpc", "sst2"])
     assert "| lora-r1 | 0.03 | 79.5 | … | … |" in partial and "head lr 0.01 (75.5)" in partial
+    # Over two seeds a cell is their mean, and a rate missing one seed anywhere is not chosen.
+    again = [{**r, "main": r["main"] - 0.02} for r in runs]
+    two = report.head_table(runs + again[:-1], tried, specs, ["mrpc", "sst2"], seeds=2)
+    assert "mrpc held-out accuracy (mean of 2 seeds)" in two and "| taso | method's | 59.0 | 59.0 | 59.0 |" in two
+    assert "| lora-r1 | 0.03 | 78.5 | … | … |" in two and two.endswith("head lr 0.01 (74.5).")
     assert report.label({**taso, "head_lr": 1e-2}) .startswith("taso (lr 0.001, head lr 0.01")  # fmt: skip
 
 

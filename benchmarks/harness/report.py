@@ -203,21 +203,30 @@ def finish(fig, axes, path: Path) -> None:
     plt.close(fig)
 
 
-def head_table(runs: list[dict], tried: dict[str, list[dict]], specs, tasks) -> str:
+def head_table(runs: list[dict], tried: dict[str, list[dict]], specs, tasks, seeds: int = 1) -> str:
     """Held-out main metric of each method with its head at each tried rate ("method's" for its own),
-    the mean over tasks, and the rate with the best mean over methods and tasks: the one to use."""
-    lines = ["| method | head lr | " + " | ".join(f"{t} held-out {specs[t].metrics[0]}" for t in tasks) + " | mean |"]
+    the mean over tasks, and the rate with the best mean over methods and tasks: the one to use.
+    With several ``seeds`` a cell is their mean, and complete only once every seed is in."""
+    over = f" (mean of {seeds} seeds)" if seeds > 1 else ""
+    lines = [
+        "| method | head lr | " + " | ".join(f"{t} held-out {specs[t].metrics[0]}{over}" for t in tasks) + " | mean |"
+    ]
     lines.append("|---|---:|" + "---:|" * (len(tasks) + 1))
     by_rate: dict[str, list[float]] = {}
     for method, settings in tried.items():
         for s in settings:
-            got = {r["task"]: r["main"] for r in runs if r["setting"] == s}
+            got: dict[str, list[float]] = {}
+            for r in runs:
+                if r["setting"] == s:
+                    got.setdefault(r["task"], []).append(r["main"])
             rate = f"{s['head_lr']:g}" if "head_lr" in s else "method's"
-            cells = [f"{100 * got[t]:.1f}" if t in got else "…" for t in tasks]
-            whole = set(tasks) <= set(got)
-            mean = f"{100 * statistics.mean(got[t] for t in tasks):.1f}" if whole else "…"
+            cells = [f"{100 * statistics.mean(got[t]):.1f}" if len(got.get(t, ())) == seeds else "…" for t in tasks]
+            whole = all(len(got.get(t, ())) == seeds for t in tasks)
+            mean = "…"
             if whole:
-                by_rate.setdefault(rate, []).extend(got[t] for t in tasks)
+                means = [statistics.mean(got[t]) for t in tasks]
+                by_rate.setdefault(rate, []).extend(means)
+                mean = f"{100 * statistics.mean(means):.1f}"
             lines.append(f"| {method} | {rate} | " + " | ".join(cells) + f" | {mean} |")
     complete = {r: v for r, v in by_rate.items() if len(v) == len(tried) * len(tasks)}
     if complete:
