@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from taso import demo
+from taso.names import NO_LENGTH_LIMIT
 
 if TYPE_CHECKING:
     import torch
@@ -341,10 +342,6 @@ def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-# What tokenizers report when they do not know their model's limit (transformers' VERY_LARGE_INTEGER).
-_NO_LIMIT = 10**12
-
-
 def check_max_length(tokenizer, max_length: int) -> None:
     """Refuse a ``max_length`` longer than the model's positions, which would fail mid-forward.
 
@@ -352,10 +349,11 @@ def check_max_length(tokenizer, max_length: int) -> None:
         DataError: naming the limit and the key to change.
     """
     limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(limit, int) and limit < _NO_LIMIT and max_length > limit:
+    if isinstance(limit, int) and limit < NO_LENGTH_LIMIT and max_length > limit:
         raise DataError(
             f"model.max_length {max_length} is more than the {limit} tokens this model takes "
-            f"(its tokenizer's model_max_length); set model.max_length to {limit} or less"
+            "(its tokenizer's model_max_length, else its config's max_position_embeddings); "
+            f"set model.max_length to {limit} or less"
         )
 
 

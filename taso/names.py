@@ -41,3 +41,7 @@ IMPORTANCE_FILE = "importance.safetensors"  # a score stage's importance map
 ADAPTER_CONFIG = "adapter_config.json"  # what PEFT's save_pretrained writes ...
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # ... and its weights
 ADAPTER_SIDECAR = "taso.json"  # beside them: what the adapter was trained on (mask digest, labels, base)
+
+# What a tokenizer reports when it does not know its model's limit (transformers' VERY_LARGE_INTEGER
+# is 1e30; anything this large means "unset").
+NO_LENGTH_LIMIT = 10**12

@@ -6,6 +6,7 @@ import fcntl
 import functools
 import hashlib
 import importlib.util
+import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from torch import nn
 
 from taso.heads import PairCosine, use_pooling
 from taso.io import ArtifactError, InputFileError
-from taso.names import DEFAULT_MODEL, HUB_IDS, SMOLLM2, TASK_TYPES
+from taso.names import DEFAULT_MODEL, HUB_IDS, NO_LENGTH_LIMIT, SMOLLM2, TASK_TYPES
 from taso.pooling import Pooling, declared_pooling
 from taso.targets import in_head
 
@@ -235,10 +236,26 @@ def load_tokenizer(ref: str):
     """The tokenizer of a model reference; causal LMs without a pad token pad with EOS."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve_model(ref))
+    path = resolve_model(ref)
+    tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
+    if tok.model_max_length >= NO_LENGTH_LIMIT:  # a tokenizer saved without its model's limit
+        tok.model_max_length = _position_limit(path) or tok.model_max_length
     return tok
+
+
+def _position_limit(path: str) -> int | None:
+    """The most tokens a model with learned absolute positions takes (its position table's size),
+    or None: rotary models (a ``rope_*`` key) only degrade past theirs, so they are not capped."""
+    config = Path(path) / "config.json"
+    if not config.is_file():  # a hub id: from_pretrained has its config cached, but not at a path
+        return None
+    fields = json.loads(config.read_text())
+    if any(k.startswith("rope") for k in fields):
+        return None
+    limit = fields.get("max_position_embeddings")
+    return limit if isinstance(limit, int) and limit > 0 else None
 
 
 def hub_id(ref: str) -> str:

@@ -373,6 +373,27 @@ def test_a_max_length_beyond_the_model_stops_before_any_forward():
     assert len(encode(rows, tok, 512)[0]["input_ids"]) == 5
 
 
+def test_a_tokenizer_saved_without_a_limit_takes_its_models_position_table(tmp_path):
+    # A folder whose tokenizer has no model_max_length: the limit comes from the config's learned
+    # positions, so the same refusal happens before any forward; a rotary model is not capped.
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, LlamaConfig, PreTrainedTokenizerFast
+
+    from taso import pretrained
+
+    backend = Tokenizer(models.WordLevel({"[UNK]": 0, "[PAD]": 1, "good": 2}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    for name, config in (("bert", BertConfig(max_position_embeddings=64)), ("llama", LlamaConfig())):
+        folder = tmp_path / name
+        PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(folder)
+        config.save_pretrained(folder)
+    bert = pretrained.load_tokenizer(str(tmp_path / "bert"))
+    assert bert.model_max_length == 64
+    with pytest.raises(DataError, match=r"model.max_length 128 is more than the 64 tokens"):
+        encode([{"text": "good", "label": 0}], bert, 128)
+    assert pretrained.load_tokenizer(str(tmp_path / "llama")).model_max_length > 10**12
+
+
 def test_a_hub_source_offline_says_what_it_needs(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     spec = TaskSpec(name="mrpc", source="hub:glue/mrpc", splits={"train": "train", "eval": "validation"})
