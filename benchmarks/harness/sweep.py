@@ -19,7 +19,10 @@ LR_GRID = {  # in the order the sweep runs them: the headline comparison first, 
 }
 # Methods a protocol with the pooled head adds (the recorded sweep predates them), swept under it.
 ADDED_GRID = {"losia": (1e-4, 3e-4, 1e-3)}  # LoSiA trains weights directly: full fine-tuning's range and up
-LOSIA_BASE = {"p": 0.125, "start": "random"}  # the paper's rank factor and random first blocks
+# The pooled head's own rate, chosen by the head phase (docs/head-glue.md). LoSiA is swept under the
+# pooled head only, so its learning rate is chosen with the head at this rate, as the report runs it.
+POOLED_HEAD_LR = 0.03
+LOSIA_BASE = {"p": 0.125, "start": "random", "head_lr": POOLED_HEAD_LR}  # the paper's rank factor, random first blocks
 # MiniLM: Σ int(m/16)·int(n/16) over the targets equals Σ (m + n), LoRA r=1's count exactly.
 LOSIA_R1_P = 0.0625
 MAX_EXTEND = 2  # rates a method's grid may grow by past a winning end, so no method is cut off by its grid
