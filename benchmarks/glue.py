@@ -382,7 +382,8 @@ def main() -> None:
         "--tasks",
         nargs="+",
         help="report/transfer tasks (default: the four classifications, and STS-B in a report "
-        "whose pooling is not architecture: the recorded runs' cross-encoder head is no head for a similarity)",
+        "whose pooling is not architecture: the recorded runs' cross-encoder head is no head for a similarity); "
+        "budget: MRPC, CoLA, RTE; head: the sweep tasks (another task is scored on a tenth of its train split)",
     )
     parser.add_argument(
         "--seeds", nargs="+", type=int, help="report/transfer/budget/variants seeds (default 0 1 2; head: 0)"
@@ -431,10 +432,11 @@ def main() -> None:
         "budget": ["taso", "lora-r1", "lora-r8", "head"],
     }.get(args.phase)
     limits = {"sst2": SST2_TRAIN}
-    head_tasks = args.tasks  # the head phase: the sweep tasks unless named
     args.seeds = args.seeds or ([0] if args.phase == "head" else [0, 1, 2])
     if args.tasks is None and args.phase == "budget":
         args.tasks = ["mrpc", "cola", "rte"]
+    if args.tasks is None and args.phase == "head":  # the slices the head rate was chosen on
+        args.tasks = list(SWEEP_TASKS)
     if args.tasks is None:
         pooled = args.phase == "report" and args.pooling != "architecture"
         args.tasks = ["mrpc", "sst2", "cola", "rte"] + (["stsb"] if pooled else [])
@@ -506,14 +508,14 @@ def main() -> None:
         settings |= losia_variants(settings)
         if args.head_lr:  # every method's head at one rate, but head-only's, whose rate is the head's
             settings = {m: s if m == "head" else {**s, "head_lr": args.head_lr} for m, s in settings.items()}
-    if "head" in phases:  # the sweep's held-out slices, seed 0, in a phase of their own
+    if "head" in phases:  # held-out slices (the sweep's unless --tasks), in a phase of their own
         tried = {m: [settings[m], *({**settings[m], "head_lr": h} for h in args.head_lrs)] for m in args.methods}
-        head_tasks = head_tasks or sweep_tasks
-        plan = [("head", t, s, seed) for seed in args.seeds for ss in tried.values() for s in ss for t in head_tasks]
+        plan = [("head", t, s, seed) for seed in args.seeds for ss in tried.values() for s in ss for t in args.tasks]
         if not args.no_run:
             execute(lambda done: plan, specs, args, protocol, done)
         held = [r for r in done if r["phase"] == "head" and r["seed"] in args.seeds]
-        text = head_table(held, tried, specs, head_tasks, len(args.seeds))
+        majority = {t: majority_share(specs[t], "head") for t in args.tasks}
+        text = head_table(held, tried, specs, args.tasks, majority, len(args.seeds))
         print(text)
         if args.out:
             write_text(args.out, text + "\n")

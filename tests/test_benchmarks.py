@@ -653,15 +653,17 @@ def test_head_table_names_the_head_rate_with_the_best_mean_over_methods_and_task
         for i, ss in enumerate(tried.values()) for s in ss for t in ("mrpc", "sst2")
     ]  # fmt: skip
     specs = {t: argparse.Namespace(metrics=("accuracy",)) for t in ("mrpc", "sst2")}
-    text = report.head_table(runs, tried, specs, ["mrpc", "sst2"])
+    majority = {"mrpc": 0.64, "sst2": 0.545}
+    text = report.head_table(runs, tried, specs, ["mrpc", "sst2"], majority)
+    assert "| majority class (reference) | | 64.0 | 54.5 | |" in text
     assert "| taso | method's | 60.0 | 60.0 | 60.0 |" in text and "| lora-r1 | 0.03 | 79.5 | 79.5 | 79.5 |" in text
     assert text.endswith("Best mean over methods and tasks: head lr 0.01 (75.5).")
     # A rate not yet run for every method and task is not chosen.
-    partial = report.head_table(runs[:-1], tried, specs, ["mrpc", "sst2"])
+    partial = report.head_table(runs[:-1], tried, specs, ["mrpc", "sst2"], majority)
     assert "| lora-r1 | 0.03 | 79.5 | … | … |" in partial and "head lr 0.01 (75.5)" in partial
     # Over two seeds a cell is their mean, and a rate missing one seed anywhere is not chosen.
     again = [{**r, "main": r["main"] - 0.02} for r in runs]
-    two = report.head_table(runs + again[:-1], tried, specs, ["mrpc", "sst2"], seeds=2)
+    two = report.head_table(runs + again[:-1], tried, specs, ["mrpc", "sst2"], majority, seeds=2)
     assert "mrpc held-out accuracy (mean of 2 seeds)" in two and "| taso | method's | 59.0 | 59.0 | 59.0 |" in two
     assert "| lora-r1 | 0.03 | 78.5 | … | … |" in two and two.endswith("head lr 0.01 (74.5).")
     assert report.label({**taso, "head_lr": 1e-2}) .startswith("taso (lr 0.001, head lr 0.01")  # fmt: skip

@@ -10,6 +10,7 @@ import torch
 
 from taso import demo
 from taso.data import DataError, TaskSpec, batch_order, collate, encode, iterate, read_rows
+from taso.names import NO_LENGTH_LIMIT
 
 ROWS = [
     {"sentence": "a fine film", "label": "pos"},
@@ -391,7 +392,7 @@ def test_a_tokenizer_saved_without_a_limit_takes_its_models_position_table(tmp_p
     assert bert.model_max_length == 64
     with pytest.raises(DataError, match=r"model.max_length 128 is more than the 64 tokens"):
         encode([{"text": "good", "label": 0}], bert, 128)
-    assert pretrained.load_tokenizer(str(tmp_path / "llama")).model_max_length > 10**12
+    assert pretrained.load_tokenizer(str(tmp_path / "llama")).model_max_length >= NO_LENGTH_LIMIT
 
 
 def test_a_hub_source_offline_says_what_it_needs(monkeypatch):

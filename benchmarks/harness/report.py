@@ -203,15 +203,19 @@ def finish(fig, axes, path: Path) -> None:
     plt.close(fig)
 
 
-def head_table(runs: list[dict], tried: dict[str, list[dict]], specs, tasks, seeds: int = 1) -> str:
+def head_table(
+    runs: list[dict], tried: dict[str, list[dict]], specs, tasks, majority: dict[str, float], seeds: int = 1
+) -> str:
     """Held-out main metric of each method with its head at each tried rate ("method's" for its own),
     the mean over tasks, and the rate with the best mean over methods and tasks: the one to use.
-    With several ``seeds`` a cell is their mean, and complete only once every seed is in."""
+    With several ``seeds`` a cell is their mean, and complete only once every seed is in;
+    ``majority`` (task -> majority-class accuracy on the slice) is the reference row."""
     over = f" (mean of {seeds} seeds)" if seeds > 1 else ""
     lines = [
         "| method | head lr | " + " | ".join(f"{t} held-out {specs[t].metrics[0]}{over}" for t in tasks) + " | mean |"
     ]
     lines.append("|---|---:|" + "---:|" * (len(tasks) + 1))
+    lines.append("| majority class (reference) | | " + " | ".join(cell([majority[t]]) for t in tasks) + " | |")
     by_rate: dict[str, list[float]] = {}
     for method, settings in tried.items():
         for s in settings:
@@ -219,14 +223,13 @@ def head_table(runs: list[dict], tried: dict[str, list[dict]], specs, tasks, see
             for r in runs:
                 if r["setting"] == s:
                     got.setdefault(r["task"], []).append(r["main"])
+            means = {t: statistics.mean(got[t]) for t in tasks if len(got.get(t, ())) == seeds}
             rate = f"{s['head_lr']:g}" if "head_lr" in s else "method's"
-            cells = [f"{100 * statistics.mean(got[t]):.1f}" if len(got.get(t, ())) == seeds else "…" for t in tasks]
-            whole = all(len(got.get(t, ())) == seeds for t in tasks)
+            cells = [f"{100 * means[t]:.1f}" if t in means else "…" for t in tasks]
             mean = "…"
-            if whole:
-                means = [statistics.mean(got[t]) for t in tasks]
-                by_rate.setdefault(rate, []).extend(means)
-                mean = f"{100 * statistics.mean(means):.1f}"
+            if len(means) == len(tasks):
+                by_rate.setdefault(rate, []).extend(means.values())
+                mean = f"{100 * statistics.mean(means.values()):.1f}"
             lines.append(f"| {method} | {rate} | " + " | ".join(cells) + f" | {mean} |")
     complete = {r: v for r, v in by_rate.items() if len(v) == len(tried) * len(tasks)}
     if complete:
