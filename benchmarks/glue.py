@@ -28,8 +28,9 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
                   the table, the paired gaps and each region's search time (--out), the curve (--plot);
                   --variants adds TASO's importance variants (below) at each p.
   --phase variants  does another importance help? The chosen TASO setting against its variants, LoSiA's
-                  sensitivity × uncertainty score taken once (score.statistic sensitivity) and q/k/v
-                  rows in whole attention heads (mask.unit head), on the sweep tasks' held-out slices,
+                  sensitivity × uncertainty score taken once (score.statistic sensitivity), q/k/v
+                  rows in whole attention heads (mask.unit head) and, with --head-lr, the head warmed
+                  up before scoring at that rate (score.head_warmup_lr), on the sweep tasks' held-out slices,
                   seeds 0 1 2; the table and TASO's paired gaps to each (--out). A variant stays an
                   option only where it beats TASO beyond the seed spread.
   --phase head    the head's own rate: a head reading a normalised sentence vector (--pooling auto:
@@ -107,6 +108,7 @@ from harness.sweep import (  # noqa: E402
 )
 from harness.tasks import glue_specs  # noqa: E402
 
+from pipeline.params import ScoreParams  # noqa: E402
 from taso import data, pretrained  # noqa: E402
 from taso.config import LosiaConfig  # noqa: E402
 from taso.evaluate import evaluate  # noqa: E402
@@ -117,6 +119,7 @@ from taso.methods import MethodConfig  # noqa: E402
 from taso.methods import build as build_method  # noqa: E402
 from taso.train import TrainConfig, train  # noqa: E402
 
+WARMUP_LR = ScoreParams().head_warmup_lr  # the head warm-up's rate before scoring, as the pipeline's default
 PROTOCOL = {"max_length": 128, "batch_size": 16, "epochs": 3, "warmup_ratio": 0.06, "alpha_per_rank": 2.0}
 SWEEP_TASKS = ("mrpc", "sst2")
 HELD_OUT = {"mrpc": 400, "sst2": 800}  # the sweep's held-out slice of each train split
@@ -188,7 +191,7 @@ def importance_for(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, s
     scorer = base_model(spec, seed)
     if s["warmup"]:
         batches = data.iterate(train_feats, PROTOCOL["batch_size"], tok.pad_token_id, seed=seed, shuffle=True)
-        warm_up_head(scorer, batches, s["warmup"], seed=seed)
+        warm_up_head(scorer, batches, s["warmup"], lr=s.get("warmup_lr", WARMUP_LR), seed=seed)
     calib, statistic = train_feats[: s["calibration"]], s.get("statistic", "taylor")
     # An EMA weighs the last batches most, so its batches come in a seeded random order (as the pipeline's).
     batches = data.iterate(calib, PROTOCOL["batch_size"], tok.pad_token_id, seed=seed, shuffle=statistic != "taylor")

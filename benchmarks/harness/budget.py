@@ -16,9 +16,16 @@ from harness.tables import SPREAD_NOTE, cell, gap
 
 REFERENCES = ("lora-r1", "lora-r8", "head")
 IMP = {"q": 0.5, "steps": 50, "imp_rule": "global"}  # taso.config.ImpConfig's defaults, the pipeline's
-# TASO's importance variants (the pipeline's score.statistic and mask.unit): LoSiA's sensitivity ×
-# uncertainty score taken once, and q/k/v rows kept in whole attention heads.
-VARIANTS = {"taso-sensitivity": {"statistic": "sensitivity"}, "taso-heads": {"unit": "head"}}
+# TASO's importance variants, each a pipeline knob (score.statistic, mask.unit, score.head_warmup_lr):
+# LoSiA's sensitivity × uncertainty score taken once; q/k/v rows kept in whole attention heads; and the
+# head warmed up before scoring at the rate it trains at (where the setting has a rate of its own and
+# a warm-up): a head reading a unit-length sentence vector barely moves in 200 steps at 1e-3, so the
+# gradients that rank rows and columns are close to a random head's.
+VARIANTS = {
+    "taso-sensitivity": lambda taso: {"statistic": "sensitivity"},
+    "taso-heads": lambda taso: {"unit": "head"},
+    "taso-warm-head": lambda taso: {"warmup_lr": taso["head_lr"]} if taso.get("head_lr") and taso["warmup"] else None,
+}
 REGIONS = ("taso", "imp", "random", *VARIANTS)
 GAPS = (
     ("taso", "random"),
@@ -29,8 +36,9 @@ GAPS = (
 
 
 def variant_settings(taso: dict) -> dict[str, dict]:
-    """TASO's chosen setting with each importance variant's knob changed."""
-    return {name: {**taso, **knob} for name, knob in VARIANTS.items()}
+    """TASO's chosen setting with each importance variant's knob changed (a variant that would change
+    nothing in ``taso`` is left out)."""
+    return {name: {**taso, **knob} for name, make in VARIANTS.items() if (knob := make(taso))}
 
 
 def settings(chosen: dict[str, dict], ps: list[float], variants: bool = False) -> dict[tuple[str, float | None], dict]:

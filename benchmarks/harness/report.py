@@ -17,7 +17,7 @@ def label(s: dict) -> str:
     # (the recorded runs do not).
     head = f", head lr {s['head_lr']:g}" if "head_lr" in s else ""
     if s["method"] in ("taso", "random"):
-        names = ("p", "rank", "gamma", "warmup", "rule", "calibration", "statistic", "unit")
+        names = ("p", "rank", "gamma", "warmup", "warmup_lr", "rule", "calibration", "statistic", "unit")
         knobs = ", ".join(f"{k} {s[k]}" for k in names if k in s)
         return f"{s['method']} (lr {s['lr']:g}{head}; {knobs})"
     if s["method"] == "losia":
