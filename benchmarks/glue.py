@@ -535,6 +535,9 @@ def main() -> None:
         references = [r for r in done if r["phase"] == "report" and r["setting"]["method"] == "reference"]
         chance = {t: majority_share(specs[t], "report") for t in args.tasks}
         text = table(report, settings, specs, args.tasks, len(args.seeds), chance, references)
+        if "losia-warm" in settings:  # does a start from TASO's mask help LoSiA? Warm minus random start
+            starts = {m: settings[m] for m in ("losia-warm", "losia")}
+            text += "\n\n" + paired(report, starts, specs, args.tasks, len(args.seeds), ref="losia-warm", note=False)
         if "taso" in settings:
             text += "\n\n" + paired(report, settings, specs, args.tasks, len(args.seeds))
         if "lora-r1" in settings:

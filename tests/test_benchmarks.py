@@ -397,6 +397,9 @@ def test_glue_paired_differences_match_seeds_and_show_their_spread(monkeypatch):
     # +1 and -2 points: mean -0.5, std 2.1; two of three seeds; RTE has no LoRA run to pair with.
     assert rows[2] == "| lora-r1 | -0.5 ± 2.1 (n=2) | — |"
     assert rows[3] == "| head | — | +5.0 (n=1) |"  # a gain carries its sign; one seed settles nothing
+    # Another reference (LoSiA's warm start against its random start), its note left to the next table.
+    rows = reporting.paired(report, settings, specs, ["mrpc", "rte"], seeds=3, ref="head", note=False).splitlines()
+    assert rows[0].startswith("| head minus |") and rows[-1] == "| lora-r1 | — | — |" and len(rows) == 4
     from harness.tables import cell
 
     assert cell([-0.0004, 0.0001], signed=True) == "+0.0 ± 0.0"  # no "-0.0" for a gap that rounds to zero

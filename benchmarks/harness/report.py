@@ -73,9 +73,11 @@ def by_seed(runs: list[dict], task: str) -> dict[int, float]:
     return {r["seed"]: r["main"] for r in runs if r["task"] == task}
 
 
-def paired(report: list[dict], settings: dict[str, dict], specs, tasks, seeds: int, ref: str = "taso") -> str:
+def paired(
+    report: list[dict], settings: dict[str, dict], specs, tasks, seeds: int, ref: str = "taso", note: bool = True
+) -> str:
     """``ref``'s main dev metric minus each other method's, paired by seed (the same seed shares the
-    data order and head initialisation); see ``gap``."""
+    data order and head initialisation); see ``gap``. ``note``: end with what † means."""
     head = f"| {ref} minus | " + " | ".join(f"{t} ({specs[t].metrics[0]})" for t in tasks) + " |"
     lines = [head, "|---|" + "---:|" * len(tasks)]
     mine = [r for r in report if r["setting"] == settings[ref]]
@@ -85,7 +87,7 @@ def paired(report: list[dict], settings: dict[str, dict], specs, tasks, seeds: i
         other = [r for r in report if r["setting"] == s]
         cells = [gap(by_seed(mine, t), by_seed(other, t), seeds) for t in tasks]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n" + SPREAD_NOTE
+    return "\n".join(lines) + ("\n\n" + SPREAD_NOTE if note else "")
 
 
 def cost(report: list[dict], settings: dict[str, dict], tasks, ref: str = "lora-r1") -> str:
