@@ -49,7 +49,7 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
     python benchmarks/glue.py --phase report --methods taso lora-r1 lora-r8 head full --jobs 2 --out docs/results-glue.md --plot docs/results-glue.png
     python benchmarks/glue.py --phase report --pooling auto --sweep-pooling architecture --head-lr 0.03 --methods taso lora-r1 lora-r8 head full --jobs 2   # the default head
     python benchmarks/glue.py --phase transfer --jobs 2 --out docs/transfer-glue.md
-    python benchmarks/glue.py --phase budget --jobs 2 --out docs/budget-glue.md --plot docs/budget-glue.png
+    python benchmarks/glue.py --phase budget --pooling auto --sweep-pooling architecture --head-lr 0.03 --jobs 2 --out docs/budget-glue.md --plot docs/budget-glue.png
     python benchmarks/glue.py --phase variants --pooling auto --sweep-pooling architecture --head-lr 0.03 --jobs 2 --out docs/variants-glue.md
     python benchmarks/glue.py --phase head --pooling auto --sweep-pooling architecture --jobs 2 --out docs/head-glue.md
     python benchmarks/glue.py --phase head --pooling architecture --methods taso --head-lrs --tasks rte --seeds 0 1 --jobs 2
