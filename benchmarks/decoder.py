@@ -33,6 +33,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 from harness.store import append, key, load  # noqa: E402
+from harness.tables import SPREAD_NOTE, gap  # noqa: E402
 
 from taso import causal_lm, data, pretrained  # noqa: E402
 from taso.config import LosiaConfig  # noqa: E402
@@ -178,6 +179,23 @@ def table(runs: list[dict], tasks: list[str], spec_of: dict[str, data.TaskSpec])
     return "\n".join(lines)
 
 
+# LoSiA against the two methods issue 21 compares it with, at both its budgets.
+GAPS = (("losia", "taso-r1"), ("losia", "lora-r1"), ("losia-r1", "taso-r1"), ("losia-r1", "lora-r1"))
+
+
+def gaps(runs: list[dict], tasks: list[str], spec_of: dict[str, data.TaskSpec], seeds: int) -> str:
+    """Each LoSiA row minus TASO r=1 and LoRA r=1 on the task's main metric, paired by seed (a pair
+    with fewer than ``seeds`` seeds says how many it has)."""
+
+    def by_seed(method: str, task: str) -> dict[int, float]:
+        return {r["seed"]: r[spec_of[task].metrics[0]] for r in runs if r["task"] == task and r["method"] == method}
+
+    lines = ["| gap (points) | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    for a, b in GAPS:
+        lines.append(f"| {a} − {b} | " + " | ".join(gap(by_seed(a, t), by_seed(b, t), seeds) for t in tasks) + " |")
+    return "\n".join(lines) + "\n\n" + SPREAD_NOTE
+
+
 def per_task(items: list[str], defaults: dict[str, int]) -> dict[str, int]:
     """``["300"]`` sets every task, ``["arc-easy=300", "gsm8k=40"]`` the tasks named; others keep ``defaults``."""
     out = dict(defaults)
@@ -236,7 +254,7 @@ def main() -> None:
                 done[k] = record
                 print(json.dumps(record), file=sys.stderr, flush=True)
     current = [r for r in done.values() if r["settings"] == settings(args, r["task"]) and r["task"] in args.tasks]
-    text = table(current, args.tasks, spec_of)
+    text = table(current, args.tasks, spec_of) + "\n\n" + gaps(current, args.tasks, spec_of, len(args.seeds))
     print(text)
     if args.out:
         write_text(args.out, text + "\n")
