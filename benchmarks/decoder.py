@@ -185,7 +185,10 @@ GAPS = (("losia", "taso-r1"), ("losia", "lora-r1"), ("losia-r1", "taso-r1"), ("l
 
 def gaps(runs: list[dict], tasks: list[str], spec_of: dict[str, data.TaskSpec], seeds: int) -> str:
     """Each LoSiA row minus TASO r=1 and LoRA r=1 on the task's main metric, paired by seed (a pair
-    with fewer than ``seeds`` seeds says how many it has)."""
+    with fewer than ``seeds`` seeds says how many it has), over the tasks where LoSiA ran; empty if none."""
+    tasks = [t for t in tasks if any(r["task"] == t and r["method"] in dict(GAPS) for r in runs)]
+    if not tasks:
+        return ""
 
     def by_seed(method: str, task: str) -> dict[int, float]:
         return {r["seed"]: r[spec_of[task].metrics[0]] for r in runs if r["task"] == task and r["method"] == method}
@@ -254,7 +257,9 @@ def main() -> None:
                 done[k] = record
                 print(json.dumps(record), file=sys.stderr, flush=True)
     current = [r for r in done.values() if r["settings"] == settings(args, r["task"]) and r["task"] in args.tasks]
-    text = table(current, args.tasks, spec_of) + "\n\n" + gaps(current, args.tasks, spec_of, len(args.seeds))
+    text = "\n\n".join(
+        filter(None, [table(current, args.tasks, spec_of), gaps(current, args.tasks, spec_of, len(args.seeds))])
+    )
     print(text)
     if args.out:
         write_text(args.out, text + "\n")
