@@ -31,7 +31,8 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
                   sensitivity × uncertainty score taken once (score.statistic sensitivity), q/k/v
                   rows in whole attention heads (mask.unit head) and, with --head-lr, the head warmed
                   up before scoring at that rate (score.head_warmup_lr), on the sweep tasks' held-out slices,
-                  seeds 0 1 2; the table and TASO's paired gaps to each (--out). A variant stays an
+                  seeds 0 1 2, beside the untrained model's linear probe on the same slices; the table and TASO's
+                  paired gaps to each (--out). A variant stays an
                   option only where it beats TASO beyond the seed spread.
   --phase head    the head's own rate: a head reading a normalised sentence vector (--pooling auto:
                   MiniLM's mean+normalize, unit length) moves its logits far less per step than one
@@ -562,12 +563,15 @@ def main() -> None:
     if "variants" in phases:  # the sweep's held-out slices, never the dev sets; a phase of its own, so
         # that its seeds 1 and 2 cannot enter the sweep's choice (which reads seed 0 per setting)
         contenders = {"taso": settings["taso"], **budget.variant_settings(settings["taso"])}
-        plan = [("variants", t, s, seed) for seed in args.seeds for t in sweep_tasks for s in contenders.values()]
+        # The untrained model's reference on the same slices first (the report's is on dev).
+        plan = [("variants", t, {"method": "reference"}, 0) for t in sweep_tasks]
+        plan += [("variants", t, s, seed) for seed in args.seeds for t in sweep_tasks for s in contenders.values()]
         if not args.no_run:
             execute(lambda done: plan, specs, args, protocol, done)
-        held = [r for r in done if r["phase"] == "variants"]
+        held = [r for r in done if r["phase"] == "variants" and r["setting"]["method"] != "reference"]
+        references = [r for r in done if r["phase"] == "variants" and r["setting"]["method"] == "reference"]
         majority = {t: majority_share(specs[t], "variants") for t in sweep_tasks}
-        text = table(held, contenders, specs, sweep_tasks, len(args.seeds), majority)
+        text = table(held, contenders, specs, sweep_tasks, len(args.seeds), majority, references)
         text += "\n\n" + paired(held, contenders, specs, sweep_tasks, len(args.seeds))
         print(text)
         if args.out:

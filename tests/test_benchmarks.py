@@ -620,14 +620,18 @@ def test_glue_variants_phase_compares_taso_with_its_importance_variants_on_held_
     assert done.returncode == 0, done.stderr[-3000:]
     runs = [json.loads(line) for line in results.read_text().splitlines()]
     # Held-out slices only (the dev set is never read), in a phase of its own: never the sweep's records.
-    variants = [r for r in runs if r["phase"] == "variants"]
+    variants = [r for r in runs if r["phase"] == "variants" and r["setting"]["method"] != "reference"]
     assert {r["phase"] for r in runs} == {"sweep", "variants"} and len(variants) == 3
+    # The untrained model's reference on the same held-out slice, once, beside the variants.
+    (ref,) = [r for r in runs if r["setting"]["method"] == "reference"]
+    assert ref["phase"] == "variants" and ref["reference"] == "linear probe"
     knobs = [(r["setting"].get("statistic"), r["setting"].get("unit")) for r in variants]
     assert sorted(knobs, key=str) == sorted([(None, None), (None, "head"), ("sensitivity", None)], key=str)
     assert all(r["region_seconds"] > 0 and r["steps"] == 3 for r in variants)
     text = table.read_text()
     assert "statistic sensitivity" in text and "unit head" in text
     assert "| taso-sensitivity |" in text and "| taso-heads |" in text
+    assert f"| base model, no training (reference) | 0 | {100 * ref['accuracy']:.1f}" in text
 
 
 def test_budget_variants_are_tasos_setting_with_one_knob_changed_and_gapped_against_taso(monkeypatch):
