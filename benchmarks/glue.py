@@ -31,9 +31,9 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
                   sensitivity × uncertainty score taken once (score.statistic sensitivity), q/k/v
                   rows in whole attention heads (mask.unit head) and, with --head-lr, the head warmed
                   up before scoring at that rate (score.head_warmup_lr), on the sweep tasks' held-out slices,
-                  seeds 0 1 2, beside the untrained model's linear probe on the same slices; the table and TASO's
-                  paired gaps to each (--out). A variant stays an
-                  option only where it beats TASO beyond the seed spread.
+                  seeds 0 1 2, beside the untrained model's linear probe on the same slices; the table
+                  and TASO's paired gaps to each (--out). A variant stays an option only where it beats
+                  TASO beyond the seed spread.
   --phase head    the head's own rate: a head reading a normalised sentence vector (--pooling auto:
                   MiniLM's mean+normalize, unit length) moves its logits far less per step than one
                   reading BERT's tanh pooler, so at the adapter's rate it learns slowly (TASO's MRPC
