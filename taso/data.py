@@ -42,7 +42,7 @@ class TaskSpec:
 
     Attributes:
         name: task name, used in artifact paths and registry names.
-        source: ``demo:<task>``, ``hub:<dataset>[/<config>]``, or a local folder.
+        source: ``demo:<task>``, ``hub:<repo id>[:<config>]`` (``hub:nyu-mll/glue:mrpc``), or a local folder.
         task_type: ``classification``, ``regression`` or ``causal_lm``.
         text_fields: one text, or two for sentence pairs; each a column, or a tuple of columns
             joined by a space into one text (``(("title", "body"),)``). For ``causal_lm`` the
@@ -203,17 +203,21 @@ def _no_rows(path: Path, builder: str) -> bool:
 
 
 def _read_hub(spec: TaskSpec, split: str) -> tuple[list[dict], str]:
-    """Hub datasets: ``hub:glue/mrpc`` → ``load_dataset("glue", "mrpc", split=...)``. Needs network."""
+    """Hub datasets: ``hub:nyu-mll/glue:mrpc`` → ``load_dataset("nyu-mll/glue", "mrpc", split=...)``.
+
+    The config follows a colon because hub ids hold a slash (``owner/name``). Needs the network
+    until ``datasets`` has the split cached."""
     import datasets
 
-    name, _, config = spec.source[len("hub:") :].partition("/")
+    name, _, config = spec.source[len("hub:") :].partition(":")
     try:
         ds = datasets.load_dataset(name, config or None, split=spec.splits[split])
     except Exception as e:  # offline, unknown dataset or split: datasets raises many types
         raise DataError(
             f"{spec.source}: could not load the {split} split {spec.splits[split]!r} ({type(e).__name__}: {e}); "
-            "hub data needs the network (HF_DATASETS_OFFLINE=0) until datasets has it cached, or download "
-            f"the files and point tasks.{spec.name}.source at their folder"
+            "the source is hub:<repo id>[:<config>] (hub:nyu-mll/glue:mrpc); hub data needs the network "
+            "(HF_DATASETS_OFFLINE=0) until datasets has it cached, or download the files and point "
+            f"tasks.{spec.name}.source at their folder"
         ) from e
     return list(ds), spec.source
 

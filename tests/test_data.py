@@ -395,8 +395,40 @@ def test_a_tokenizer_saved_without_a_limit_takes_its_models_position_table(tmp_p
     assert pretrained.load_tokenizer(str(tmp_path / "llama")).model_max_length >= NO_LENGTH_LIMIT
 
 
-def test_a_hub_source_offline_says_what_it_needs(monkeypatch):
+def test_a_hub_source_offline_says_what_it_needs(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    spec = TaskSpec(name="mrpc", source="hub:glue/mrpc", splits={"train": "train", "eval": "validation"})
-    with pytest.raises(DataError, match=r"hub:glue/mrpc: could not load the train split .* needs the network"):
+    monkeypatch.chdir(tmp_path)  # no local folder of that name: load_dataset would go to the hub
+    spec = TaskSpec(name="mrpc", source="hub:nyu-mll/glue:mrpc", splits={"train": "train", "eval": "validation"})
+    with pytest.raises(DataError, match=r"hub:nyu-mll/glue:mrpc: could not load the train split .* needs the network"):
         read_rows(spec, "train")
+
+
+def test_a_hub_source_reads_the_config_after_the_colon(monkeypatch, tmp_path):
+    # A folder shaped like a hub repo (data files, a README declaring each config) is what
+    # load_dataset resolves a hub id to when it exists locally: the same call, no network.
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    monkeypatch.chdir(tmp_path)
+    repo = tmp_path / "nyu-mll" / "glue"
+    configs = []
+    for config, first in (("mrpc", "a cat sat"), ("rte", "a dog ran")):
+        (repo / config).mkdir(parents=True)
+        for split in ("train", "validation"):
+            rows = [{"sentence1": f"{first} {i}", "sentence2": f"pair {i}", "label": i % 2} for i in range(4)]
+            (repo / config / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        configs.append(
+            f"- config_name: {config}\n  data_files:\n"
+            + "".join(f"  - split: {s}\n    path: {config}/{s}.jsonl\n" for s in ("train", "validation"))
+        )
+    (repo / "README.md").write_text("---\nconfigs:\n" + "".join(configs) + "---\n")
+    spec = TaskSpec(
+        name="mrpc",
+        source="hub:nyu-mll/glue:rte",
+        text_fields=("sentence1", "sentence2"),
+        splits={"train": "train", "eval": "validation"},
+    )
+    rows = read_rows(spec, "eval")
+    assert sorted((r["text"], r["text_pair"], r["label"]) for r in rows) == [
+        (f"a dog ran {i}", f"pair {i}", i % 2) for i in range(4)
+    ]
