@@ -86,6 +86,12 @@ def test_decoder_benchmark_smoke_run_and_resume(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(results.read_text().splitlines()) == len(runs)  # every run was already there
     assert table.read_text().splitlines() == lines
+    # The untrained model draws nothing at random: a second seed runs no second zero-shot.
+    more = [*cmd[: cmd.index("--methods") + 1], "zero-shot", "--gsm8k-methods", "zero-shot", "--seeds", "0", "1"]
+    more += cmd[cmd.index("--calibration") :]
+    seeded = subprocess.run(more, capture_output=True, text=True, timeout=600)
+    assert seeded.returncode == 0, seeded.stderr[-3000:]
+    assert len(results.read_text().splitlines()) == len(runs)
 
 
 def mrpc_tsv(n: int, seed: int) -> str:
