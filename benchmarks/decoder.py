@@ -257,7 +257,12 @@ def main() -> None:
                 append(args.results, record)
                 done[k] = record
                 print(json.dumps(record), file=sys.stderr, flush=True)
-    current = [r for r in done.values() if r["settings"] == settings(args, r["task"]) and r["task"] in args.tasks]
+    # The table reads the seeds asked for, so a grid half-way through more seeds cannot mix into it.
+    current = [
+        r
+        for r in done.values()
+        if r["settings"] == settings(args, r["task"]) and r["task"] in args.tasks and r["seed"] in args.seeds
+    ]
     text = "\n\n".join(
         filter(None, [table(current, args.tasks, spec_of), gaps(current, args.tasks, spec_of, len(args.seeds))])
     )

@@ -141,6 +141,14 @@ def split_rows(spec: data.TaskSpec, phase: str) -> tuple[list[dict], list[dict]]
     return shuffled[held:], shuffled[:held]
 
 
+def trained_and_references(done: list[dict], phase: str) -> tuple[list[dict], list[dict]]:
+    """``phase``'s records split into the trained runs and the untrained model's references."""
+    runs = [r for r in done if r["phase"] == phase]
+    return [r for r in runs if r["setting"]["method"] != "reference"], [
+        r for r in runs if r["setting"]["method"] == "reference"
+    ]
+
+
 def majority_share(spec: data.TaskSpec, phase: str) -> float | None:
     """The accuracy of always predicting the commonest label on the phase's eval rows: chance
     (None for a regression, which has no commonest label)."""
@@ -532,8 +540,7 @@ def main() -> None:
         report_plan += [("report", t, s, seed) for seed in args.seeds for t in args.tasks for s in settings.values()]
         if not args.no_run:
             execute(lambda done: report_plan, specs, args, protocol, done)
-        report = [r for r in done if r["phase"] == "report" and r["setting"]["method"] != "reference"]
-        references = [r for r in done if r["phase"] == "report" and r["setting"]["method"] == "reference"]
+        report, references = trained_and_references(done, "report")
         chance = {t: majority_share(specs[t], "report") for t in args.tasks}
         text = table(report, settings, specs, args.tasks, len(args.seeds), chance, references)
         if "losia-warm" in settings:  # does a start from TASO's mask help LoSiA? Warm minus random start
@@ -568,8 +575,7 @@ def main() -> None:
         plan += [("variants", t, s, seed) for seed in args.seeds for t in sweep_tasks for s in contenders.values()]
         if not args.no_run:
             execute(lambda done: plan, specs, args, protocol, done)
-        held = [r for r in done if r["phase"] == "variants" and r["setting"]["method"] != "reference"]
-        references = [r for r in done if r["phase"] == "variants" and r["setting"]["method"] == "reference"]
+        held, references = trained_and_references(done, "variants")
         majority = {t: majority_share(specs[t], "variants") for t in sweep_tasks}
         text = table(held, contenders, specs, sweep_tasks, len(args.seeds), majority, references)
         text += "\n\n" + paired(held, contenders, specs, sweep_tasks, len(args.seeds))

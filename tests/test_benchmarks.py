@@ -92,6 +92,12 @@ def test_decoder_benchmark_smoke_run_and_resume(tmp_path):
     seeded = subprocess.run(more, capture_output=True, text=True, timeout=600)
     assert seeded.returncode == 0, seeded.stderr[-3000:]
     assert len(results.read_text().splitlines()) == len(runs)
+    # A seed the command does not ask for (a grid going on in the same file) stays out of its table.
+    other = {**by[("boolq", "lora-r1")], "key": "another-seed", "seed": 5, "accuracy": -1.0}
+    with results.open("a") as f:
+        f.write(json.dumps(other) + "\n")
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=600).returncode == 0
+    assert table.read_text().splitlines() == lines
 
 
 def mrpc_tsv(n: int, seed: int) -> str:
