@@ -10,7 +10,11 @@ log-likelihood of each option's answer text, GSM8K by exact match of the final n
 greedy generation.
 
     python benchmarks/decoder.py --max-train arc-easy=300 gsm8k=100 --max-eval arc-easy=300 gsm8k=20 \
-        --gsm8k-methods zero-shot taso-r1 --out docs/results-decoder.md     # the committed table
+        --gsm8k-methods zero-shot taso-r1                                  # every method, seed 0
+    python benchmarks/decoder.py --tasks boolq arc-easy --max-train arc-easy=300 --max-eval arc-easy=300 \
+        --methods zero-shot lora-r1 taso-r1 losia losia-r1 --seeds 0 1 2   # the compared ones, seeds 1 2
+    python benchmarks/decoder.py --max-train arc-easy=300 gsm8k=100 --max-eval arc-easy=300 gsm8k=20 \
+        --gsm8k-methods zero-shot taso-r1 --seeds 0 1 2 --no-run --out docs/results-decoder.md  # the table
     python benchmarks/decoder.py --tasks boolq --max-train 16 --max-eval 8 --methods zero-shot taso-r1 \
         --results /tmp/smoke.jsonl                                         # smoke run
 
@@ -23,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,7 +36,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 from harness.store import append, key, load  # noqa: E402
-from harness.tables import SPREAD_NOTE, gap  # noqa: E402
+from harness.tables import SPREAD_NOTE, cell, gap  # noqa: E402
 
 from taso import causal_lm, data, pretrained  # noqa: E402
 from taso.config import LosiaConfig  # noqa: E402
@@ -160,7 +163,9 @@ def settings(args, task: str) -> dict:
     }
 
 
-def table(runs: list[dict], tasks: list[str], spec_of: dict[str, data.TaskSpec]) -> str:
+def table(runs: list[dict], tasks: list[str], spec_of: dict[str, data.TaskSpec], seeds: int) -> str:
+    """Each method's main metric per task, mean ± std over seeds; a cell with fewer than ``seeds``
+    runs says how many it holds (zero-shot is one run for every seed)."""
     lines = [
         "| method | trainable params | " + " | ".join(f"{t} ({spec_of[t].metrics[0]})" for t in tasks) + " |",
         "|---|---:|" + "---:|" * len(tasks),
@@ -168,13 +173,12 @@ def table(runs: list[dict], tasks: list[str], spec_of: dict[str, data.TaskSpec])
     for method in METHODS:
         cells, params = [], "—"
         for t in tasks:
-            values = [r[spec_of[t].metrics[0]] for r in runs if r["task"] == t and r["method"] == method]
-            if values:
-                spread = f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
-                cells.append(f"{100 * statistics.mean(values):.1f}{spread}")
-                params = f"{next(r['trainable']['total'] for r in runs if r['task'] == t and r['method'] == method):,}"
-            else:
-                cells.append("—")
+            mine = sorted((r for r in runs if r["task"] == t and r["method"] == method), key=lambda r: r["seed"])
+            if method == "zero-shot":
+                mine = mine[:1]
+            cells.append(cell([r[spec_of[t].metrics[0]] for r in mine], 1 if method == "zero-shot" else seeds))
+            if mine:
+                params = f"{mine[0]['trainable']['total']:,}"
         lines.append(f"| {method} | {params} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -234,6 +238,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256, help="GSM8K: tokens generated per answer")
     parser.add_argument("--results", type=Path, default=Path("docs/results-decoder.jsonl"))
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    parser.add_argument("--no-run", action="store_true", help="train nothing: the table from the runs already there")
     args = parser.parse_args()
     args.max_train = per_task(args.max_train, {"boolq": 600, "arc-easy": 600, "gsm8k": 200})
     args.max_eval = per_task(args.max_eval, {"boolq": 400, "arc-easy": 400, "gsm8k": 60})
@@ -249,7 +254,7 @@ def main() -> None:
             for method in [m for m in methods if m != "zero-shot" or seed == args.seeds[0]]:
                 s = settings(args, task)
                 k = key(task, method, seed, s)
-                if k in done:
+                if k in done or args.no_run:
                     continue
                 record = {"key": k, "task": task, "method": method, "seed": seed, "settings": s}
                 record |= run_one(task, method, spec_of[task], tok, args, seed)
@@ -264,7 +269,10 @@ def main() -> None:
         if r["settings"] == settings(args, r["task"]) and r["task"] in args.tasks and r["seed"] in args.seeds
     ]
     text = "\n\n".join(
-        filter(None, [table(current, args.tasks, spec_of), gaps(current, args.tasks, spec_of, len(args.seeds))])
+        filter(
+            None,
+            [table(current, args.tasks, spec_of, len(args.seeds)), gaps(current, args.tasks, spec_of, len(args.seeds))],
+        )
     )
     print(text)
     if args.out:

@@ -98,6 +98,14 @@ def test_decoder_benchmark_smoke_run_and_resume(tmp_path):
         f.write(json.dumps(other) + "\n")
     assert subprocess.run(cmd, capture_output=True, text=True, timeout=600).returncode == 0
     assert table.read_text().splitlines() == lines
+    # --no-run renders seeds that are not all there without training them: a trained method's cell
+    # says it holds one run of two; zero-shot's one run stands for both.
+    rendered = subprocess.run([*cmd, "--seeds", "0", "1", "--no-run"], capture_output=True, text=True, timeout=600)
+    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    assert len(results.read_text().splitlines()) == len(runs) + 1
+    rows = {line.split(" | ")[0]: line.split(" | ")[2:] for line in table.read_text().splitlines()}
+    assert all(c.rstrip(" |").endswith("(n=1)") for c in rows["| taso-r1"])
+    assert not any("n=" in c for c in rows["| zero-shot"])
 
 
 def mrpc_tsv(n: int, seed: int) -> str:
