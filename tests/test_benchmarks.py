@@ -609,6 +609,9 @@ def test_budget_curve_shares_the_reports_runs_and_marks_settled_gaps(monkeypatch
             "main": main,
             "trainable": trainable,
             "region_seconds": region,
+            "train_seconds": 600.0,
+            "jobs": 2,
+            "threads": 1,
         }
 
     report = []
@@ -625,6 +628,11 @@ def test_budget_curve_shares_the_reports_runs_and_marks_settled_gaps(monkeypatch
     imp_gap = next(line for line in lines if line.startswith("| imp − random | 0.1 |"))
     assert "†" not in imp_gap
     assert "| imp | 301 (3) |" in lines and "| taso | 30 (3) |" in lines
+    # 9 runs of 600 s training, plus TASO's 3 × 30 s and IMP's 903 s of search: 1.8 h.
+    assert (
+        lines[-1]
+        == "The 9 runs above took 1.8 h of wall time summed over runs, finding and training (2 jobs of 1 thread, side by side)."
+    )
 
 
 @pytest.mark.slow

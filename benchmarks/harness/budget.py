@@ -97,7 +97,18 @@ def table(report: list[dict], curve: dict, specs, tasks, seeds: int) -> str:
             secs = [x for x in secs if x is not None]
             cells.append(f"{statistics.median(secs):,.0f} ({len(secs)})" if secs else "—")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + cpu_time(report, curve, tasks)
+
+
+def cpu_time(report: list[dict], curve: dict, tasks) -> str:
+    """What the curve's runs cost: their wall time (search and training) summed, and the cores it held."""
+    runs = [r for s in curve.values() for t in tasks for r in _runs(report, s, t)]
+    seconds = sum(r.get("train_seconds", 0.0) + (r.get("region_seconds") or 0.0) for r in runs)
+    shapes = sorted({(r.get("jobs", 1), r.get("threads", 1)) for r in runs})
+    held = ", ".join(
+        f"{j} job{'s' * (j > 1)} of {t} thread{'s' * (t > 1)}{', side by side' * (j > 1)}" for j, t in shapes
+    )
+    return f"The {len(runs)} runs above took {seconds / 3600:.1f} h of wall time summed over runs, finding and training ({held or 'none'})."
 
 
 def plot(report: list[dict], curve: dict, specs, tasks, path: Path) -> None:
