@@ -67,8 +67,8 @@ class TaskParams(_Strict):
     max_eval: PositiveInt | None = None
     # causal_lm only: the text the model learns, "{}" standing for the answer in label_field.
     answer_template: str = "{}"
-    # What reads the encoder: the architecture's classifier over one sequence, or (a regression over
-    # sentence pairs) the cosine of the two texts pooled apart; auto picks per task (head()).
+    # What reads the encoder: the architecture's classifier over one sequence, or (sentence pairs)
+    # the cosine of the two texts pooled apart; auto picks per task (head_kind()).
     head: Literal["auto", "classifier", "cosine"] = "auto"
     mask_source: str  # required: dvc.yaml tracks it as a param of derive-mask
 
@@ -98,10 +98,10 @@ class TaskParams(_Strict):
         if wrong:
             fix = " (a numeric target needs task_type: regression)" if kind == "classification" else ""
             raise ValueError(f"metrics {wrong} do not apply to {what}; use {' or '.join(allowed)}{fix}")
-        if self.head == "cosine" and (self.task_type != "regression" or len(self.text_fields) != 2):
+        if self.head == "cosine" and (self.task_type == "causal_lm" or len(self.text_fields) != 2):
             raise ValueError(
-                "head cosine scores the similarity of a sentence pair: it needs task_type: regression "
-                "and two text_fields"
+                "head cosine reads the similarity of a sentence pair: it needs two text_fields and "
+                "task_type: regression or classification"
             )
         classes = len(self.labels) if self.labels else 2
         if "f1" in self.metrics and classes != 2:

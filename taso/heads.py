@@ -119,30 +119,33 @@ def output_layer(model: nn.Module) -> nn.Linear:
 
 
 class PairCosine(nn.Module):
-    """A bi-encoder regressor: each text of a pair pooled on its own, their cosine through a 1→1 linear head.
+    """A bi-encoder head: each text of a pair pooled on its own, their cosine through a linear head.
 
-    The sentence-transformers way of reading similarity (all-MiniLM-L6-v2 was trained for it):
-    ``score = w · cos(pool(a), pool(b)) + b``. The encoder keeps its own attribute name
-    (``bert`` for BERT), so target names, masks and importance maps are those of the stock
-    ``*ForSequenceClassification``; the head is called ``classifier``, so the head's learning
-    rate, PEFT's ``modules_to_save`` and :func:`fold_target_scale` treat it as any head. The
-    batch holds the first texts as ``input_ids`` ... and the second as ``pair_input_ids`` ...
-    (:func:`taso.data.encode` with ``pairs_apart``).
+    The sentence-transformers way of reading a pair (all-MiniLM-L6-v2 was trained for it): a
+    regression reads ``score = w · cos(pool(a), pool(b)) + b`` (one output, MSE), a classification
+    one logit per class ``w_k · cos + b_k`` (cross-entropy): a class told by how alike the two
+    texts are. The encoder keeps its own attribute name (``bert`` for BERT), so target names,
+    masks and importance maps are those of the stock ``*ForSequenceClassification``; the head is
+    called ``classifier``, so the head's learning rate, PEFT's ``modules_to_save`` and
+    :func:`fold_target_scale` treat it as any head. The batch holds the first texts as
+    ``input_ids`` ... and the second as ``pair_input_ids`` ... (:func:`taso.data.encode` with
+    ``pairs_apart``).
     """
 
     # Until warm_start_cosine fits it to the training targets: cos 0.5 reads as an average pair.
     INIT = (4.0, -2.0)
 
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, encoder: nn.Module, num_labels: int = 1):
         super().__init__()
         self.prefix = encoder.base_model_prefix or "encoder"
         setattr(self, self.prefix, encoder)
         self.config = encoder.config
         self.config.taso_head = "cosine"
-        self.classifier = nn.Linear(1, 1)
-        with torch.no_grad():
-            self.classifier.weight.fill_(self.INIT[0])
-            self.classifier.bias.fill_(self.INIT[1])
+        self.config.num_labels = num_labels
+        self.classifier = nn.Linear(1, num_labels)
+        with torch.no_grad():  # a classification starts undecided (every class alike) until its warm start
+            self.classifier.weight.fill_(self.INIT[0] if num_labels == 1 else 0.0)
+            self.classifier.bias.fill_(self.INIT[1] if num_labels == 1 else 0.0)
 
     @property
     def base_model(self) -> nn.Module:
@@ -163,7 +166,11 @@ class PairCosine(nn.Module):
         cosine = nn.functional.cosine_similarity(a, b, dim=-1)
         self.last_cosine = cosine.detach()  # what warm_start_cosine fits the head to
         logits = self.classifier(cosine.unsqueeze(-1))
-        loss = nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype)) if labels is not None else None
+        loss = None
+        if labels is not None and logits.shape[-1] == 1:
+            loss = nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+        elif labels is not None:
+            loss = nn.functional.cross_entropy(logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
@@ -174,12 +181,14 @@ def head_of(model: nn.Module) -> str:
 
 
 @torch.no_grad()
-def warm_start_cosine(model: nn.Module, batches, labels: Sequence[float]) -> tuple[float, float] | None:
-    """Fit a cosine head's scale and shift to ``labels`` by least squares on the untrained cosine.
+def warm_start_cosine(model: nn.Module, batches, labels: Sequence) -> list[tuple[float, float]] | None:
+    """Fit a cosine head to ``labels`` on the untrained cosine, before the first step.
 
-    Adam moves two parameters about one learning rate a step, so a head that starts far from the
-    targets' scale would spend the run there while the encoder bends to make up for it. Returns
-    the fitted ``(scale, shift)``, or None for any other head (which is left alone).
+    Adam moves the head's few parameters about one learning rate a step, so a head that starts
+    far from the targets would spend the run getting there while the encoder bends to make up
+    for it. A regression's scale and shift come by least squares; a classification's logits
+    from the class means of the cosine (:func:`cosine_class_logits`). Returns each output's
+    fitted ``(weight, bias)``, or None for any other head (which is left alone).
     """
     inner = unwrapped(model)
     if not isinstance(inner, PairCosine):
@@ -192,11 +201,37 @@ def warm_start_cosine(model: nn.Module, batches, labels: Sequence[float]) -> tup
         model(**batch)
         cos += inner.last_cosine.tolist()
     model.train(was_training)
-    n = len(cos)
-    mc, my = sum(cos) / n, sum(labels[:n]) / n
-    var = sum((c - mc) ** 2 for c in cos)
-    scale = sum((c - mc) * (y - my) for c, y in zip(cos, labels[:n], strict=True)) / var if var else 1.0
     out = output_layer(model)
-    out.weight.fill_(scale)
-    out.bias.fill_(my - scale * mc)
-    return scale, my - scale * mc
+    labels = list(labels[: len(cos)])
+    fitted = (
+        [least_squares(cos, labels)] if out.out_features == 1 else cosine_class_logits(cos, labels, out.out_features)
+    )
+    out.weight.copy_(torch.tensor([[w] for w, _ in fitted]))
+    out.bias.copy_(torch.tensor([b for _, b in fitted]))
+    return fitted
+
+
+def least_squares(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """``(w, b)`` minimising ``Σ (w·x + b − y)²`` (slope 1 where ``x`` does not vary)."""
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    var = sum((v - mx) ** 2 for v in x)
+    w = sum((v - mx) * (t - my) for v, t in zip(x, y, strict=True)) / var if var else 1.0
+    return w, my - w * mx
+
+
+def cosine_class_logits(cos: Sequence[float], labels: Sequence[int], k: int) -> list[tuple[float, float]]:
+    """Per class ``(w_k, b_k)`` of linear discriminant analysis on one feature: the cosine of a pair of
+    class ``k`` taken as normal around the class's mean ``μ̄ + d_k`` with a variance ``σ²`` all
+    classes share, so ``w_k = d_k/σ²`` and ``b_k = log π_k − d_k·(μ̄ + d_k/2)/σ²`` (the terms every
+    class shares dropped: centred on ``μ̄``, the logits stay small where cosines crowd together).
+    Class priors are smoothed by one example, so a class the sample lacks keeps a finite logit."""
+    n = len(cos)
+    overall = sum(cos) / n
+    groups = [[c for c, y in zip(cos, labels, strict=True) if y == j] for j in range(k)]
+    offsets = [sum(g) / len(g) - overall if g else 0.0 for g in groups]
+    var = sum((c - overall - offsets[y]) ** 2 for c, y in zip(cos, labels, strict=True)) / n or 1e-4
+    return [
+        (d / var, math.log((len(g) + 1) / (n + k)) - d * (overall + d / 2) / var)
+        for g, d in zip(groups, offsets, strict=True)
+    ]

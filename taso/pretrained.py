@@ -180,15 +180,17 @@ def load_model(
             pooling the model folder declares (sentence-transformers' ``modules.json``), else the
             architecture's own pooler; ``architecture``; or a pooling such as ``mean+normalize``.
             ``taso.json`` in an adapter folder records the one it was trained with.
-        head: ``classifier`` (the architecture's sequence head over one sequence) or, for a
-            regression over sentence pairs, ``cosine`` (:class:`taso.heads.PairCosine`: each
-            text pooled apart, their cosine scaled), also recorded in ``taso.json``.
+        head: ``classifier`` (the architecture's sequence head over one sequence) or, for sentence
+            pairs, ``cosine`` (:class:`taso.heads.PairCosine`: each text pooled apart, their cosine
+            through a linear head: a score, or a logit per class), also recorded in ``taso.json``.
     """
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     if task_type not in TASK_TYPES:
         raise ValueError(f"unknown task type {task_type!r}; choose one of {', '.join(TASK_TYPES)}")
+    if head == "cosine" and task_type == "causal_lm":
+        raise ValueError("a cosine head reads a sentence pair: it needs task_type regression or classification")
     path = resolve_model(ref)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized head" report is expected here
@@ -198,8 +200,6 @@ def load_model(
             if task_type == "causal_lm":
                 model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, output_loading_info=True)
             elif head == "cosine":
-                if task_type != "regression":
-                    raise ValueError("a cosine head predicts a similarity: it needs task_type regression")
                 model, info = AutoModel.from_pretrained(path, dtype=torch.float32, output_loading_info=True)
             else:
                 labels = 1 if task_type == "regression" else num_labels
@@ -229,7 +229,9 @@ def load_model(
     )
     if chosen is not None:
         use_pooling(model, chosen)
-    return PairCosine(model) if head == "cosine" else model
+    if head == "cosine":
+        return PairCosine(model, num_labels=1 if task_type == "regression" else num_labels)
+    return model
 
 
 def load_tokenizer(ref: str):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -165,9 +166,63 @@ def test_the_cosine_head_learns_pairs_and_its_adapter_reloads_exactly(tiny_model
         torch.testing.assert_close(loaded(**batch).logits, want, atol=1e-4, rtol=1e-4)
 
 
-def test_the_cosine_head_needs_a_regression_over_pairs(tiny_model):
-    with pytest.raises(ValueError, match="needs task_type regression"):
-        pretrained.load_model(str(tiny_model), "classification", head="cosine")
+def test_a_cosine_head_classifies_pairs_from_its_warm_start_on_and_reloads_exactly(tiny_model, tmp_path):
+    from taso.heads import PairCosine, warm_start_cosine
+    from taso.methods import MethodConfig, build
+
+    st = str(sentence_transformers_folder(tiny_model, tmp_path / "st", "pooling_mode_mean_tokens", True))
+    tok = pretrained.load_tokenizer(st)
+    rows = [{**r, "label": int(r["label"] == 5.0)} for r in pair_rows()]  # class 1: the two texts agree
+    feats = data.encode(rows, tok, 32, pairs_apart=True)
+    model = pretrained.load_model(st, "classification", num_labels=2, head="cosine")
+    assert isinstance(model, PairCosine) and model.classifier.out_features == 2
+    batch = data.collate(feats, tok.pad_token_id)
+    gold = batch.pop("labels")
+
+    def accuracy(m) -> float:  # without dropout, leaving the mode as it was
+        was = m.training
+        m.eval()
+        with torch.no_grad():
+            right = (m(**batch).logits.argmax(-1) == gold).float().mean().item()
+        m.train(was)
+        return right
+
+    assert accuracy(model) == 0.75  # undecided head: every class alike, argmax says 0, the majority
+    # The warm start alone reads the untrained cosine: identical texts pool to cosine 1, the rest lower.
+    (w0, _), (w1, _) = warm_start_cosine(model, data.iterate(feats, 8, tok.pad_token_id), gold.tolist())
+    assert w1 > w0 and accuracy(model) == 1.0
+    from taso.importance import score_importance
+    from taso.masks import derive_mask
+
+    method = build("taso", MethodConfig())
+    importance = score_importance(model, data.iterate(feats[:16], 8, tok.pad_token_id))
+    model = method.prepare(model, derive_mask(importance, "global", 0.25))
+    train(model, feats, TrainConfig(lr=3e-3, epochs=2, batch_size=8), method=method, progress=False)
+    model.eval()
+    assert accuracy(model) == 1.0
+    with torch.no_grad():
+        want = model(**batch).logits
+    method.export(
+        model, tmp_path / "a", base_model=st, task_type="SEQ_CLS", extra={"head": "cosine", "pooling": "mean+normalize"}
+    )
+    loaded = pretrained.load_with_adapter(st, tmp_path / "a", "classification").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, want, atol=1e-4, rtol=1e-4)
+
+
+def test_cosine_class_logits_pick_each_examples_class_and_keep_an_absent_class_finite():
+    from taso.heads import cosine_class_logits
+
+    cos, labels = [0.1, 0.2, 0.3, 0.7, 0.8, 0.9], [0, 0, 0, 1, 1, 1]
+    fitted = cosine_class_logits(cos, labels, 3)  # class 2 never seen: it wins at no observed cosine
+    logit = lambda c: [w * c + b for w, b in fitted]  # noqa: E731
+    assert all(max(range(3), key=lambda k: logit(c)[k]) == y for c, y in zip(cos, labels))
+    assert all(math.isfinite(w) and math.isfinite(b) for w, b in fitted)
+
+
+def test_the_cosine_head_needs_a_sentence_pair_task(tiny_model):
+    with pytest.raises(ValueError, match="needs task_type regression or classification"):
+        pretrained.load_model(str(tiny_model), "causal_lm", head="cosine")
 
 
 def _without(src: Path, dest: Path, drop: str) -> Path:

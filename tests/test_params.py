@@ -198,10 +198,12 @@ def test_the_head_follows_the_task(tmp_path, raw):
     assert params.task("entailment").head_kind() == "classifier"
     raw["tasks"]["sentiment"]["head"] = "classifier"
     assert load_params(write(tmp_path, raw)).task("sentiment").head_kind() == "classifier"
-    raw["tasks"]["entailment"]["head"] = "cosine"
-    with pytest.raises(ParamsError, match=r"tasks\.entailment: .*head cosine .* needs task_type: regression"):
+    raw["tasks"]["entailment"]["head"] = "cosine"  # a classified pair may read its cosine too
+    assert load_params(write(tmp_path, raw)).task("entailment").head_kind() == "cosine"
+    raw["tasks"]["topic"]["head"] = "cosine"
+    with pytest.raises(ParamsError, match=r"tasks\.topic: .*head cosine .* needs two text_fields"):
         load_params(write(tmp_path, raw))
-    raw["tasks"]["entailment"]["head"] = "classifier"
+    raw["tasks"]["topic"]["head"] = "auto"
     raw["model"]["pooling"] = "sum"
     with pytest.raises(ParamsError, match=r"model\.pooling: .*unknown pooling 'sum'"):
         load_params(write(tmp_path, raw))

@@ -433,11 +433,12 @@ def test_the_same_params_twice_give_the_same_adapter_and_metrics(tmp_path, tiny_
     assert once("a") == once("b")
 
 
-def test_a_similarity_task_trains_a_cosine_head_and_the_pyfunc_scores_pairs(tmp_path, tiny_model, monkeypatch):
+def pair_task_project(tmp_path, tiny_model, monkeypatch, task: dict, label=lambda score: score) -> tuple[Path, Path]:
+    """A project whose only task ``sim`` reads sentence pairs (``test_heads.pair_rows``, the score
+    through ``label``) with ``task``'s keys, run through every stage on a mean-pooling tiny model;
+    returns (project, base model)."""
     import sys
 
-    import mlflow
-    import pandas as pd
     from test_heads import pair_rows, sentence_transformers_folder
 
     monkeypatch.setattr(sys, "path", list(sys.path))  # loading a pyfunc prepends its code folder
@@ -446,23 +447,38 @@ def test_a_similarity_task_trains_a_cosine_head_and_the_pyfunc_scores_pairs(tmp_
     root = make_project(tmp_path / "project", base, monkeypatch)
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    lines = "".join(f"{r['text']}\t{r['text_pair']}\t{r['label']}\n" for r in pair_rows(2))
+    lines = "".join(f"{r['text']}\t{r['text_pair']}\t{label(r['label'])}\n" for r in pair_rows(2))
     for split in ("train.tsv", "dev.tsv"):
         (data_dir / split).write_text("s1\ts2\tscore\n" + lines)
     raw = yaml.safe_load((root / "params.yaml").read_text())
-    raw["tasks"] = {
-        "sim": {
-            "source": str(data_dir),
-            "splits": {"train": "train.tsv", "eval": "dev.tsv"},
-            "task_type": "regression",
-            "text_fields": ["s1", "s2"],
-            "label_field": "score",
-            "metrics": ["pearson", "spearman"],
-            "mask_source": "own",
-        }
-    }
+    common = {"source": str(data_dir), "splits": {"train": "train.tsv", "eval": "dev.tsv"}, "mask_source": "own"}
+    raw["tasks"] = {"sim": {**common, "text_fields": ["s1", "s2"], "label_field": "score", **task}}
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     run_all(root, "sim")
+    return root, base
+
+
+PAIRS = [["the film was good .", "the film was good ."], ["the film was good .", "the film was dull ."]]
+
+
+def cosine_logits(base: Path, adapter: Path, task_type: str, pairs=PAIRS) -> torch.Tensor:
+    """What the adapter's model, loaded by plain PEFT over the cosine head, gives ``pairs``."""
+    from taso.pretrained import load_tokenizer, load_with_adapter
+
+    loaded = load_with_adapter(str(base), adapter, task_type).eval()
+    tok = load_tokenizer(str(base))
+    enc = {**tok([a for a, _ in pairs], padding=True, return_tensors="pt")}
+    enc |= {f"pair_{k}": v for k, v in tok([b for _, b in pairs], padding=True, return_tensors="pt").items()}
+    with torch.no_grad():
+        return loaded(**enc).logits
+
+
+def test_a_similarity_task_trains_a_cosine_head_and_the_pyfunc_scores_pairs(tmp_path, tiny_model, monkeypatch):
+    import mlflow
+    import pandas as pd
+
+    task = {"task_type": "regression", "metrics": ["pearson", "spearman"]}
+    root, base = pair_task_project(tmp_path, tiny_model, monkeypatch, task)
     meta = json.loads((root / "artifacts" / "sim" / "adapter" / "taso.json").read_text())
     assert meta["head"] == "cosine" and meta["pooling"] == "mean+normalize"
     trained = json.loads((root / "artifacts" / "sim" / "train.json").read_text())
@@ -471,21 +487,29 @@ def test_a_similarity_task_trains_a_cosine_head_and_the_pyfunc_scores_pairs(tmp_
     assert {"pearson", "spearman", "mse", "label_variance"} <= set(scores)
 
     model = mlflow.pyfunc.load_model("models:/taso-sim/1")
-    pairs = [["the film was good .", "the film was good ."], ["the film was good .", "the film was dull ."]]
-    got = model.predict(pairs)
+    got = model.predict(PAIRS)
     assert all(isinstance(v, float) for v in got)
-    assert got == model.predict(pd.DataFrame({"text": [a for a, _ in pairs], "text_pair": [b for _, b in pairs]}))
-    from taso.pretrained import load_tokenizer, load_with_adapter
-
-    loaded = load_with_adapter(str(base), root / "artifacts" / "sim" / "adapter", "regression").eval()
-    tok = load_tokenizer(str(base))
-    enc = {**tok([a for a, _ in pairs], padding=True, return_tensors="pt")}
-    enc |= {f"pair_{k}": v for k, v in tok([b for _, b in pairs], padding=True, return_tensors="pt").items()}
-    with torch.no_grad():
-        want = loaded(**enc).logits.squeeze(-1).tolist()
+    assert got == model.predict(pd.DataFrame({"text": [a for a, _ in PAIRS], "text_pair": [b for _, b in PAIRS]}))
+    want = cosine_logits(base, root / "artifacts" / "sim" / "adapter", "regression").squeeze(-1).tolist()
     assert got == pytest.approx(want, abs=1e-4)
     with pytest.raises(ValueError, match="trained on sentence pairs"):
         model.predict(["the film was good ."])
+
+
+def test_a_classified_pair_task_may_read_the_cosine_and_the_pyfunc_names_its_labels(tmp_path, tiny_model, monkeypatch):
+    import mlflow
+
+    task = {"labels": ["differ", "same"], "metrics": ["accuracy"], "head": "cosine"}
+    root, base = pair_task_project(
+        tmp_path, tiny_model, monkeypatch, task, label=lambda s: "same" if s == 5.0 else "differ"
+    )
+    meta = json.loads((root / "artifacts" / "sim" / "adapter" / "taso.json").read_text())
+    assert meta["head"] == "cosine" and meta["labels"] == ["differ", "same"]
+    assert json.loads((root / "artifacts" / "sim" / "metrics.json").read_text())["accuracy"] == 1.0
+    got = mlflow.pyfunc.load_model("models:/taso-sim/1").predict(PAIRS)
+    assert got == ["same", "differ"]
+    logits = cosine_logits(base, root / "artifacts" / "sim" / "adapter", "classification")
+    assert logits.shape == (2, 2) and logits.argmax(-1).tolist() == [1, 0]
 
 
 def test_the_importance_variants_reach_the_mask_through_the_stages(project):
