@@ -43,6 +43,13 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
                   slices of --tasks, over --seeds, when given: a tenth of train where the sweep set
                   none); the table and the rate with the best mean over both methods and tasks
                   (--out). Pass that rate to report/transfer/budget as --head-lr.
+  --phase pairs   does a sentence pair's class read better from its cosine? The chosen TASO setting
+                  (and --methods) with the architecture's head over the pair as one sequence and with
+                  the cosine head (head: cosine, the two texts pooled apart, a logit per class on their
+                  cosine) on MRPC's and RTE's held-out slices (RTE: a seeded tenth of its train split),
+                  seeds 0 1 2, beside the untrained model read each way (a linear probe on the pooled
+                  pair, and on the cosine); the table and each method's paired gaps cosine − one
+                  sequence (--out). The pipeline's default for classified pairs follows this table.
   --phase status  runs nothing: the sweep's table so far (--out), with each method's current choice.
 
     python benchmarks/glue.py --phase sweep --jobs 2              # hours on 2 cores; resumable
@@ -53,6 +60,7 @@ linear schedule with 6% warmup, the task head trainable, LoRA scale alpha/r = 2.
     python benchmarks/glue.py --phase budget --pooling auto --sweep-pooling architecture --head-lr 0.03 --jobs 2 --out docs/budget-glue.md --plot docs/budget-glue.png
     python benchmarks/glue.py --phase variants --pooling auto --sweep-pooling architecture --head-lr 0.03 --jobs 2 --out docs/variants-glue.md
     python benchmarks/glue.py --phase head --pooling auto --sweep-pooling architecture --jobs 2 --out docs/head-glue.md
+    python benchmarks/glue.py --phase pairs --pooling auto --sweep-pooling architecture --head-lr 0.03 --jobs 2 --out docs/pairs-glue.md
     python benchmarks/glue.py --phase head --pooling architecture --methods taso --head-lrs --tasks rte --seeds 0 1 --jobs 2
     python benchmarks/glue.py --phase report --no-run --methods taso lora-r1 lora-r8 head full --out docs/results-glue.md
     python benchmarks/glue.py --quick --results /tmp/q.jsonl      # one task, one seed, 3 steps
@@ -113,6 +121,7 @@ from pipeline.params import ScoreParams  # noqa: E402
 from taso import data, pretrained  # noqa: E402
 from taso.config import LosiaConfig  # noqa: E402
 from taso.evaluate import evaluate  # noqa: E402
+from taso.heads import warm_start_cosine  # noqa: E402
 from taso.importance import Importance, default_loss, score_importance, warm_up_head  # noqa: E402
 from taso.io import write_text  # noqa: E402
 from taso.masks import Mask, cut_to_budget, derive_mask, merge_importance, union  # noqa: E402
@@ -158,27 +167,32 @@ def majority_share(spec: data.TaskSpec, phase: str) -> float | None:
     return max(map(labels.count, set(labels))) / len(labels)
 
 
-def head_of(spec: data.TaskSpec) -> str:
-    """The pipeline's default head (``head: auto``): a regression over sentence pairs is the cosine of
-    the two texts pooled apart, everything else the architecture's sequence head."""
+def head_of(spec: data.TaskSpec, s: dict | None = None) -> str:
+    """The head setting ``s`` names (``head``), else the pipeline's default (``head: auto``): a
+    regression over sentence pairs is the cosine of the two texts pooled apart, everything else the
+    architecture's sequence head."""
+    if s and "head" in s:
+        return s["head"]
     return "cosine" if spec.task_type == "regression" and len(spec.text_fields) == 2 else "classifier"
 
 
-def base_model(spec: data.TaskSpec, seed: int):
-    """The base model with ``spec``'s head, reading this process's pooling."""
+def base_model(spec: data.TaskSpec, seed: int, head: str | None = None):
+    """The base model with ``head`` (default: ``spec``'s), reading this process's pooling."""
+    head = head or head_of(spec)
     return pretrained.load_model(
-        "minilm", spec.task_type, num_labels=spec.num_labels, seed=seed, pooling=_POOLING, head=head_of(spec)
+        "minilm", spec.task_type, num_labels=spec.num_labels, seed=seed, pooling=_POOLING, head=head
     )
 
 
-def encode(spec: data.TaskSpec, rows: list[dict], tok) -> list[dict]:
-    return data.encode(rows, tok, PROTOCOL["max_length"], pairs_apart=head_of(spec) == "cosine")
+def encode(spec: data.TaskSpec, rows: list[dict], tok, head: str | None = None) -> list[dict]:
+    """``rows`` as ``head`` (default: ``spec``'s) reads them: a pair as one sequence, or apart."""
+    return data.encode(rows, tok, PROTOCOL["max_length"], pairs_apart=(head or head_of(spec)) == "cosine")
 
 
 def build(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int, sources=None, phase="report"):
     """The model to train for setting ``s``, the method (from taso.methods) that prepared it, and the
     seconds spent finding its region (None for a method without one)."""
-    model = base_model(spec, seed)
+    model = base_model(spec, seed, head_of(spec, s))
     name, rank = METHOD_OF.get(s["method"], "taso"), s.get("rank", 1)
     if s["method"].startswith("lora-"):
         name, rank = "lora", int(s["method"].split("-r")[1])
@@ -197,11 +211,15 @@ def build(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int,
 def importance_for(s: dict, spec: data.TaskSpec, train_feats: list[dict], tok, seed: int) -> Importance:
     """TASO's importance for a task, scored on a calibration sample by a model of its own (as the
     pipeline's score stage does), so a head warm-up shapes the gradients but not the training."""
-    scorer = base_model(spec, seed)
+    scorer = base_model(spec, seed, head_of(spec, s))
+    calib, statistic = train_feats[: s["calibration"]], s.get("statistic", "taylor")
+    if head_of(spec, s) == "cosine" and spec.task_type == "classification":  # as the pipeline's score stage
+        warm_start_cosine(
+            scorer, data.iterate(calib, PROTOCOL["batch_size"], tok.pad_token_id), [f["labels"] for f in calib]
+        )
     if s["warmup"]:
         batches = data.iterate(train_feats, PROTOCOL["batch_size"], tok.pad_token_id, seed=seed, shuffle=True)
         warm_up_head(scorer, batches, s["warmup"], lr=s.get("warmup_lr", WARMUP_LR), seed=seed)
-    calib, statistic = train_feats[: s["calibration"]], s.get("statistic", "taylor")
     # An EMA weighs the last batches most, so its batches come in a seeded random order (as the pipeline's).
     batches = data.iterate(calib, PROTOCOL["batch_size"], tok.pad_token_id, seed=seed, shuffle=statistic != "taylor")
     return score_importance(scorer, batches, statistic=statistic)
@@ -218,7 +236,7 @@ def mask_for(s: dict, spec: data.TaskSpec, train_feats, tok, seed: int, sources:
         return imp, derive_mask(imp, s["rule"], s["p"], s.get("unit", "row"))
 
     def other(name: str) -> Importance:
-        feats = encode(sources[name], split_rows(sources[name], phase)[0], tok)
+        feats = encode(sources[name], split_rows(sources[name], phase)[0], tok, head_of(sources[name], s))
         return importance_for(s, sources[name], feats, tok, seed)
 
     m = s["method"]
@@ -247,8 +265,9 @@ def imp_region(s: dict, spec: data.TaskSpec, train_feats, tok, seed: int) -> Mas
 
     cfg = train_config(s, seed, max_steps=s["steps"], epochs=1)
     config = MethodConfig(rank=s["rank"], alpha=PROTOCOL["alpha_per_rank"] * s["rank"], seed=seed)
-    trainer = round_trainer(lambda: base_model(spec, seed), train_feats, cfg, config, pad_id=tok.pad_token_id)
-    shapes = {n: tuple(m.weight.shape) for n, m in find_targets(base_model(spec, seed)).items()}
+    head = head_of(spec, s)
+    trainer = round_trainer(lambda: base_model(spec, seed, head), train_feats, cfg, config, pad_id=tok.pad_token_id)
+    shapes = {n: tuple(m.weight.shape) for n, m in find_targets(base_model(spec, seed, head)).items()}
     with tempfile.TemporaryDirectory() as scratch:
         mask, _ = search(shapes, trainer, ImpConfig(s["q"], s["steps"], s["imp_rule"]), s["p"], Path(scratch))
     return mask
@@ -274,9 +293,10 @@ def train_config(s: dict, seed: int, *, max_steps: int | None, epochs: int = PRO
 def run_one(s: dict, spec: data.TaskSpec, phase: str, seed: int, tok, max_steps: int | None, sources=None) -> dict:
     train_rows, eval_rows = split_rows(spec, phase)
     if s["method"] == "reference":  # the base model untrained: nothing trains, nothing to time
-        scores = probe.reference(spec, train_rows, eval_rows, _POOLING)
+        scores = probe.reference(spec, train_rows, eval_rows, _POOLING, head=head_of(spec, s))
         return {**scores, "main": scores[spec.metrics[0]], "threads": torch.get_num_threads()}
-    train_feats, eval_feats = encode(spec, train_rows, tok), encode(spec, eval_rows, tok)
+    head = head_of(spec, s)
+    train_feats, eval_feats = encode(spec, train_rows, tok, head), encode(spec, eval_rows, tok, head)
     model, method, region_seconds = build(s, spec, train_feats, tok, seed, sources, phase)
     cfg = train_config(s, seed, max_steps=max_steps)
     stamps: list[float] = []
@@ -375,11 +395,35 @@ def execute(plan, specs, args, protocol, done: list[dict]) -> None:
         )
 
 
+def pairs_phase(settings: dict[str, dict], specs, args, protocol, done: list[dict]) -> str:
+    """Each of ``args.methods`` with the pair read as one sequence and by the cosine head, on the
+    held-out slices of ``args.tasks`` (classified pairs), beside the untrained model read both ways;
+    the table and, per method, cosine − one sequence paired by seed."""
+    pairs = {m: (settings[m], {**settings[m], "head": "cosine"}) for m in args.methods}
+    contenders = {name: s for m, (seq, cos) in pairs.items() for name, s in ((m, seq), (f"{m}-cosine", cos))}
+    references = [{"method": "reference"}, {"method": "reference", "head": "cosine"}]
+    plan = [("pairs", t, r, 0) for t in args.tasks for r in references]
+    plan += [("pairs", t, s, seed) for seed in args.seeds for t in args.tasks for s in contenders.values()]
+    if not args.no_run:
+        execute(lambda done: plan, specs, args, protocol, done)
+    held, refs = trained_and_references(done, "pairs")
+    held = [r for r in held if r["seed"] in args.seeds]
+    majority = {t: majority_share(specs[t], "pairs") for t in args.tasks}
+    seeds = len(args.seeds)
+    text = table(held, contenders, specs, args.tasks, seeds, majority, refs)
+    for i, m in enumerate(pairs):
+        two = {f"{m}-cosine": contenders[f"{m}-cosine"], m: contenders[m]}
+        text += "\n\n" + paired(held, two, specs, args.tasks, seeds, ref=f"{m}-cosine", note=i == len(pairs) - 1)
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/glue"))
     parser.add_argument(
-        "--phase", choices=["sweep", "report", "transfer", "budget", "variants", "head", "status"], default="sweep"
+        "--phase",
+        choices=["sweep", "report", "transfer", "budget", "variants", "head", "pairs", "status"],
+        default="sweep",
     )
     parser.add_argument(
         "--head-lrs", nargs="*", type=float, default=[3e-3, 1e-2, 3e-2, 1e-1], help="head: the head's rates to try"
@@ -441,6 +485,7 @@ def main() -> None:
         "transfer": ["taso"],
         "variants": ["taso"],
         "head": ["taso", "lora-r1"],
+        "pairs": ["taso"],
         "budget": ["taso", "lora-r1", "lora-r8", "head"],
     }.get(args.phase)
     limits = {"sst2": SST2_TRAIN}
@@ -449,6 +494,8 @@ def main() -> None:
         args.tasks = ["mrpc", "cola", "rte"]
     if args.tasks is None and args.phase == "head":  # the slices the head rate was chosen on
         args.tasks = list(SWEEP_TASKS)
+    if args.tasks is None and args.phase == "pairs":  # the classified pairs: paraphrase and entailment
+        args.tasks = ["mrpc", "rte"]
     if args.tasks is None:
         pooled = args.phase == "report" and args.pooling != "architecture"
         args.tasks = ["mrpc", "sst2", "cola", "rte"] + (["stsb"] if pooled else [])
@@ -464,6 +511,10 @@ def main() -> None:
         sweep_protocol["pooling"] = args.sweep_pooling or args.pooling
     specs = glue_specs(args.data, max_train=None, max_eval=64 if args.quick else None)
     specs = {t: dataclasses.replace(s, max_train=limits.get(t)) for t, s in specs.items()}
+    if args.phase == "pairs":  # before any run: a single text has no pair to read apart
+        wrong = [t for t in args.tasks if specs[t].task_type != "classification" or len(specs[t].text_fields) != 2]
+        if wrong:
+            sys.exit(f"glue.py: --phase pairs compares heads of classified sentence pairs; not: {', '.join(wrong)}")
     recorded = load(args.results)
     done = [r for r in recorded if r["protocol"] == protocol]
     # The records a method's setting is chosen from: this protocol's own, or another head's sweep.
@@ -488,7 +539,10 @@ def main() -> None:
 
     phases = (args.phase,)
     if args.quick and args.phase != "status":  # a quick run sweeps, then reports (or transfers, curves, compares)
-        phases = ("sweep", args.phase if args.phase in ("transfer", "budget", "variants", "head") else "report")
+        phases = (
+            "sweep",
+            args.phase if args.phase in ("transfer", "budget", "variants", "head", "pairs") else "report",
+        )
     if "sweep" in phases:
         execute(sweep, specs, args, protocol, done)
     if "status" in phases:  # runs nothing: the sweep's table so far
@@ -497,7 +551,7 @@ def main() -> None:
         print(text)
         if args.out:
             write_text(args.out, text + "\n")
-    if {"report", "transfer", "budget", "variants", "head"} & set(phases):
+    if {"report", "transfer", "budget", "variants", "head", "pairs"} & set(phases):
         # Each method's setting from the sweep it was swept in: another head's recorded sweep for the
         # methods it holds, this protocol's own for the methods it adds (LoSiA).
         sources = [(swept, sweep_protocol, grids(sweep_protocol))]
@@ -528,6 +582,11 @@ def main() -> None:
         held = [r for r in done if r["phase"] == "head" and r["seed"] in args.seeds]
         majority = {t: majority_share(specs[t], "head") for t in args.tasks}
         text = head_table(held, tried, specs, args.tasks, majority, len(args.seeds))
+        print(text)
+        if args.out:
+            write_text(args.out, text + "\n")
+    if "pairs" in phases:  # held-out slices, never the dev sets, in a phase of their own
+        text = pairs_phase(settings, specs, args, protocol, done)
         print(text)
         if args.out:
             write_text(args.out, text + "\n")

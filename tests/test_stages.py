@@ -433,10 +433,12 @@ def test_the_same_params_twice_give_the_same_adapter_and_metrics(tmp_path, tiny_
     assert once("a") == once("b")
 
 
-def pair_task_project(tmp_path, tiny_model, monkeypatch, task: dict, label=lambda score: score) -> tuple[Path, Path]:
+def pair_task_project(
+    tmp_path, tiny_model, monkeypatch, task: dict, label=lambda score: score, **sections
+) -> tuple[Path, Path]:
     """A project whose only task ``sim`` reads sentence pairs (``test_heads.pair_rows``, the score
-    through ``label``) with ``task``'s keys, run through every stage on a mean-pooling tiny model;
-    returns (project, base model)."""
+    through ``label``) with ``task``'s keys (and ``sections`` merged into params.yaml's), run through
+    every stage on a mean-pooling tiny model; returns (project, base model)."""
     import sys
 
     from test_heads import pair_rows, sentence_transformers_folder
@@ -453,6 +455,8 @@ def pair_task_project(tmp_path, tiny_model, monkeypatch, task: dict, label=lambd
     raw = yaml.safe_load((root / "params.yaml").read_text())
     common = {"source": str(data_dir), "splits": {"train": "train.tsv", "eval": "dev.tsv"}, "mask_source": "own"}
     raw["tasks"] = {"sim": {**common, "text_fields": ["s1", "s2"], "label_field": "score", **task}}
+    for section, values in sections.items():
+        raw[section] |= values
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     run_all(root, "sim")
     return root, base
@@ -499,10 +503,14 @@ def test_a_similarity_task_trains_a_cosine_head_and_the_pyfunc_scores_pairs(tmp_
 def test_a_classified_pair_task_may_read_the_cosine_and_the_pyfunc_names_its_labels(tmp_path, tiny_model, monkeypatch):
     import mlflow
 
+    from taso.importance import Importance
+
     task = {"labels": ["differ", "same"], "metrics": ["accuracy"], "head": "cosine"}
-    root, base = pair_task_project(
-        tmp_path, tiny_model, monkeypatch, task, label=lambda s: "same" if s == 5.0 else "differ"
-    )
+    same = lambda s: "same" if s == 5.0 else "differ"  # noqa: E731
+    # No head warm-up before scoring: the head's closed-form start alone must give the encoder gradients.
+    root, base = pair_task_project(tmp_path, tiny_model, monkeypatch, task, same, score={"head_warmup_steps": 0})
+    imp = Importance.load(root / "artifacts" / "importance" / "sim" / "importance.safetensors")
+    assert all(r.sum() > 0 for r in imp.rows.values())
     meta = json.loads((root / "artifacts" / "sim" / "adapter" / "taso.json").read_text())
     assert meta["head"] == "cosine" and meta["labels"] == ["differ", "same"]
     assert json.loads((root / "artifacts" / "sim" / "metrics.json").read_text())["accuracy"] == 1.0

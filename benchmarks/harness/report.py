@@ -16,6 +16,7 @@ def label(s: dict) -> str:
     # The head's own rate and the importance variants' knobs show only where a setting has them
     # (the recorded runs do not).
     head = f", head lr {s['head_lr']:g}" if "head_lr" in s else ""
+    head += f", {s['head']} head" if "head" in s else ""
     if s["method"] in ("taso", "random"):
         names = ("p", "rank", "gamma", "warmup", "warmup_lr", "rule", "calibration", "statistic", "unit")
         knobs = ", ".join(f"{k} {s[k]}" for k in names if k in s)
@@ -53,15 +54,17 @@ def table(
             cells.append(" / ".join(cell([r[m] for r in mine], seeds) for m in specs[task].metrics))
         budget = f"{t['adapter']:,} + {t['head']:,}" + (f" + {t['backbone']:,}" if t["backbone"] else "")
         lines.append(f"| {label(s)} | {budget} | " + " | ".join(cells) + " |")
-    if references:
-        by_task = {r["task"]: r for r in references}
+    # One row per way of reading the untrained model: the default head's, and each head a setting names.
+    for head in dict.fromkeys(r["setting"].get("head") for r in references):
+        by_task = {r["task"]: r for r in references if r["setting"].get("head") == head}
         cells = [
             " / ".join(cell([by_task[t][m]]) for m in specs[t].metrics) + f" ({by_task[t]['reference']})"
             if t in by_task
             else "—"
             for t in tasks
         ]
-        lines.append("| base model, no training (reference) | 0 | " + " | ".join(cells) + " |")
+        read = f", {head} head" if head else ""
+        lines.append(f"| base model, no training{read} (reference) | 0 | " + " | ".join(cells) + " |")
     if chance:
         cells = [cell([chance[t]]) if chance.get(t) is not None else "—" for t in tasks]
         lines.append("| majority class (reference, accuracy) | — | " + " | ".join(cells) + " |")

@@ -18,6 +18,7 @@ from pipeline.paths import TaskPaths
 from pipeline.plots import importance_heatmap, placeholder
 from pipeline.steps.data import read_split, recorded_digest
 from taso import data, distributed, pretrained
+from taso.heads import warm_start_cosine
 from taso.importance import Importance, score_importance, warm_up_head
 from taso.io import atomic_path, digest_file
 from taso.names import IMPORTANCE_FILE
@@ -86,6 +87,12 @@ def _importance(params, task: str, paths: TaskPaths, root: Path) -> tuple[Import
     model = pretrained.load_model(params.model.base, seed=seed, **kwargs)
     apart = kwargs["head"] == "cosine"
     calib = data.encode(data.read_jsonl(paths.calibration_file), tok, spec.max_length, pairs_apart=apart)
+    if apart and spec.task_type == "classification":
+        # A classified pair's cosine head starts at zero (no class order to presume), where the encoder
+        # gets no gradient at all: it scores from the closed-form start training begins with.
+        warm_start_cosine(
+            model, data.iterate(calib, params.score.batch_size, tok.pad_token_id), [f["labels"] for f in calib]
+        )
     warmed = 0
     if params.score.head_warmup_steps and head_names(model):  # a causal LM has no new head to warm up
         rows, _ = read_split(root, spec, "train", seed)
