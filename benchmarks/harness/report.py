@@ -55,7 +55,7 @@ def table(
         budget = f"{t['adapter']:,} + {t['head']:,}" + (f" + {t['backbone']:,}" if t["backbone"] else "")
         lines.append(f"| {label(s)} | {budget} | " + " | ".join(cells) + " |")
     # One row per way of reading the untrained model: the default head's, and each head a setting names.
-    for head in dict.fromkeys(r["setting"].get("head") for r in references):
+    for head in sorted(dict.fromkeys(r["setting"].get("head") for r in references), key=lambda h: h is not None):
         by_task = {r["task"]: r for r in references if r["setting"].get("head") == head}
         cells = [
             " / ".join(cell([by_task[t][m]]) for m in specs[t].metrics) + f" ({by_task[t]['reference']})"
