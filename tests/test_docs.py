@@ -122,7 +122,10 @@ GLUE_DATA = ROOT.parent / "shared" / "datasets" / "glue"
         (["--phase", "transfer"], "transfer-glue.md"),
         # glue.py's own example command, whose default --head-lrs are the rates the doc shows
         (["--phase", "head", "--pooling", "auto", "--sweep-pooling", "architecture"], "head-glue.md"),
-        (["--phase", "pairs", "--pooling", "auto", "--sweep-pooling", "architecture", "--head-lr", "0.03"], "pairs-glue.md"),
+        (
+            ["--phase", "pairs", "--pooling", "auto", "--sweep-pooling", "architecture", "--head-lr", "0.03"],
+            "pairs-glue.md",
+        ),
     ],
 )
 def test_glue_tables_are_printed_from_the_committed_runs(args, doc, tmp_path):
